@@ -1,0 +1,39 @@
+"""The feed-forward network of a block: plain (PVT v1) or convolutional (PVT v2)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class ConvFFN(nn.Module):
+    """Feed-forward network with an optional 3x3 depth-wise convolution between the two linear layers.
+
+    ``fc1 -> [ReLU] -> [dwconv 3x3] -> GELU -> dropout -> fc2 -> dropout``. The depth-wise convolution (v2's
+    "convolutional FFN") lets zero padding encode position, which is why v2 needs no position embedding. The extra
+    ReLU belongs to the linear-SRA variant (B2-Li) in the released code.
+
+    Args:
+        dim: channels in and out.
+        hidden_dim: channels of the hidden layer (``dim * mlp_ratio``).
+        conv: insert the depth-wise convolution (v2) or not (v1 plain FFN).
+        extra_relu: ReLU after fc1 (linear-SRA models).
+        drop: dropout rate after the activation and after fc2.
+    """
+
+    def __init__(self, dim: int, hidden_dim: int, conv: bool = True, extra_relu: bool = False, drop: float = 0.0):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.relu = nn.ReLU() if extra_relu else nn.Identity()
+        self.dwconv = nn.Conv2d(hidden_dim, hidden_dim, 3, padding=1, groups=hidden_dim) if conv else None
+        self.act = nn.GELU()
+        self.drop = nn.Dropout(drop)
+        self.fc2 = nn.Linear(hidden_dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.fc1(x))  # (B, H, W, C) -> (B, H, W, E)
+        if self.dwconv is not None:
+            # (B, H, W, E) -> NCHW view in channels_last layout -> conv -> back to (B, H, W, E), no copies
+            x = self.dwconv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        x = self.drop(self.act(x))
+        return self.drop(self.fc2(x))  # (B, H, W, E) -> (B, H, W, C)

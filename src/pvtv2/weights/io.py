@@ -1,0 +1,222 @@
+"""Reading, checking and writing weights: ``load_weights``, ``save_weights`` and the released files."""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import socket
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.error import URLError
+
+import torch
+from torch import nn
+
+from .._io import atomic_write
+from ..errors import CheckpointError
+from .formats import FORMATS, StateDict, convert, detect_format
+
+log = logging.getLogger(__name__)
+
+_WRAPPERS = ("model", "state_dict", "model_state", "module")  # where trainers nest the weights
+_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel, torch.compile
+
+
+def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a ``.safetensors``, ``.pth``, ``.pt`` or ``.bin`` file safely (tensors and plain containers only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return dict(load_file(str(path)))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(f"{path} is not a readable safetensors file (truncated or corrupt?): {e}") from None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "Weights only load failed" in str(e) and zipfile.is_zipfile(path):
+            raise CheckpointError(
+                f"refused to load {path}: it holds Python objects other than tensors, which could run code; "
+                "pvtv2 loads weights only. If you trust the file, re-save its state_dict with torch.save"
+            ) from None
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint ({_first_line(e)})") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        hint = "truncated or corrupt?" if zipfile.is_zipfile(path) or "zip" in str(e) else "not a checkpoint?"
+        raise CheckpointError(f"could not read checkpoint {path} ({hint}): {_first_line(e)}") from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+def unwrap_state_dict(obj: Any, *, where: str = "checkpoint") -> StateDict:
+    """Find the state dict inside a training checkpoint (``{"model": ...}``, ``{"state_dict": ...}``), drop
+    DDP/compile prefixes, and keep only a detector's ``backbone.`` entries."""
+    while isinstance(obj, dict) and not _is_state_dict(obj):
+        inner = next((obj[k] for k in _WRAPPERS if isinstance(obj.get(k), dict)), None)
+        if inner is None:
+            raise CheckpointError(
+                f"{where} holds no state dict: top-level keys are {sorted(map(str, obj))[:8]}; "
+                f"expected tensors or one of {list(_WRAPPERS)}"
+            )
+        obj = inner
+    if not isinstance(obj, dict) or not obj:
+        raise CheckpointError(f"{where} holds no tensors (got {type(obj).__name__}); is it a model checkpoint?")
+    sd = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    for prefix in _PREFIXES:
+        if all(k.startswith(prefix) for k in sd):
+            sd = {k[len(prefix) :]: v for k, v in sd.items()}
+    if any(k.startswith("backbone.") for k in sd) and not all(k.startswith("backbone.") for k in sd):
+        backbone = {k[len("backbone.") :]: v for k, v in sd.items() if k.startswith("backbone.")}
+        log.info("using the %d backbone tensors of a detector/segmentor checkpoint (%d others left out)",
+                 len(backbone), len(sd) - len(backbone))
+        sd = backbone
+    return sd
+
+
+def _is_state_dict(d: dict[str, Any]) -> bool:
+    return bool(d) and sum(isinstance(v, torch.Tensor) for v in d.values()) > len(d) // 2
+
+
+@dataclass
+class LoadReport:
+    """What :func:`load_weights` did."""
+
+    format: str
+    loaded: int
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    mismatched: list[str] = field(default_factory=list)
+    dropped_head: bool = False
+
+
+def load_weights(
+    model: nn.Module,
+    source: str | os.PathLike[str] | dict[str, Any],
+    *,
+    strict: bool = True,
+    ignore_head: bool = False,
+    format: str | None = None,
+) -> LoadReport:
+    """Load weights in any supported format into a pvtv2 model (or anything holding one as ``.backbone``).
+
+    Args:
+        model: a :class:`~pvtv2.models.PyramidVisionTransformer`.
+        source: a path (``.pth``/``.pt``/``.bin``/``.safetensors``) or a state dict in the official, timm, Hugging
+            Face, mmdet or pvtv2 format (detected from the keys), possibly wrapped as ``{"model": ...}``.
+        strict: raise on any missing, unexpected or mis-shaped key (default); if False, load what fits and log a
+            warning naming what did not.
+        ignore_head: leave the model's classification head as it is (fine-tuning to other classes).
+        format: skip detection and read the keys as this format.
+
+    Raises:
+        CheckpointError: one line naming the file, the detected format and the keys that do not fit.
+    """
+    where = str(source) if not isinstance(source, dict) else "state dict"
+    raw = read_checkpoint(source) if not isinstance(source, dict) else source
+    sd = unwrap_state_dict(raw, where=where)
+    fmt = format or detect_format(sd)
+    if fmt is None:
+        raise CheckpointError(
+            f"{where}: unrecognised checkpoint layout (first keys {list(sd)[:3]}); expected a PVT state dict in one "
+            f"of the formats {', '.join(FORMATS)}"
+        )
+    try:
+        sd = convert(sd, fmt, "pvtv2")
+    except (KeyError, ValueError) as e:
+        raise CheckpointError(f"{where}: cannot convert from the {fmt} format: {e}") from None
+    if ignore_head:
+        sd = {k: v for k, v in sd.items() if not k.startswith("head.")}
+    own = model.state_dict()
+    skip = {k for k in own if k.startswith("head.")} if ignore_head else set()
+    report = LoadReport(
+        format=fmt,
+        loaded=0,
+        missing=[k for k in own if k not in sd and k not in skip],
+        unexpected=[k for k in sd if k not in own],
+        mismatched=[
+            f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+            for k, v in sd.items()
+            if k in own and v.shape != own[k].shape
+        ],
+        dropped_head=ignore_head,
+    )
+    problems = _describe(report)
+    if problems and strict:
+        hint = ""
+        if any(k.startswith("head.") for k in report.unexpected + report.mismatched):
+            hint = "; to train a new head, pass ignore_head=True (CLI: --ignore-head)"
+        raise CheckpointError(f"{where} ({fmt} format) does not fit {_model_name(model)}: {problems}{hint}")
+    if problems:
+        log.warning("partial load from %s (%s format): %s", where, fmt, problems)
+    bad = {m.split(":")[0] for m in report.mismatched}
+    fitting = {k: v for k, v in sd.items() if k in own and k not in bad}
+    model.load_state_dict(fitting, strict=False)
+    report.loaded = len(fitting)
+    return report
+
+
+def _describe(r: LoadReport) -> str:
+    parts = []
+    for label, items in (("missing", r.missing), ("unexpected", r.unexpected), ("mis-shaped", r.mismatched)):
+        if items:
+            shown = ", ".join(items[:3]) + (f", ... ({len(items) - 3} more)" if len(items) > 3 else "")
+            parts.append(f"{len(items)} {label} ({shown})")
+    return "; ".join(parts)
+
+
+def _model_name(model: nn.Module) -> str:
+    cfg = getattr(model, "cfg", None)
+    return f"{type(model).__name__}(depths={cfg.depths}, dims={cfg.embed_dims})" if cfg else type(model).__name__
+
+
+def save_weights(
+    model: nn.Module | StateDict, path: str | os.PathLike[str], *, format: str = "pvtv2", metadata: dict[str, str] | None = None
+) -> Path:
+    """Write a model's weights atomically: safetensors for ``.safetensors`` paths, else a tensors-only
+    ``torch.save`` file. ``format`` converts the names first (``"official"``, ``"timm"``, ``"hf"``, ``"mmdet"``)."""
+    sd = model.state_dict() if isinstance(model, nn.Module) else model
+    sd = {k: v.detach().cpu().contiguous() for k, v in convert(dict(sd), "pvtv2", format).items()}
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        meta = {"format": format, **(metadata or {})}
+        return atomic_write(path, lambda tmp: save_file(sd, tmp, metadata=meta))
+    return atomic_write(path, lambda tmp: torch.save(sd, tmp))
+
+
+def released_state_dict(name: str) -> StateDict:
+    """The authors' released ImageNet weights of ``name``, from torch.hub's cache or downloaded into it."""
+    from ..models.registry import list_models, model_info
+
+    url = model_info(name).weights_url
+    if url is None:
+        released = [n for n in list_models() if model_info(n).weights_url]
+        raise CheckpointError(f"no released weights for {name}; the authors released {', '.join(released)}")
+    dst = Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+    if not dst.is_file():
+        try:
+            if os.environ.get("PVTV2_OFFLINE"):
+                raise URLError("PVTV2_OFFLINE is set")
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            old = socket.getdefaulttimeout()
+            socket.setdefaulttimeout(30)
+            try:
+                torch.hub.download_url_to_file(url, str(dst), progress=True)
+            finally:
+                socket.setdefaulttimeout(old)
+        except (URLError, OSError) as e:
+            raise CheckpointError(
+                f"could not download the released {name} weights ({getattr(e, 'reason', e)}); "
+                f"put {url} at {dst} or pass weights=PATH (CLI: --weights PATH)"
+            ) from None
+    return unwrap_state_dict(read_checkpoint(dst), where=str(dst))
