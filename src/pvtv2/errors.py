@@ -15,3 +15,10 @@ class DataError(PVTError):
 
 class TrainingError(PVTError):
     """A run that cannot go on (a NaN loss, a resume that does not match)."""
+
+
+class UnknownModelError(PVTError, KeyError):
+    """A model name that is not in the registry."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""

@@ -100,7 +100,8 @@ class PyramidVisionTransformer(nn.Module):
         cfg = cfg or PVTConfig()
         self.cfg = cfg
         self.num_classes = num_classes
-        rates = torch.linspace(0, cfg.drop_path_rate, sum(cfg.depths)).tolist()
+        n = sum(cfg.depths)
+        rates = [cfg.drop_path_rate * i / max(n - 1, 1) for i in range(n)]  # linear 0 -> drop_path_rate
         stages, in_chans, start = [], cfg.in_chans, 0
         for i, depth in enumerate(cfg.depths):
             stages.append(PVTStage(cfg, i, in_chans, rates[start : start + depth]))

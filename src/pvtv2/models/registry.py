@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from ..errors import UnknownModelError
 from .config import PVTConfig
 from .pvt import PyramidVisionTransformer
 
@@ -73,7 +74,7 @@ def model_info(name: str) -> ModelInfo:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise KeyError(f"unknown model {name!r}; registered models: {', '.join(_REGISTRY)}") from None
+        raise UnknownModelError(f"unknown model {name!r}; registered models: {', '.join(_REGISTRY)}") from None
 
 
 def create_model(

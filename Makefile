@@ -1,0 +1,42 @@
+# Set-up and entry points. `make demo` and `make test` each create .venv, install everything (Python and Debian
+# packages) and then run the main job / the whole test suite. Both are idempotent and fast once set up.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.pvtv2-installed
+DEBS := dataset-fashion-mnist labelme-examples
+PYTEST_ARGS ?=
+
+.PHONY: setup debs demo test bench clean
+
+setup: $(STAMP) debs
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+# Debian's data packages: Fashion-MNIST for the main job, labelme-examples for detection/segmentation tests.
+debs:
+	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+	  echo "installing Debian packages:$$missing"; \
+	  $$sudo apt-get install -y -q $$missing >/dev/null 2>&1 || \
+	  { $$sudo apt-get update -q >/dev/null && $$sudo apt-get install -y -q $$missing >/dev/null; }; \
+	fi
+
+demo: setup
+	$(BIN)/pvtv2 models
+
+test: setup
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+bench: setup
+	$(BIN)/pvtv2 bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info src/*.egg-info
