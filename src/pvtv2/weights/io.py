@@ -6,6 +6,7 @@ import logging
 import os
 import pickle
 import socket
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,17 +40,20 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         except (SafetensorError, OSError, ValueError) as e:
             raise CheckpointError(f"{path} is not a readable safetensors file (truncated or corrupt?): {e}") from None
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4": the error below says what matters
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "Weights only load failed" in str(e) and zipfile.is_zipfile(path):
+        if "Weights only load failed" in str(e):
             raise CheckpointError(
                 f"refused to load {path}: it holds Python objects other than tensors, which could run code; "
                 "pvtv2 loads weights only. If you trust the file, re-save its state_dict with torch.save"
             ) from None
         raise CheckpointError(f"{path} is not a PyTorch checkpoint ({_first_line(e)})") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        hint = "truncated or corrupt?" if zipfile.is_zipfile(path) or "zip" in str(e) else "not a checkpoint?"
-        raise CheckpointError(f"could not read checkpoint {path} ({hint}): {_first_line(e)}") from None
+    except Exception as e:  # the unpickler fails in many ways on files that are not checkpoints
+        if zipfile.is_zipfile(path) or "zip archive" in str(e):
+            raise CheckpointError(f"could not read checkpoint {path} (truncated or corrupt?): {_first_line(e)}") from None
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint (not a zip or pickle file of tensors)") from None
 
 
 def _first_line(e: BaseException) -> str:
