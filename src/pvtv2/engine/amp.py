@@ -1,0 +1,62 @@
+"""Mixed precision: fp16 (with a GradScaler) or bf16 autocast on CUDA, bf16 autocast on CPU, or plain fp32.
+
+How a task uses it::
+
+    amp = Precision.resolve(args.precision, device)   # "auto": bf16 if the GPU supports it, else fp16; CPU: fp32
+    scaler = amp.grad_scaler()                         # active only for fp16; save/load it in checkpoints
+    with amp.autocast():
+        loss = criterion(model(x), y)
+    scaler.scale(loss).backward(); scaler.step(opt); scaler.update()
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import TrainingError
+
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class Precision:
+    """A resolved precision for one device."""
+
+    name: str  # "fp32", "fp16" or "bf16"
+    device: torch.device
+
+    @classmethod
+    def resolve(cls, name: str, device: torch.device | str) -> Precision:
+        """``"auto"``: bf16 on CUDA GPUs that support it, else fp16 on CUDA; fp32 on CPU (bf16 only when asked).
+
+        Raises:
+            TrainingError: fp16 asked for on CPU (no fp16 autocast training there), or an unknown name.
+        """
+        device = torch.device(device)
+        if name == "auto":
+            if device.type == "cuda":
+                name = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+            else:
+                name = "fp32"
+        if name not in _DTYPES:
+            raise TrainingError(f"unknown precision {name!r}; use auto, fp32, bf16 or fp16")
+        if name == "fp16" and device.type != "cuda":
+            raise TrainingError("fp16 mixed precision needs a CUDA device; on CPU use --precision bf16 or fp32")
+        return cls(name, device)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return _DTYPES[self.name]
+
+    def autocast(self) -> contextlib.AbstractContextManager[object]:
+        """``torch.autocast`` for this device and dtype (a no-op for fp32)."""
+        if self.name == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+
+    def grad_scaler(self) -> torch.amp.GradScaler:
+        """A GradScaler that is enabled for fp16 only (its state_dict is empty otherwise)."""
+        return torch.amp.GradScaler(self.device.type, enabled=self.name == "fp16")

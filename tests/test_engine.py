@@ -1,0 +1,187 @@
+"""The task-agnostic engine: checkpoints + RNG, guards, metrics, optimizer and schedule, EMA, precision."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from pvtv2.engine import (
+    InterruptGuard,
+    LRSchedule,
+    MetricsLogger,
+    Precision,
+    RunDir,
+    Stepper,
+    TrainState,
+    capture_rng_state,
+    create_ema,
+    create_optimizer,
+    load_checkpoint,
+    param_groups,
+    restore_rng_state,
+    save_checkpoint,
+    scale_lr,
+)
+from pvtv2.errors import CheckpointError, TrainingError
+
+
+class Tiny(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+        self.norm = nn.LayerNorm(3)
+        self.pos_embed = nn.Parameter(torch.zeros(1, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.fc(x)) + self.pos_embed
+
+    def no_weight_decay(self) -> set[str]:
+        return {"pos_embed"}
+
+
+def _draws() -> tuple[float, float, torch.Tensor]:
+    return random.random(), float(np.random.rand()), torch.rand(3)
+
+
+def test_rng_state_round_trip_is_weights_only_loadable(tmp_path):
+    state = capture_rng_state()
+    torch.save(state, tmp_path / "rng.pt")
+    loaded = torch.load(tmp_path / "rng.pt", weights_only=True)
+    a = _draws()
+    restore_rng_state(loaded)
+    b = _draws()
+    assert a[0] == b[0] and a[1] == b[1] and torch.equal(a[2], b[2])
+
+
+def _setup(seed: int = 0):
+    torch.manual_seed(seed)
+    model = Tiny()
+    opt = create_optimizer(model, lr=0.1, weight_decay=0.05)
+    sched = LRSchedule(opt, total_steps=10, warmup_steps=2, warmup_lr=0.01, min_lr=0.001)
+    ema = create_ema(model, decay=0.9)
+    stepper = Stepper(model, opt, sched, Precision.resolve("fp32", "cpu"), clip_grad=1.0, ema=ema)
+    return model, opt, sched, ema, stepper
+
+
+def _train(stepper: Stepper, model: nn.Module, steps: range) -> None:
+    for _ in steps:
+        x = torch.randn(8, 4)  # drawn from the global RNG: restored on resume
+        stepper.step(model(x).pow(2).mean())
+
+
+def test_checkpoint_resume_is_exact(tmp_path):
+    model, opt, sched, ema, stepper = _setup()
+    _train(stepper, model, range(6))
+    ref = {k: v.clone() for k, v in model.state_dict().items()}
+    ref_ema = {k: v.clone() for k, v in ema.state_dict().items()}
+
+    model, opt, sched, ema, stepper = _setup()
+    _train(stepper, model, range(3))
+    path = save_checkpoint(tmp_path / "last.pth", model=model, optimizer=opt, scheduler=sched, ema=ema,
+                           scaler=stepper.scaler, state=TrainState(epoch=1, epoch_step=3, step=3),
+                           config={"size": (32, 32), "out": tmp_path})
+    assert torch.load(path, weights_only=True)["config"]["size"] == [32, 32]
+    _draws()  # disturb every generator: the checkpoint must bring them back
+
+    model, opt, sched, ema, stepper = _setup(seed=123)
+    state = load_checkpoint(path, model=model, optimizer=opt, scheduler=sched, ema=ema, scaler=stepper.scaler)
+    assert (state.epoch, state.epoch_step, state.step) == (1, 3, 3)
+    assert sched.last_epoch == 3
+    _train(stepper, model, range(3, 6))
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, ref[k]), k
+    for k, v in ema.state_dict().items():
+        assert torch.equal(v, ref_ema[k]), k
+
+
+def test_resume_from_weights_file_is_refused(tmp_path):
+    torch.save(Tiny().state_dict(), tmp_path / "w.pth")
+    with pytest.raises(CheckpointError, match="--weights instead of --resume"):
+        load_checkpoint(tmp_path / "w.pth", model=Tiny())
+
+
+def test_training_checkpoint_is_a_weights_file_for_load_weights(tmp_path):
+    from pvtv2 import create_model, load_weights
+
+    model = create_model("pvt_v2_b0", num_classes=3, depths=(1, 1, 1, 1))
+    save_checkpoint(tmp_path / "c.pth", model=model, state=TrainState())
+    other = create_model("pvt_v2_b0", num_classes=3, depths=(1, 1, 1, 1))
+    load_weights(other, tmp_path / "c.pth")
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), other.state_dict().values()))
+
+
+def test_param_groups_skip_norms_biases_and_embeddings():
+    groups = param_groups(Tiny(), weight_decay=0.05)
+    decayed = [g for g in groups if g["weight_decay"] > 0]
+    assert len(decayed) == 1 and len(decayed[0]["params"]) == 1  # fc.weight only
+    assert sum(len(g["params"]) for g in groups) == 5
+    assert scale_lr(5e-4, 1024) == pytest.approx(1e-3)
+
+
+def test_lr_schedule_warmup_cosine_and_state():
+    opt = torch.optim.AdamW(Tiny().parameters(), lr=1e-3)
+    sched = LRSchedule(opt, total_steps=100, warmup_steps=10, warmup_lr=1e-6, min_lr=1e-5)
+    lrs = [opt.param_groups[0]["lr"]]
+    for _ in range(100):
+        opt.step()
+        sched.step()
+        lrs.append(opt.param_groups[0]["lr"])
+    assert lrs[0] == pytest.approx(1e-6)
+    assert lrs[10] == pytest.approx(1e-3)
+    assert lrs[100] == pytest.approx(1e-5)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))  # monotone after warm-up
+    assert set(sched.state_dict()) >= {"last_epoch", "base_lrs"}
+    poly = LRSchedule(torch.optim.SGD(Tiny().parameters(), lr=1.0), total_steps=10, kind="poly", power=1.0)
+    assert poly.factor(5) == pytest.approx(0.5)
+    step = LRSchedule(torch.optim.SGD(Tiny().parameters(), lr=1.0), total_steps=12, kind="step", milestones=[8, 11])
+    assert [step.factor(s) for s in (7, 8, 11)] == pytest.approx([1.0, 0.1, 0.01])
+
+
+def test_guard_stops_on_nan_naming_the_last_checkpoint():
+    guard = InterruptGuard(last_checkpoint="runs/x/last.pth")
+    assert guard.check(torch.tensor(1.0)).stop is False
+    with pytest.raises(TrainingError, match="loss became nan at epoch 2.*runs/x/last.pth"):
+        guard.check(torch.tensor(float("nan")), where="epoch 2 step 5")
+    with pytest.raises(TrainingError, match="inf"):
+        guard.check(torch.tensor(float("inf")))
+
+
+def test_guard_turns_sigint_into_a_stop_flag():
+    with InterruptGuard() as guard:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert guard.check(torch.tensor(0.5)).stop is True
+        with pytest.raises(KeyboardInterrupt):  # a second Ctrl-C aborts at once
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_metrics_files_and_curves(tmp_path):
+    run = RunDir.create(tmp_path / "run")
+    run.write_config({"model": "pvt_v2_b0", "size": (32, 32)})
+    log = MetricsLogger(run)
+    for e in range(3):
+        log.log({"epoch": e + 1, "train_loss": 1.0 / (e + 1), "val_top1": 50.0 + e})
+    png = log.plot({"loss": ["train_loss"], "accuracy (%)": ["val_top1"]})
+    assert png is not None and png.read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((tmp_path / "run/config.json").read_text())["size"] == [32, 32]
+    assert len((tmp_path / "run/metrics.csv").read_text().splitlines()) == 4
+    resumed = MetricsLogger(run, resume=True)
+    resumed.log({"epoch": 2, "train_loss": 0.4})  # a resume from epoch 1 replaces epochs 2 and 3
+    assert [r["epoch"] for r in resumed.records] == [1, 2]
+    assert not list(tmp_path.glob("run/.*.tmp"))
+
+
+def test_precision_rules():
+    assert Precision.resolve("auto", "cpu").name == "fp32"
+    assert not Precision.resolve("bf16", "cpu").grad_scaler().is_enabled()
+    with pytest.raises(TrainingError, match="CUDA"):
+        Precision.resolve("fp16", "cpu")
+    with Precision.resolve("bf16", "cpu").autocast():
+        assert (torch.randn(2, 2) @ torch.randn(2, 2)).dtype == torch.bfloat16
