@@ -1,0 +1,47 @@
+"""Semantic segmentation with Semantic FPN on the PVT backbone (paper Table 5).
+
+>>> model = pvtv2.segmentation.semantic_fpn("pvt_v2_b0", num_classes=150)
+>>> logits = model(torch.randn(1, 3, 512, 512))  # (1, 150, 512, 512)
+
+Data (:mod:`.datasets`, :mod:`.transforms`) never imports model code; training builds on :mod:`pvtv2.engine`.
+"""
+
+from .checkpoint import load_segmentor, save_segmentor
+from .classes import ADE20K_CLASSES, VOC_CLASSES, palette
+from .complexity import PAPER_TABLE5, complexity_rows
+from .datasets import DatasetMeta, SegmentationDataset, ade20k, build_dataset, collate_segmentation, folder, voc
+from .evaluate import evaluate, format_results
+from .head import SemanticFPNHead
+from .inference import predict, predict_logits
+from .metrics import ConfusionMatrix
+from .model import SemanticFPN, semantic_fpn
+from .transforms import train_transforms
+from .visualize import overlay, save_visualization
+
+__all__ = [
+    "ADE20K_CLASSES",
+    "PAPER_TABLE5",
+    "VOC_CLASSES",
+    "ConfusionMatrix",
+    "DatasetMeta",
+    "SegmentationDataset",
+    "SemanticFPN",
+    "SemanticFPNHead",
+    "ade20k",
+    "build_dataset",
+    "collate_segmentation",
+    "complexity_rows",
+    "evaluate",
+    "folder",
+    "format_results",
+    "load_segmentor",
+    "overlay",
+    "palette",
+    "predict",
+    "predict_logits",
+    "save_segmentor",
+    "save_visualization",
+    "semantic_fpn",
+    "train_transforms",
+    "voc",
+]

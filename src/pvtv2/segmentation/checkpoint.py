@@ -1,0 +1,53 @@
+"""Segmentation checkpoints: a training checkpoint (``pvtv2 seg train``'s ``last.pth``) or a weights file written
+by :func:`save_segmentor`; both carry the model description and the class list, so ``pvtv2 seg eval`` and
+``pvtv2 segment`` rebuild the model from the file alone."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .._io import atomic_write
+from ..errors import CheckpointError
+from ..weights import read_checkpoint
+from .datasets import DatasetMeta
+from .model import SemanticFPN, build_from_spec
+
+
+def segmentor_record(model: SemanticFPN, meta: DatasetMeta) -> dict[str, Any]:
+    """The plain-data description stored next to the weights (``{"seg_model": ..., "data": ...}``)."""
+    data = asdict(meta)
+    data["class_names"] = list(meta.class_names)
+    return {"seg_model": model.spec, "data": data}
+
+
+def save_segmentor(model: SemanticFPN, meta: DatasetMeta, path: str | os.PathLike[str]) -> Path:
+    """Write weights + description atomically (loads with ``torch.load(weights_only=True)``)."""
+    sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    obj = {"format": "pvtv2-seg", "model": sd, **segmentor_record(model, meta)}
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def load_segmentor(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> tuple[SemanticFPN, DatasetMeta]:
+    """Rebuild the model and its class list from a segmentation checkpoint."""
+    ckpt = read_checkpoint(path)
+    record = ckpt.get("extra", {}) if ckpt.get("format") == "pvtv2-train" else ckpt
+    if not isinstance(record, dict) or "seg_model" not in record or "model" not in ckpt:
+        raise CheckpointError(
+            f"{path} is not a pvtv2 segmentation checkpoint (no model description); use the last.pth written by "
+            "'pvtv2 seg train' or a file from save_segmentor"
+        )
+    model = build_from_spec(record["seg_model"])
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: weights do not fit the described model ({str(e).splitlines()[0]})") from None
+    d = record.get("data") or {}
+    names = tuple(d.get("class_names") or (f"class_{i}" for i in range(model.num_classes)))
+    meta = DatasetMeta(int(d.get("num_classes", model.num_classes)), names, int(d.get("ignore_index", 255)),
+                       bool(d.get("reduce_zero_label", False)))
+    return model.to(map_location), meta

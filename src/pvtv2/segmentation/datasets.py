@@ -1,0 +1,376 @@
+"""Semantic-segmentation datasets: ADE20K, Pascal VOC and plain image/mask folders (no model code here).
+
+Every dataset yields ``{"image": tv_tensors.Image (3, H, W) uint8, "mask": tv_tensors.Mask (H, W) int64,
+"path": str}`` before transforms. Mask values are class indices ``0..num_classes-1`` or ``ignore_index``; ADE20K's
+label 0 ("other") becomes ``ignore_index`` and the rest shift down by one (``reduce_zero_label``).
+
+Bad samples (a mask whose size differs from its image, label values outside the class range, unreadable files)
+raise :class:`~pvtv2.errors.DataError` with ``on_error="raise"``; with ``on_error="skip"`` (default) the sample is
+logged, counted and dropped (``__getitem__`` returns ``None`` and :func:`collate_segmentation` counts it).
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torchvision import tv_tensors
+
+from ..errors import DataError
+from .classes import ADE20K_CLASSES, VOC_CLASSES
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+MASK_EXTS = (".png", ".npy", ".bmp", ".tif", ".tiff")
+OnError = Literal["skip", "raise"]
+Sample = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class DatasetMeta:
+    """What a model trained on the dataset needs to know (stored in segmentation checkpoints)."""
+
+    num_classes: int
+    class_names: tuple[str, ...]
+    ignore_index: int = 255
+    reduce_zero_label: bool = False  # label 0 means "ignore" and labels 1..K become 0..K-1 (ADE20K)
+
+
+# --- reading files (Debian gzips some files under /usr/share/doc: read `x.png.gz` as `x.png`) --------------------
+def _plain_name(path: Path) -> str:
+    return path.name[:-3] if path.name.endswith(".gz") else path.name
+
+
+def _read_bytes(path: Path) -> bytes:
+    data = path.read_bytes()
+    return gzip.decompress(data) if path.name.endswith(".gz") else data
+
+
+def read_image(path: str | os.PathLike[str]) -> torch.Tensor:
+    """An RGB image file (optionally gzipped) as a ``(3, H, W)`` uint8 tensor; unreadable files raise DataError."""
+    path = Path(path)
+    try:
+        with Image.open(io.BytesIO(_read_bytes(path))) as im:
+            arr = np.array(im.convert("RGB"))  # (H, W, 3)
+    except (OSError, UnidentifiedImageError, EOFError, ValueError) as e:
+        raise DataError(f"cannot read image {path}: {e.__class__.__name__}: {e}; replace or remove the file") from None
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()  # (H, W, 3) -> (3, H, W)
+
+
+def read_mask(path: str | os.PathLike[str]) -> torch.Tensor:
+    """A label map (palette/grey PNG, 16-bit PNG or ``.npy``, optionally gzipped) as a ``(H, W)`` int64 tensor."""
+    path = Path(path)
+    try:
+        data = _read_bytes(path)
+        if _plain_name(path).endswith(".npy"):
+            arr = np.load(io.BytesIO(data), allow_pickle=False)
+        else:
+            with Image.open(io.BytesIO(data)) as im:
+                if im.mode in ("RGB", "RGBA"):
+                    raise DataError(
+                        f"mask {path} is a colour ({im.mode}) image; masks must hold class indices "
+                        "(palette 'P', grey 'L' or 16-bit 'I;16' PNG)"
+                    )
+                arr = np.array(im)
+    except DataError:
+        raise
+    except (OSError, UnidentifiedImageError, EOFError, ValueError) as e:
+        raise DataError(f"cannot read mask {path}: {e.__class__.__name__}: {e}; replace or remove the file") from None
+    if arr.ndim != 2:
+        raise DataError(f"mask {path} has shape {arr.shape}; expected one label per pixel (H, W)")
+    return torch.from_numpy(arr.astype(np.int64))
+
+
+def read_class_names(path: str | os.PathLike[str]) -> tuple[str, ...]:
+    """One class name per line (spaces inside names are kept, e.g. ``potted plant``); ``.gz`` is read too."""
+    path = Path(path)
+    if not path.is_file() and Path(f"{path}.gz").is_file():
+        path = Path(f"{path}.gz")
+    lines = _read_bytes(path).decode("utf-8").splitlines()
+    return tuple(line.strip() for line in lines if line.strip())
+
+
+# --- the dataset --------------------------------------------------------------------------------------------------
+class SegmentationDataset(torch.utils.data.Dataset):
+    """Image/mask pairs with a class list, validated as they are read.
+
+    Args:
+        pairs: ``(image path, mask path)`` tuples.
+        meta: number of classes, names, ignore value, whether label 0 is "ignore".
+        transforms: a joint callable ``(image, mask) -> (image, mask)`` (torchvision transforms v2), or None.
+        on_error: ``"skip"`` (log, count, return None) or ``"raise"`` (DataError) for a bad sample.
+        name: shown in messages.
+
+    ``dataset[i]`` also accepts ``(i, seed)``: the transforms then draw from a generator seeded with ``seed``
+    (what the training sampler does for exact resume), leaving the caller's RNG untouched.
+    """
+
+    def __init__(
+        self,
+        pairs: Sequence[tuple[Path, Path]],
+        meta: DatasetMeta,
+        *,
+        transforms: Callable[..., Any] | None = None,
+        on_error: OnError = "skip",
+        name: str = "dataset",
+    ) -> None:
+        if on_error not in ("skip", "raise"):
+            raise ValueError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
+        if not pairs:
+            raise DataError(f"{name}: no image/mask pairs found")
+        self.pairs = [(Path(i), Path(m)) for i, m in pairs]
+        self.meta = meta
+        self.transforms = transforms
+        self.on_error = on_error
+        self.name = name
+        self.skipped: dict[str, str] = {}  # path -> reason, in this process
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def load(self, index: int) -> Sample:
+        """The raw, validated sample ``index`` (no transforms); raises DataError if it is bad."""
+        img_path, mask_path = self.pairs[index]
+        image = read_image(img_path)
+        mask = read_mask(mask_path)
+        if tuple(mask.shape) != tuple(image.shape[-2:]):
+            raise DataError(
+                f"mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} but its image {img_path.name} is "
+                f"{image.shape[2]}x{image.shape[1]}; masks must match their image pixel for pixel"
+            )
+        mask = self._map_labels(mask, mask_path)
+        return {"image": tv_tensors.Image(image), "mask": tv_tensors.Mask(mask), "path": str(img_path)}
+
+    def _map_labels(self, mask: torch.Tensor, path: Path) -> torch.Tensor:
+        ignore, k = self.meta.ignore_index, self.meta.num_classes
+        if self.meta.reduce_zero_label:
+            mask = torch.where((mask == 0) | (mask == ignore), ignore, mask - 1)
+        bad = (mask != ignore) & ((mask < 0) | (mask >= k))
+        if bad.any():
+            values = torch.unique(mask[bad])[:8].tolist()
+            shift = " after reduce_zero_label" if self.meta.reduce_zero_label else ""
+            raise DataError(
+                f"mask {path} holds label values {values}{shift} outside 0..{k - 1} (ignore value {ignore}); "
+                "check the number of classes, or whether this is a colour mask rather than a label map"
+            )
+        return mask
+
+    def __getitem__(self, index: int | tuple[int, int]) -> Sample | None:
+        seed = None
+        if isinstance(index, tuple):
+            index, seed = index
+        try:
+            sample = self.load(index)
+        except DataError as e:
+            if self.on_error == "raise":
+                raise
+            path = str(self.pairs[index][0])
+            if path not in self.skipped:
+                log.warning("skipping a bad sample: %s", e)
+            self.skipped[path] = str(e)
+            return None
+        if self.transforms is not None:
+            if seed is None:
+                sample["image"], sample["mask"] = self.transforms(sample["image"], sample["mask"])
+            else:
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(seed)
+                    sample["image"], sample["mask"] = self.transforms(sample["image"], sample["mask"])
+        return sample
+
+    def check(self) -> dict[str, str]:
+        """Read and validate every sample; returns ``{image path: reason}`` of the bad ones (never raises)."""
+        bad = {}
+        for i in range(len(self)):
+            try:
+                self.load(i)
+            except DataError as e:
+                bad[str(self.pairs[i][0])] = str(e)
+        return bad
+
+
+class ResampleOnError(torch.utils.data.Dataset):
+    """Training view of a skip-mode dataset: a bad sample is replaced by the next good one (so batches keep their
+    size); the replaced paths travel with the sample as ``"skipped"``.
+
+    Args:
+        dataset: a :class:`SegmentationDataset` with ``on_error="skip"``.
+    """
+
+    def __init__(self, dataset: SegmentationDataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int | tuple[int, int]) -> Sample:
+        i, seed = index if isinstance(index, tuple) else (index, None)
+        skipped = []
+        for k in range(len(self.dataset)):
+            j = (i + k) % len(self.dataset)
+            sample = self.dataset[(j, seed) if seed is not None else j]
+            if sample is not None:
+                sample["skipped"] = skipped
+                return sample
+            skipped.append(str(self.dataset.pairs[j][0]))
+        raise DataError(f"{self.dataset.name}: every one of its {len(self.dataset)} samples is bad (see the warnings)")
+
+
+def collate_segmentation(batch: list[Sample | None]) -> dict[str, Any]:
+    """Stack samples into ``{"image": (B, 3, H, W), "mask": (B, H, W), "path": [...], "skipped": n,
+    "skipped_paths": [...]}``.
+
+    Dropped (``None``) samples and those replaced by :class:`ResampleOnError` are counted in ``skipped``;
+    samples of different sizes are returned as lists.
+    """
+    kept = [s for s in batch if s is not None]
+    replaced = [p for s in kept for p in s.get("skipped", ())]
+    out: dict[str, Any] = {
+        "path": [s["path"] for s in kept],
+        "skipped": len(batch) - len(kept) + len(replaced),
+        "skipped_paths": replaced,
+    }
+    for key in ("image", "mask"):
+        items = [s[key].as_subclass(torch.Tensor) for s in kept]
+        same = len({tuple(t.shape) for t in items}) == 1
+        out[key] = torch.stack(items) if items and same else items
+    return out
+
+
+# --- layouts ------------------------------------------------------------------------------------------------------
+def _files(folder: Path, exts: tuple[str, ...]) -> dict[str, Path]:
+    """``{stem: path}`` of the files in ``folder`` with one of ``exts`` (also ``name.ext.gz``)."""
+    if not folder.is_dir():
+        raise DataError(f"folder {folder} does not exist")
+    out = {}
+    for p in sorted(folder.iterdir()):
+        plain = _plain_name(p)
+        suffix = os.path.splitext(plain)[1].lower()
+        if p.is_file() and suffix in exts:
+            out[os.path.splitext(plain)[0]] = p
+    return out
+
+
+def pair_folders(
+    images: str | os.PathLike[str], masks: str | os.PathLike[str], *, ids: Sequence[str] | None = None, strict: bool = False
+) -> list[tuple[Path, Path]]:
+    """Match images and masks by file stem. Unmatched files are logged and left out (``strict``: DataError)."""
+    imgs, msks = _files(Path(images), IMAGE_EXTS), _files(Path(masks), MASK_EXTS)
+    wanted = list(ids) if ids is not None else sorted(imgs)
+    no_mask = [s for s in wanted if s in imgs and s not in msks]
+    no_image = [s for s in (ids if ids is not None else msks) if s not in imgs]
+    for what, stems in (("images without a mask", no_mask), ("masks/ids without an image", no_image)):
+        if stems:
+            msg = f"{len(stems)} {what} in {images} / {masks} (e.g. {stems[:3]})"
+            if strict:
+                raise DataError(msg + "; add the missing files or pass --on-error skip")
+            log.warning("%s; left out", msg)
+    pairs = [(imgs[s], msks[s]) for s in wanted if s in imgs and s in msks]
+    if not pairs:
+        raise DataError(f"no image/mask pairs with matching names in {images} and {masks}")
+    return pairs
+
+
+def ade20k(
+    root: str | os.PathLike[str], split: str = "training", *, transforms: Callable[..., Any] | None = None,
+    on_error: OnError = "skip",
+) -> SegmentationDataset:
+    """ADE20K SceneParsing (``ADEChallengeData2016``): ``images/{split}/*.jpg`` + ``annotations/{split}/*.png``,
+    150 classes, label 0 ignored (reduce_zero_label). ``split`` is ``training`` or ``validation``."""
+    root = Path(root)
+    pairs = pair_folders(root / "images" / split, root / "annotations" / split, strict=on_error == "raise")
+    meta = DatasetMeta(150, ADE20K_CLASSES, 255, reduce_zero_label=True)
+    return SegmentationDataset(pairs, meta, transforms=transforms, on_error=on_error, name=f"ADE20K {split}")
+
+
+def voc(
+    root: str | os.PathLike[str], split: str | None = None, *, transforms: Callable[..., Any] | None = None,
+    on_error: OnError = "skip",
+) -> SegmentationDataset:
+    """Pascal VOC layout: ``JPEGImages/`` + ``SegmentationClass/`` label PNGs (255 ignored).
+
+    ``split`` reads ids from ``ImageSets/Segmentation/{split}.txt``; None takes every mask. labelme's export
+    (``SegmentationClassPNG/`` + ``class_names.txt``) is read the same way.
+    """
+    root = Path(root)
+    masks = root / "SegmentationClass"
+    if not masks.is_dir() or not _files(masks, (".png",)):
+        masks = root / "SegmentationClassPNG" if (root / "SegmentationClassPNG").is_dir() else masks
+    ids = None
+    if split is not None:
+        listing = root / "ImageSets" / "Segmentation" / f"{split}.txt"
+        if not listing.is_file():
+            raise DataError(f"VOC split file {listing} does not exist; pass a split that has one, or none")
+        ids = read_class_names(listing)  # one id per line
+    names_file = root / "class_names.txt"
+    names = read_class_names(names_file) if names_file.exists() or Path(f"{names_file}.gz").exists() else VOC_CLASSES
+    pairs = pair_folders(root / "JPEGImages", masks, ids=ids, strict=on_error == "raise")
+    meta = DatasetMeta(len(names), tuple(names), 255)
+    return SegmentationDataset(pairs, meta, transforms=transforms, on_error=on_error, name=f"VOC {root.name}")
+
+
+def folder(
+    images: str | os.PathLike[str], masks: str | os.PathLike[str], *, num_classes: int,
+    class_names: Sequence[str] | None = None, ignore_index: int = 255, reduce_zero_label: bool = False,
+    transforms: Callable[..., Any] | None = None, on_error: OnError = "skip",
+) -> SegmentationDataset:
+    """Plain folders of images and label masks matched by file stem."""
+    names = tuple(class_names) if class_names else tuple(f"class_{i}" for i in range(num_classes))
+    if len(names) != num_classes:
+        raise DataError(f"{len(names)} class names given for {num_classes} classes")
+    pairs = pair_folders(images, masks, strict=on_error == "raise")
+    meta = DatasetMeta(num_classes, names, ignore_index, reduce_zero_label)
+    return SegmentationDataset(pairs, meta, transforms=transforms, on_error=on_error, name=f"folder {images}")
+
+
+def build_dataset(
+    root: str | os.PathLike[str], *, layout: str = "auto", split: str | None = None, masks: str | None = None,
+    num_classes: int | None = None, class_names: Sequence[str] | None = None, reduce_zero_label: bool = False,
+    transforms: Callable[..., Any] | None = None, on_error: OnError = "skip",
+) -> SegmentationDataset:
+    """Open ``root`` in one of the layouts ``ade20k``, ``voc`` or ``folder`` (``auto``: guessed from its folders).
+
+    Args:
+        root: the dataset root (``folder``: the image folder).
+        layout: ``auto``, ``ade20k``, ``voc`` or ``folder``.
+        split: ADE20K ``training``/``validation`` (default training), VOC ``ImageSets`` split (default: all).
+        masks: the mask folder of the ``folder`` layout.
+        num_classes, class_names, reduce_zero_label: the classes of the ``folder`` layout.
+        transforms: joint image/mask transforms.
+        on_error: ``skip`` or ``raise`` for bad samples.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"dataset folder {root} does not exist")
+    if layout == "auto":
+        if (root / "images").is_dir() and (root / "annotations").is_dir():
+            layout = "ade20k"
+        elif (root / "JPEGImages").is_dir():
+            layout = "voc"
+        elif masks is not None:
+            layout = "folder"
+        else:
+            raise DataError(
+                f"cannot tell the layout of {root}: expected images/ + annotations/ (ADE20K), JPEGImages/ + "
+                "SegmentationClass/ (VOC), or an image folder with --masks DIR"
+            )
+    if layout == "ade20k":
+        return ade20k(root, split or "training", transforms=transforms, on_error=on_error)
+    if layout == "voc":
+        return voc(root, split, transforms=transforms, on_error=on_error)
+    if layout == "folder":
+        if masks is None or num_classes is None:
+            raise DataError("the folder layout needs a mask folder (--masks) and --num-classes")
+        return folder(root, masks, num_classes=num_classes, class_names=class_names,
+                      reduce_zero_label=reduce_zero_label, transforms=transforms, on_error=on_error)
+    raise DataError(f"unknown dataset layout {layout!r}; choose auto, ade20k, voc or folder")

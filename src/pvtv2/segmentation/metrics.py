@@ -1,0 +1,71 @@
+"""Segmentation metrics from a confusion matrix: mIoU, per-class IoU and accuracy, pixel accuracy (mmseg's
+definitions: classes that appear neither in the ground truth nor in the prediction are left out of the means)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+
+class ConfusionMatrix:
+    """Accumulates ``(ground truth, prediction)`` pixel counts; ``ignore_index`` pixels are skipped.
+
+    Args:
+        num_classes: number of classes.
+        ignore_index: ground-truth value that is not scored.
+    """
+
+    def __init__(self, num_classes: int, ignore_index: int = 255) -> None:
+        self.num_classes, self.ignore_index = num_classes, ignore_index
+        self.matrix = torch.zeros(num_classes, num_classes, dtype=torch.int64)  # rows: truth, columns: prediction
+
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        """Add a batch of predicted labels and targets of the same shape."""
+        if pred.shape != target.shape:
+            raise ValueError(f"prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
+        keep = target != self.ignore_index
+        k = self.num_classes
+        idx = target[keep].to(torch.int64).cpu() * k + pred[keep].to(torch.int64).cpu()
+        self.matrix += torch.bincount(idx, minlength=k * k).reshape(k, k)
+
+    def all_reduce(self) -> None:
+        """Sum the matrices of all processes (no-op without torch.distributed)."""
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            backend_device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+            m = self.matrix.to(backend_device)
+            dist.all_reduce(m)
+            self.matrix = m.cpu()
+
+    def compute(self, class_names: Sequence[str] | None = None) -> dict[str, Any]:
+        """``miou``, ``macc``, ``pixel_acc``, ``miou_gt`` (over classes present in the ground truth) and
+        ``per_class`` rows ``{"class", "iou", "acc", "pixels"}`` (NaN where a class never occurs)."""
+        m = self.matrix.double()
+        tp = m.diag()
+        gt = m.sum(1)  # pixels of each class in the ground truth
+        pred = m.sum(0)
+        union = gt + pred - tp
+        iou = tp / union  # NaN where union == 0
+        acc = tp / gt
+        names = list(class_names) if class_names is not None else [str(i) for i in range(self.num_classes)]
+        present = gt > 0
+        return {
+            "miou": _nanmean(iou),
+            "miou_gt": _nanmean(iou[present]) if present.any() else float("nan"),
+            "macc": _nanmean(acc),
+            "pixel_acc": (tp.sum() / gt.sum()).item() if gt.sum() > 0 else float("nan"),
+            "num_pixels": int(gt.sum().item()),
+            "classes_present": int(present.sum().item()),
+            "per_class": [
+                {"class": names[i], "iou": iou[i].item(), "acc": acc[i].item(), "pixels": int(gt[i].item())}
+                for i in range(self.num_classes)
+            ],
+        }
+
+
+def _nanmean(x: torch.Tensor) -> float:
+    x = x[~torch.isnan(x)]
+    return x.mean().item() if x.numel() else float("nan")

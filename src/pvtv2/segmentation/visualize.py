@@ -1,0 +1,75 @@
+"""Colour overlays of label maps with a legend (torchvision's ``draw_segmentation_masks`` + matplotlib)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torchvision.utils import draw_segmentation_masks
+
+from .._io import atomic_write
+from .classes import palette as make_palette
+
+
+def overlay(
+    image: torch.Tensor, labels: torch.Tensor, palette: Sequence[tuple[int, int, int]], *, alpha: float = 0.5,
+    ignore_index: int = 255,
+) -> torch.Tensor:
+    """Blend one colour per class over ``image`` ``(3, H, W)`` uint8 for label map ``labels`` ``(H, W)``."""
+    classes = [int(c) for c in torch.unique(labels) if int(c) != ignore_index]
+    if not classes:
+        return image.clone()
+    masks = torch.stack([labels == c for c in classes])  # (N, H, W) bool
+    return draw_segmentation_masks(image, masks, alpha=alpha, colors=[tuple(palette[c]) for c in classes])
+
+
+def save_visualization(
+    path: str | os.PathLike[str],
+    image: torch.Tensor,
+    labels: torch.Tensor,
+    class_names: Sequence[str],
+    *,
+    palette: Sequence[tuple[int, int, int]] | None = None,
+    alpha: float = 0.5,
+    title: str | None = None,
+    ignore_index: int = 255,
+    max_legend: int = 20,
+) -> Path:
+    """Write a PNG of the overlay with a legend of the classes it shows (largest first), atomically.
+
+    Args:
+        path: output file (PNG).
+        image: ``(3, H, W)`` uint8 image.
+        labels: ``(H, W)`` label map of the same size.
+        class_names: names indexed by label.
+        palette: RGB colour per label (default: the VOC colour map).
+        alpha: opacity of the colours.
+        title: figure title.
+        ignore_index: label drawn without colour.
+        max_legend: at most this many legend entries.
+    """
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    palette = palette or make_palette(len(class_names))
+    labels = labels.cpu()
+    blended = overlay(image.cpu(), labels, palette, alpha=alpha, ignore_index=ignore_index)
+    ids, counts = torch.unique(labels[labels != ignore_index], return_counts=True)
+    order = [int(ids[i]) for i in torch.argsort(counts, descending=True)][:max_legend]
+    total = max(int(counts.sum()), 1)
+    h, w = labels.shape
+    fig = Figure(figsize=(max(4.0, w / 100) + 2.6, max(3.0, h / 100)), dpi=100)
+    ax = fig.add_axes((0.0, 0.0, 1.0 - 2.6 / fig.get_figwidth(), 0.92 if title else 1.0))
+    ax.imshow(blended.permute(1, 2, 0).numpy())  # (3, H, W) -> (H, W, 3)
+    ax.set_axis_off()
+    if title:
+        fig.suptitle(title, fontsize=10)
+    handles = [
+        Patch(color=[v / 255 for v in palette[c]], label=f"{class_names[c]} ({100 * int((labels == c).sum()) / total:.0f}%)")
+        for c in order
+    ]
+    if handles:
+        fig.legend(handles=handles, loc="center right", fontsize=8, frameon=False)
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
