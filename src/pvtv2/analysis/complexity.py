@@ -19,6 +19,7 @@ from torch.func import functional_call
 from torch.utils._pytree import tree_map
 from torch.utils.flop_counter import FlopCounterMode
 
+from ..errors import PVTError
 from .counting import MMCVRules
 
 log = logging.getLogger(__name__)
@@ -113,6 +114,9 @@ def complexity(
             try:
                 return _count(model, inputs, size, attn_matmul, upsample, on_meta=True)
             except Exception as e:  # noqa: BLE001 - any failure on meta means "needs real values"
+                if _device(model).type == "meta":  # nothing real to fall back to
+                    raise PVTError(f"cannot count {type(model).__name__} at {size[0]}x{size[1]}: "
+                                   f"{type(e).__name__}: {e}") from e
                 log.debug("counting %s on meta failed (%s: %s); counting with real tensors",
                           type(model).__name__, type(e).__name__, e)
         return _count(model, inputs, size, attn_matmul, upsample, on_meta=False)
@@ -164,7 +168,7 @@ def _first_param(model: nn.Module) -> torch.Tensor | None:
 
 def _device(model: nn.Module) -> torch.device:
     p = _first_param(model)
-    return p.device if p is not None and p.device.type != "meta" else torch.device("cpu")
+    return p.device if p is not None else torch.device("cpu")
 
 
 def _dtype(model: nn.Module) -> torch.dtype:

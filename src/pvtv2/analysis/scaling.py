@@ -35,8 +35,9 @@ def _timm_vit(name: str) -> Callable[[], nn.Module]:
     def build() -> nn.Module:
         import timm
 
-        # dynamic_img_size: the position embedding is resized to any input (interpolation is not counted)
-        return timm.create_model(name, pretrained=False, dynamic_img_size=True)
+        # dynamic_img_size: the position embedding is resized to any input (interpolation is not counted);
+        # dynamic_img_pad: sizes that are not a multiple of the patch are zero-padded, as PVT's maps are ceil-divided
+        return timm.create_model(name, pretrained=False, dynamic_img_size=True, dynamic_img_pad=True)
 
     return build
 
@@ -64,7 +65,7 @@ SCALING_MODELS: dict[str, ScalingModel] = {
     "pvt_v2_b2": ScalingModel("PVT v2-B2", _registered("pvt_v2_b2")),
     "pvt_v2_b2_li": ScalingModel("PVT v2-B2-Li", _registered("pvt_v2_b2_li")),
 }
-DEFAULT_SIZES: tuple[int, ...] = (224, 336, 448, 560, 672, 784, 896, 1008, 1120)
+DEFAULT_SIZES: tuple[int, ...] = (224, 448, 672, 896, 1120)  # 1x to 5x the side, as the paper's axis
 
 
 def scaling_rows(

@@ -22,6 +22,7 @@ def model_rows(pattern: str = "*") -> list[dict[str, object]]:
     """One dict per registered model: what ``pvtv2 models`` prints."""
     import torch
 
+    from ..analysis import complexity
     from ..models import create_model, list_models, model_info
 
     rows = []
@@ -33,6 +34,7 @@ def model_rows(pattern: str = "*") -> list[dict[str, object]]:
             {
                 "name": name,
                 "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+                "gflops": complexity(model, (224, 224)).gflops,  # paper convention, meta device: no compute
                 "top1": info.top1 if info.top1 is not None else info.paper_top1,
                 "url": info.weights_url or "-",
                 "description": info.description,
@@ -47,10 +49,10 @@ def run_models(args: argparse.Namespace) -> int:
         from ..errors import UnknownModelError
 
         raise UnknownModelError(f"no registered model matches {args.pattern!r}; try 'pvtv2 models' for the list")
-    print(f"{'model':<28} {'params (M)':>10} {'top-1':>6}  weights")
+    print(f"{'model':<28} {'params (M)':>10} {'GFLOPs @224':>11} {'top-1':>6}  weights")
     for r in rows:
         top1 = f"{r['top1']:.1f}" if r["top1"] is not None else "-"
-        print(f"{r['name']:<28} {r['params_m']:>10.2f} {top1:>6}  {r['url']}")
+        print(f"{r['name']:<28} {r['params_m']:>10.2f} {r['gflops']:>11.2f} {top1:>6}  {r['url']}")
     return 0
 
 
