@@ -1,0 +1,46 @@
+"""Object detection and instance segmentation with PVT backbones, on torchvision's maintained detectors.
+
+>>> from pvtv2.detection import retinanet
+>>> model = retinanet(backbone="pvt_v2_b0", num_classes=81, backbone_weights="pvt_v2_b0.pth")
+
+- :mod:`.backbone`: the adapter (``feature_info`` + ``forward_features`` -> FPN maps), frozen stages, norm_eval.
+- :mod:`.models`: ``retinanet``, ``mask_rcnn``, ``fcos`` builders.
+- :mod:`.data`: COCO JSON / VOC XML datasets with checked annotations (no model imports).
+- :mod:`.recipes`: the ``1x`` and ``3x`` recipes and their transforms v2 pipelines.
+- :mod:`.evaluate`: COCO AP through pycocotools; :mod:`.visualize`: drawn detections.
+- :mod:`.train`: the training loop on :mod:`pvtv2.engine`; :mod:`.inference`: checkpoints -> detectors -> images.
+- :mod:`.complexity`: params and GFLOPs at 1280x800 beside the paper's Tables 3 and 6.
+"""
+
+from .backbone import PVTBackbone, PVTWithFPN
+from .complexity import complexity_rows
+from .data import DetectionData, DetectionDataset, load_coco, load_voc, open_dataset
+from .evaluate import evaluate
+from .inference import detect, load_detector
+from .models import ARCHITECTURES, build_detector, fcos, mask_rcnn, retinanet
+from .recipes import RECIPES, DetectionRecipe, get_recipe
+from .train import DetTrainConfig, train
+
+__all__ = [
+    "ARCHITECTURES",
+    "DetTrainConfig",
+    "DetectionData",
+    "DetectionDataset",
+    "DetectionRecipe",
+    "PVTBackbone",
+    "PVTWithFPN",
+    "RECIPES",
+    "build_detector",
+    "complexity_rows",
+    "detect",
+    "evaluate",
+    "fcos",
+    "get_recipe",
+    "load_coco",
+    "load_detector",
+    "load_voc",
+    "mask_rcnn",
+    "open_dataset",
+    "retinanet",
+    "train",
+]

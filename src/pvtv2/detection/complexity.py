@@ -1,0 +1,113 @@
+"""Params and GFLOPs of the detectors at 1280x800, beside the paper's Tables 3 and 6.
+
+What is counted is the dense forward pass the released numbers come from (mmdet's ``get_flops.py`` calls
+``forward_dummy``): backbone + FPN + heads on one 800x1280 image, without anchors, box decoding or NMS.
+RetinaNet: classification and box subnets on P3-P7. Mask R-CNN: RPN head on P2-P6, then the box head on 1000
+RoIs and the mask head on 100 RoIs, as ``forward_dummy`` does (RoIAlign itself is not counted, as in mmcv).
+COCO's 80 classes: RetinaNet ``num_classes=80`` (sigmoid, no background, as mmdet), Mask R-CNN 81.
+GFLOPs are MACs in mmcv's convention plus the attention products (:mod:`pvtv2.analysis`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torchvision.models.detection import FCOS, MaskRCNN, RetinaNet
+
+from ..models import list_models
+from .models import build_detector
+
+INPUT_SIZE = (800, 1280)  # (H, W): the paper's "1280x800"
+BOX_ROIS, MASK_ROIS = 1000, 100  # mmdet's forward_dummy
+TABLE6_MODELS = ("pvt_v1_small", "pvt_v1_small_ope", "pvt_v1_small_ope_cffn", "pvt_v1_small_ope_cffn_lsra")
+
+# SPEC section 3, Table 3 (#P in M; the paper gives no GFLOPs there) and Table 6 (RetinaNet #P / GFLOPs).
+PAPER: dict[tuple[str, str], tuple[float | None, float | None]] = {
+    ("pvt_v2_b0", "retinanet"): (13.0, None),
+    ("pvt_v2_b1", "retinanet"): (23.8, None),
+    ("pvt_v2_b0", "mask_rcnn"): (23.5, None),
+    ("pvt_v2_b1", "mask_rcnn"): (33.7, None),
+    ("pvt_v1_small", "retinanet"): (34.2, 285.8),
+    ("pvt_v1_small_ope", "retinanet"): (34.9, 288.6),
+    ("pvt_v1_small_ope_cffn", "retinanet"): (35.1, 290.7),
+    ("pvt_v1_small_ope_cffn_lsra", "retinanet"): (32.3, 227.4),
+    ("pvt_v2_b2", "retinanet"): (35.1, 290.7),  # = Table 6's ++CFFN row
+    ("pvt_v2_b2_li", "retinanet"): (32.3, 227.4),  # = Table 6's +++LSRA row
+}
+
+NOTE = ("torchvision heads: RetinaNet's equal mmdet's RetinaHead; Mask R-CNN's predictor has 81x4 box outputs "
+        "(mmdet 80x4) and 81 mask logits (mmdet 80)")
+
+
+class DenseForward(nn.Module):
+    """A detector's backbone + neck + heads without post-processing: what the FLOPs count runs.
+
+    Args:
+        detector: a torchvision RetinaNet, FCOS or Mask R-CNN (its weights are used, not copied).
+    """
+
+    def __init__(self, detector: nn.Module) -> None:
+        super().__init__()
+        self.detector = detector
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """``(1, 3, H, W)`` normalised image -> the heads' raw outputs."""
+        det = self.detector
+        feats = det.backbone(images)  # OrderedDict of (1, 256, H/s, W/s) maps
+        if isinstance(det, (RetinaNet, FCOS)):
+            return list(det.head(list(feats.values())).values())
+        if isinstance(det, MaskRCNN):
+            objectness, deltas = det.rpn.head(list(feats.values()))
+            channels = det.backbone.out_channels
+            # RoIAlign outputs of mmdet's forward_dummy proposals (RoIAlign is not counted): (R, C, 7, 7), (R, C, 14, 14)
+            box_feats = images.new_zeros(BOX_ROIS, channels, *det.roi_heads.box_roi_pool.output_size)
+            scores, boxes = det.roi_heads.box_predictor(det.roi_heads.box_head(box_feats))
+            mask_feats = images.new_zeros(MASK_ROIS, channels, *det.roi_heads.mask_roi_pool.output_size)
+            masks = det.roi_heads.mask_predictor(det.roi_heads.mask_head(mask_feats))
+            return [*objectness, *deltas, scores, boxes, masks]
+        raise TypeError(f"cannot count {type(det).__name__}: expected RetinaNet, FCOS or MaskRCNN")
+
+
+def detector_complexity(arch: str, backbone: str, input_size: Sequence[int] = INPUT_SIZE) -> Any:
+    """:func:`pvtv2.analysis.complexity` of ``arch`` on ``backbone`` (built on the meta device: no memory)."""
+    from ..analysis import complexity
+
+    num_classes = 80 if arch in ("retinanet", "fcos") else 81
+    with torch.device("meta"):
+        det = build_detector(arch, backbone=backbone, num_classes=num_classes)
+    return complexity(DenseForward(det), tuple(input_size))
+
+
+def complexity_rows(models: list[str] | None = None) -> list[dict[str, Any]]:
+    """Params (M) and GFLOPs at 1280x800 of RetinaNet and Mask R-CNN on each backbone, with the paper's figures.
+
+    Args:
+        models: backbone names (default: every PVT v2 and the Table 6 rows). Mask R-CNN rows are given for the
+            PVT v2 models (Table 3), RetinaNet rows for all.
+
+    Returns:
+        dicts with ``model``, ``head``, ``params_m``, ``gflops``, ``paper_params_m``, ``paper_gflops``,
+        ``input_size`` and ``note``.
+    """
+    names = models or [*list_models("pvt_v2_*"), *TABLE6_MODELS]
+    rows = []
+    for name in names:
+        for head in ("retinanet", "mask_rcnn"):
+            if head == "mask_rcnn" and models is None and not name.startswith("pvt_v2_"):
+                continue
+            c = detector_complexity(head, name)
+            paper_params, paper_gflops = PAPER.get((name, head), (None, None))
+            rows.append({
+                "model": name,
+                "head": head,
+                "params_m": round(c.params_m, 2),
+                "gflops": round(c.gflops, 1),
+                "paper_params_m": paper_params,
+                "paper_gflops": paper_gflops,
+                "input_size": f"{INPUT_SIZE[1]}x{INPUT_SIZE[0]}",
+                "note": NOTE if head == "mask_rcnn" else "heads as mmdet's; see docs/detection.md",
+            })
+    return rows
