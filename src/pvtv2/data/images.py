@@ -1,0 +1,69 @@
+"""Decode any image file a user may hold into 8-bit RGB, or say clearly why it cannot be read.
+
+Conversions: grayscale (``L``, ``1``), palette (``P``), 16-bit and 32-bit integer (``I;16*``, ``I``: scaled to
+the full 8-bit range), float (``F``), CMYK and YCbCr are converted to RGB; transparency (``RGBA``, ``LA``, ``P``
+with a transparent colour) is composited over white. Truncated or corrupt files raise :class:`BadImage`.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+from ..errors import DataError
+
+ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, never silently grey pixels
+
+
+class BadImage(DataError):
+    """An image file that cannot be decoded (truncated, corrupt or not an image)."""
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """8-bit RGB version of ``img`` (see the module docstring for the rules)."""
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        a = np.asarray(img, dtype=np.float64)  # (H, W)
+        if mode.startswith("I;16"):
+            a = a / 65535.0
+        elif mode == "I":
+            lo, hi = float(a.min()), float(a.max())
+            a = a / 65535.0 if lo >= 0 and hi <= 65535 else (a - lo) / max(hi - lo, 1.0)
+        else:  # float: assume [0, 1] when it fits, else min-max
+            lo, hi = float(a.min()), float(a.max())
+            a = a if lo >= 0 and hi <= 1 else (a - lo) / max(hi - lo, 1e-12)
+        return Image.fromarray((a.clip(0, 1) * 255 + 0.5).astype(np.uint8), "L").convert("RGB")
+    if mode == "P" and "transparency" in img.info:
+        img, mode = img.convert("RGBA"), "RGBA"
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV
+
+
+def load_image(path: str | os.PathLike[str]) -> Image.Image:
+    """Open and fully decode ``path`` as 8-bit RGB.
+
+    Raises:
+        BadImage: one line naming the file and the reason (truncated, not an image, unreadable).
+    """
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.load()  # decode now: truncation shows up here, not later in a worker
+                return to_rgb(img)
+    except UnidentifiedImageError:
+        raise BadImage(f"{path}: not an image file PIL can read") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        hint = " (truncated?)" if "truncated" in reason.lower() or "broken" in reason.lower() else ""
+        raise BadImage(f"{path}: cannot decode image{hint}: {reason}") from None

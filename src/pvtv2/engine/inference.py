@@ -1,0 +1,264 @@
+"""Evaluation on an ImageFolder and prediction on image files, for released weights or our own checkpoints.
+
+>>> clf = load_classifier(checkpoint="runs/fm/best.pth")             # the run's model, classes, preprocessing
+>>> clf = load_classifier(weights="official", model="pvt_v2_b2")      # ImageNet-1K names, 256/224 bicubic
+>>> predict(clf, ["cat.jpg"])[0][:2]                                  # [("tabby", 0.61), ("tiger cat", 0.22)]
+>>> evaluate_folder(clf, "imagenet/val")                              # {"top1": 82.0, "top5": 96.0, ...}
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data import EpochSampler, ImageFolder, SeededDataset, collate_skip_bad, eval_transform, load_image
+from ..errors import CheckpointError, DataError
+from .checkpoint import read_train_checkpoint
+from .evaluate import evaluate
+from .recipes import ClassificationConfig
+
+log = logging.getLogger(__name__)
+
+IMAGENET_PREPROCESS = {"kind": "imagenet", "size": 224, "crop_pct": 0.875, "interpolation": "bicubic"}
+
+
+@dataclass
+class Classifier:
+    """A model ready for inference and what it needs around it.
+
+    Attributes:
+        model: the network (eval mode).
+        class_ids: class identifiers matched against ImageFolder folder names (ImageNet synsets, our run's class
+            names), or ``None`` when unknown (folders are then taken in sorted order).
+        class_names: human-readable names, one per output.
+        preprocess: how to turn an image into the model's input (``{"kind": "imagenet"|"fashion_mnist", ...}``).
+        source: where the weights came from.
+        name: the model name.
+    """
+
+    model: nn.Module
+    class_ids: list[str] | None
+    class_names: list[str]
+    preprocess: dict[str, Any]
+    source: str
+    name: str
+
+    def transform(self) -> Callable[[Any], torch.Tensor]:
+        """PIL RGB image -> model input tensor ``(C, S, S)``."""
+        return image_transform(self.preprocess)
+
+
+def imagenet_classes() -> tuple[list[str], list[str]]:
+    """ImageNet-1K synsets in the standard class order and their first lemma, from timm's wheel."""
+    from importlib.resources import files
+
+    info = files("timm") / "data" / "_info"
+    synsets = info.joinpath("imagenet_synsets.txt").read_text().split()
+    lemmas = {}
+    for line in info.joinpath("imagenet_synset_to_lemma.txt").read_text().splitlines():
+        if "\t" in line:
+            syn, lemma = line.split("\t", 1)
+            lemmas[syn] = lemma.split(",")[0].strip()
+    return synsets, [lemmas.get(s, s) for s in synsets]
+
+
+def image_transform(pre: dict[str, Any]) -> Callable[[Any], torch.Tensor]:
+    """The evaluation preprocessing a model was trained with (see :class:`Classifier`)."""
+    if pre.get("kind") == "fashion_mnist":
+        return _FashionTransform(pre)
+    return eval_transform(int(pre.get("size", 224)), float(pre.get("crop_pct", 0.875)),
+                          str(pre.get("interpolation", "bicubic")))
+
+
+class _FashionTransform:
+    """Any photo -> a Fashion-MNIST-like input: grey, fitted into 28x28 on black, zero-padded, normalised."""
+
+    def __init__(self, pre: dict[str, Any]) -> None:
+        self.pre = pre
+
+    def __call__(self, img: Any) -> torch.Tensor:
+        from PIL import ImageOps
+
+        side, size = int(self.pre["image_size"]), int(self.pre["size"])
+        grey = ImageOps.pad(img.convert("L"), (side, side), color=0)
+        x = torch.frombuffer(bytearray(grey.tobytes()), dtype=torch.uint8).reshape(side, side).float() / 255.0
+        p = (size - side) // 2
+        x = F.pad(x, (p, size - side - p, p, size - side - p))  # (S, S)
+        x = (x - self.pre["mean"][0]) / self.pre["std"][0]
+        return x[None].expand(int(self.pre.get("channels", 3)), -1, -1).contiguous()  # (C, S, S)
+
+
+def load_classifier(
+    *,
+    checkpoint: str | os.PathLike[str] | None = None,
+    weights: str | None = None,
+    model: str = "pvt_v2_b2",
+    num_classes: int | None = None,
+    device: str | torch.device = "cpu",
+    use_ema: bool = False,
+) -> Classifier:
+    """A classifier from a training checkpoint of ours, or from weights in any format :func:`load_weights` reads.
+
+    Args:
+        checkpoint: a ``last.pth``/``best.pth`` of ``pvtv2 train`` (model, classes and preprocessing come with it).
+        weights: ``"official"`` (the authors' ImageNet release of ``model``) or a weights file.
+        model: registered model name for ``weights``.
+        num_classes: head size for ``weights`` (default: read from the file's head; 1000 for ``"official"``).
+        device: where to put the model.
+        use_ema: take the checkpoint's EMA weights (when the run kept an EMA).
+    """
+    from ..models import create_model
+    from ..weights import convert, detect_format, load_weights, read_checkpoint, released_state_dict, unwrap_state_dict
+    from .classification import build_model
+
+    if (checkpoint is None) == (weights is None):
+        raise CheckpointError("give exactly one of --checkpoint RUN/best.pth or --weights PATH|official")
+    if checkpoint is not None:
+        ckpt = read_train_checkpoint(checkpoint)
+        known = set(ClassificationConfig().to_dict())
+        cfg = ClassificationConfig.from_dict({k: v for k, v in (ckpt.get("config") or {}).items() if k in known})
+        extra = ckpt.get("extra") or {}
+        classes = list(extra.get("classes") or [])
+        net = build_model(cfg.replace(weights=None), len(classes) or int(ckpt["model"]["head.weight"].shape[0]))
+        state = ckpt["model"]
+        if use_ema:
+            if not ckpt.get("ema"):
+                raise CheckpointError(f"{checkpoint} holds no EMA weights (the run had ema off)")
+            state = {k[len("module."):]: v for k, v in ckpt["ema"].items() if k.startswith("module.")}
+        net.load_state_dict(state)
+        names = classes or [str(i) for i in range(net.num_classes)]
+        clf = Classifier(net, classes or None, names, dict(extra.get("preprocess") or IMAGENET_PREPROCESS),
+                         str(checkpoint), cfg.model)
+    else:
+        assert weights is not None
+        sd = released_state_dict(model) if weights == "official" else unwrap_state_dict(read_checkpoint(weights),
+                                                                                          where=weights)
+        fmt = detect_format(sd)
+        head = convert(sd, fmt, "pvtv2").get("head.weight") if fmt else None
+        n = num_classes or (int(head.shape[0]) if head is not None else 1000)
+        net = create_model(model, num_classes=n)
+        load_weights(net, sd, ignore_head=head is None or int(head.shape[0]) != n)
+        if n == 1000:
+            ids, names = imagenet_classes()
+        else:
+            ids, names = None, [str(i) for i in range(n)]
+        clf = Classifier(net, ids, names, dict(IMAGENET_PREPROCESS), str(weights), model)
+    clf.model.to(device).eval()
+    return clf
+
+
+def _runner(clf: Classifier, backend: str, example: torch.Tensor, device: torch.device) -> Any:
+    if backend == "torch":
+        return clf.model
+    from ..runtime import prepare
+
+    return prepare(clf.model, backend, example_input=example, device=device)
+
+
+def predict(
+    clf: Classifier,
+    images: Sequence[str | os.PathLike[str]],
+    *,
+    topk: int = 5,
+    backend: str = "torch",
+    device: str | torch.device = "cpu",
+) -> list[list[tuple[str, float]]]:
+    """Top-``k`` ``(class name, probability)`` for each image file (unreadable files raise ``DataError``)."""
+    device = torch.device(device)
+    tf = clf.transform()
+    batch = torch.stack([tf(load_image(p)) for p in images])  # (N, C, S, S)
+    run = _runner(clf, backend, batch, device)
+    with torch.inference_mode():
+        probs = run(batch.to(device)).float().softmax(dim=-1).cpu()
+    k = min(topk, probs.shape[1])
+    out = []
+    for row in probs:
+        p, i = row.topk(k)
+        out.append([(clf.class_names[j], float(q)) for q, j in zip(p.tolist(), i.tolist())])
+    return out
+
+
+def save_visualisation(
+    path: str | os.PathLike[str], images: Sequence[str | os.PathLike[str]], preds: Sequence[Sequence[tuple[str, float]]],
+    title: str = "",
+) -> Path:
+    """A PNG with each image beside a bar chart of its top-k classes (written atomically)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .._io import atomic_write
+
+    n = len(images)
+    fig, axes = plt.subplots(n, 2, figsize=(8, 2.8 * n), squeeze=False, gridspec_kw={"width_ratios": [1, 1.3]})
+    for (ax_img, ax_bar), img_path, pred in zip(axes, images, preds):
+        ax_img.imshow(load_image(img_path))
+        ax_img.set_title(Path(img_path).name, fontsize=9)
+        ax_img.axis("off")
+        names = [name for name, _ in pred][::-1]
+        probs = [100 * p for _, p in pred][::-1]
+        ax_bar.barh(range(len(pred)), probs, color="tab:blue")
+        ax_bar.set_yticks(range(len(pred)), names, fontsize=8)
+        ax_bar.set_xlim(0, 100)
+        ax_bar.set_xlabel("probability (%)", fontsize=8)
+        for y, p in enumerate(probs):
+            ax_bar.text(min(p + 1, 80), y, f"{p:.1f}", va="center", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    try:
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    finally:
+        plt.close(fig)
+
+
+def evaluate_folder(
+    clf: Classifier,
+    root: str | os.PathLike[str],
+    *,
+    batch_size: int = 64,
+    workers: int = 4,
+    backend: str = "torch",
+    device: str | torch.device = "cpu",
+    on_bad: str = "skip",
+    limit: int | None = None,
+) -> dict[str, Any]:
+    """Top-1/top-5 on an ImageFolder (``root/<class>/<image>``) with the model's evaluation preprocessing.
+
+    Folder names are matched to the model's class identifiers (ImageNet synsets for 1000-class weights, the run's
+    class names for our checkpoints); without identifiers, sorted folder order must give the model's classes.
+    """
+    device = torch.device(device)
+    ds = ImageFolder(root, clf.transform(), on_bad=on_bad, classes=clf.class_ids)
+    if clf.class_ids is None and len(ds.classes) != len(clf.class_names):
+        raise DataError(f"{root} has {len(ds.classes)} class folders but the model has {len(clf.class_names)} "
+                        "outputs and no class names to match them by")
+    base: Any = ds if limit is None else torch.utils.data.Subset(ds, range(min(limit, len(ds))))
+    data = SeededDataset(base)
+    loader = torch.utils.data.DataLoader(data, batch_size=batch_size, sampler=EpochSampler(len(data), shuffle=False,
+                                         pad=False), num_workers=workers, collate_fn=collate_skip_bad)
+    size = int(clf.preprocess.get("size", 224))
+    example = torch.zeros(min(batch_size, len(data)), int(clf.preprocess.get("channels", 3)), size, size)
+    run = _runner(clf, backend, example, device)
+    res = evaluate(run, loader, device, num_classes=len(clf.class_names))
+    if res["skipped"]:
+        log.warning("%d unreadable image(s) skipped", res["skipped"])
+    return {"model": clf.name, "weights": clf.source, "data": str(root), "backend": backend,
+            "protocol": _protocol(clf.preprocess), "empty_classes": ds.empty_classes, **res}
+
+
+def _protocol(pre: dict[str, Any]) -> str:
+    if pre.get("kind") == "fashion_mnist":
+        return f"grey {pre['image_size']} px zero-padded to {pre['size']}"
+    size = int(pre.get("size", 224))
+    return f"resize {int(size / float(pre.get('crop_pct', 0.875)))} {pre.get('interpolation', 'bicubic')}, " \
+           f"center-crop {size}"
