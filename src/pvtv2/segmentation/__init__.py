@@ -7,7 +7,7 @@ Data (:mod:`.datasets`, :mod:`.transforms`) never imports model code; training b
 """
 
 from .checkpoint import load_segmentor, save_segmentor
-from .classes import ADE20K_CLASSES, VOC_CLASSES, palette
+from .classes import ADE20K_CLASSES, VOC_CLASSES, palette, palette_for
 from .complexity import PAPER_TABLE5, complexity_rows
 from .datasets import DatasetMeta, SegmentationDataset, ade20k, build_dataset, collate_segmentation, folder, voc
 from .evaluate import evaluate, format_results
@@ -37,6 +37,7 @@ __all__ = [
     "load_segmentor",
     "overlay",
     "palette",
+    "palette_for",
     "predict",
     "predict_logits",
     "save_segmentor",

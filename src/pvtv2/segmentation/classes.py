@@ -42,3 +42,10 @@ def palette(n: int) -> list[tuple[int, int, int]]:
             c >>= 3
         colours.append((r, g, b))
     return colours
+
+
+def palette_for(class_names: tuple[str, ...] | list[str]) -> list[tuple[int, int, int]]:
+    """The VOC colour map for these classes; black (left unpainted in overlays) only for a background class."""
+    if class_names and class_names[0].strip("_").lower() == "background":
+        return palette(len(class_names))
+    return palette(len(class_names) + 1)[1:]

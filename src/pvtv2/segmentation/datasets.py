@@ -247,6 +247,18 @@ def collate_segmentation(batch: list[Sample | None]) -> dict[str, Any]:
     return out
 
 
+def next_batch(batches: Any) -> dict[str, Any]:
+    """``next(batches)`` for a DataLoader iterator, turning a DataError raised in a worker process (which the
+    DataLoader re-raises with the worker's whole traceback as its message) back into its one-line message."""
+    try:
+        return next(batches)
+    except DataError as e:
+        lines = [line for line in str(e).splitlines() if line.strip()]
+        if len(lines) > 1 and "DataLoader worker" in lines[0]:
+            raise DataError(lines[-1].split("DataError: ", 1)[-1]) from None
+        raise
+
+
 # --- layouts ------------------------------------------------------------------------------------------------------
 def _files(folder: Path, exts: tuple[str, ...]) -> dict[str, Path]:
     """``{stem: path}`` of the files in ``folder`` with one of ``exts`` (also ``name.ext.gz``)."""

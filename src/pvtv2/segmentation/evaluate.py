@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .datasets import SegmentationDataset, collate_segmentation
+from .datasets import SegmentationDataset, collate_segmentation, next_batch
 from .inference import Mode, predict_logits
 from .metrics import ConfusionMatrix
 
@@ -64,7 +64,9 @@ def evaluate(
     model.eval()
     start, images, skipped = time.perf_counter(), 0, 0
     try:
-        for batch in tqdm(loader, desc="eval", disable=not progress or rank != 0, leave=False):
+        batches = iter(loader)
+        for _ in tqdm(range(len(loader)), desc="eval", disable=not progress or rank != 0, leave=False):
+            batch = next_batch(batches)
             skipped += batch["skipped"]
             for image, mask in zip(batch["image"], batch["mask"]):  # one image per batch; sizes differ
                 logits = predict_logits(model, image[None], scale=scale, mode=mode, crop=crop, stride=stride,

@@ -34,7 +34,7 @@ from ..engine import (
 )
 from ..errors import DataError, TrainingError
 from .checkpoint import segmentor_record
-from .datasets import ResampleOnError, build_dataset, collate_segmentation
+from .datasets import ResampleOnError, build_dataset, collate_segmentation, next_batch
 from .evaluate import evaluate
 from .model import semantic_fpn
 from .sampler import InfiniteBatchSampler
@@ -98,8 +98,9 @@ def _seed_all(seed: int) -> None:
 def train(cfg: SegTrainConfig) -> dict[str, Any]:
     """Train Semantic FPN; returns ``{"run_dir", "checkpoint", "losses", "metrics", "skipped", "seconds"}``.
 
-    Launch with ``torchrun --nproc-per-node N`` for DDP (SyncBatchNorm in the head, the total batch split across
-    processes); a single process otherwise.
+    Launch with ``torchrun --nproc-per-node N`` for DDP (the total batch split across processes; the head's
+    BatchNorm becomes SyncBatchNorm on GPUs, as released; on CPU, gloo, each process keeps its own statistics);
+    a single process otherwise.
     """
     env = init_distributed(cfg.device)
     if cfg.batch_size % env.world_size:
@@ -127,7 +128,7 @@ def train(cfg: SegTrainConfig) -> dict[str, Any]:
             raise DataError(f"validation set has {val_ds.meta.num_classes} classes, training set {meta.num_classes}")
 
     model = semantic_fpn(cfg.model, meta.num_classes, backbone_weights=cfg.backbone_weights)
-    if env.distributed:
+    if env.distributed and env.device.type == "cuda":  # SyncBN as released (PyTorch has it on GPUs only)
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(env.device)
     ddp = wrap_ddp(model, env)
@@ -170,21 +171,22 @@ def train(cfg: SegTrainConfig) -> dict[str, Any]:
     batches = iter(loader)
     with InterruptGuard(last_checkpoint=ckpt_path if cfg.resume else None) as guard:
         for step in range(state.step, cfg.iterations):
-            batch = next(batches)
+            batch = next_batch(batches)
             skipped.update(batch["skipped_paths"])
             x = batch["image"].to(env.device, non_blocking=True)
             y = batch["mask"].to(env.device, non_blocking=True)
             with precision.autocast():
                 logits = ddp(x)  # (B, K, H, W)
             loss = F.cross_entropy(logits.float(), y, ignore_index=meta.ignore_index)
-            if guard.check(loss, where=f"iteration {step + 1}").stop:
-                save(step)
-                raise Interrupted(f"interrupted at iteration {step}; continue with --resume {ckpt_path}")
+            status = guard.check(loss, where=f"iteration {step + 1}")  # raises on NaN/inf, before the update
             stepper.step(loss)
             value = float(reduce_mean(loss.detach()))
             losses.append(value)
             window.append(value)
             done = step + 1
+            if status.stop:  # Ctrl-C / SIGTERM: this step is finished, so the checkpoint resumes exactly
+                save(done)
+                raise Interrupted(f"interrupted after iteration {done}; continue with --resume {ckpt_path}")
             record: dict[str, Any] = {}
             if done % cfg.log_interval == 0 or done == cfg.iterations:
                 secs = (time.perf_counter() - tick) / len(window)

@@ -21,10 +21,11 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def _image_size(flat_inputs: list[Any]) -> tuple[int, int]:
-    for x in flat_inputs:
-        if isinstance(x, tv_tensors.Image):
-            return int(x.shape[-2]), int(x.shape[-1])
-    raise TypeError("these transforms need a tv_tensors.Image in their input")
+    for kind in (tv_tensors.Image, tv_tensors.Mask):
+        for x in flat_inputs:
+            if isinstance(x, kind):
+                return int(x.shape[-2]), int(x.shape[-1])
+    raise TypeError("these transforms need a tv_tensors.Image or Mask in their input")
 
 
 def _mask(flat_inputs: list[Any]) -> torch.Tensor | None:

@@ -10,15 +10,16 @@ import torch
 from torchvision.utils import draw_segmentation_masks
 
 from .._io import atomic_write
-from .classes import palette as make_palette
+from .classes import palette_for
 
 
 def overlay(
     image: torch.Tensor, labels: torch.Tensor, palette: Sequence[tuple[int, int, int]], *, alpha: float = 0.5,
     ignore_index: int = 255,
 ) -> torch.Tensor:
-    """Blend one colour per class over ``image`` ``(3, H, W)`` uint8 for label map ``labels`` ``(H, W)``."""
-    classes = [int(c) for c in torch.unique(labels) if int(c) != ignore_index]
+    """Blend one colour per class over ``image`` ``(3, H, W)`` uint8 for label map ``labels`` ``(H, W)``; classes
+    coloured black (VOC's background) are left unpainted."""
+    classes = [int(c) for c in torch.unique(labels) if int(c) != ignore_index and tuple(palette[int(c)]) != (0, 0, 0)]
     if not classes:
         return image.clone()
     masks = torch.stack([labels == c for c in classes])  # (N, H, W) bool
@@ -44,7 +45,7 @@ def save_visualization(
         image: ``(3, H, W)`` uint8 image.
         labels: ``(H, W)`` label map of the same size.
         class_names: names indexed by label.
-        palette: RGB colour per label (default: the VOC colour map).
+        palette: RGB colour per label (default: the VOC colour map; black only for a background class).
         alpha: opacity of the colours.
         title: figure title.
         ignore_index: label drawn without colour.
@@ -53,7 +54,7 @@ def save_visualization(
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
-    palette = palette or make_palette(len(class_names))
+    palette = palette or palette_for(list(class_names))
     labels = labels.cpu()
     blended = overlay(image.cpu(), labels, palette, alpha=alpha, ignore_index=ignore_index)
     ids, counts = torch.unique(labels[labels != ignore_index], return_counts=True)

@@ -1,0 +1,168 @@
+"""``pvtv2 seg train`` / ``pvtv2 seg eval`` (Semantic FPN) and ``pvtv2 segment IMAGE`` (a colour overlay)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def _pair(kind: type) -> object:
+    def parse(text: str) -> tuple:
+        parts = text.replace("x", ",").split(",")
+        if len(parts) != 2:
+            raise argparse.ArgumentTypeError(f"expected two numbers like 2048,512, got {text!r}")
+        return tuple(kind(p) for p in parts)
+
+    return parse
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--layout", default="auto", choices=["auto", "ade20k", "voc", "folder"],
+                   help="dataset layout (auto: images/+annotations/ = ADE20K, JPEGImages/ = VOC, else folder)")
+    p.add_argument("--masks", default=None, help="mask folder of the folder layout (masks named like the images)")
+    p.add_argument("--num-classes", type=int, default=None, help="classes of the folder layout")
+    p.add_argument("--reduce-zero-label", action="store_true", help="folder layout: label 0 is ignored (as ADE20K)")
+    p.add_argument("--on-error", default="skip", choices=["skip", "raise"],
+                   help="bad samples (size mismatch, labels out of range, unreadable): skip and count, or stop")
+
+
+def _add_test_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--test-scale", type=_pair(int), default=(2048, 512), metavar="LONG,SHORT",
+                   help="keep-ratio test resize bound (default 2048,512: shorter side 512)")
+    p.add_argument("--mode", default="whole", choices=["whole", "slide"], help="whole image or sliding window")
+    p.add_argument("--crop", type=int, default=512, help="sliding-window size")
+    p.add_argument("--stride", type=int, default=341, help="sliding-window step")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    seg = sub.add_parser("seg", help="semantic segmentation with Semantic FPN (train, eval)")
+    seg_sub = seg.add_subparsers(dest="seg_command", metavar="{train,eval}")
+    seg.set_defaults(func=lambda args: seg.print_help() or 1)
+
+    p = seg_sub.add_parser("train", help="train Semantic FPN (iteration-based; torchrun for several GPUs)")
+    p.add_argument("data", help="dataset root (ADE20K, VOC, or an image folder with --masks)")
+    _add_data_args(p)
+    p.add_argument("--train-split", default=None, help="ADE20K: training (default); VOC: an ImageSets split")
+    p.add_argument("--val-data", default=None, help="validation root (default: DATA with --val-split)")
+    p.add_argument("--val-split", default=None, help="validation split (ADE20K: validation); none: no validation")
+    p.add_argument("--model", default="pvt_v2_b0", help="backbone name (pvtv2 models)")
+    p.add_argument("--backbone-weights", default=None, help="'official' (released ImageNet weights) or a checkpoint")
+    p.add_argument("--iterations", type=int, default=40_000, help="optimizer steps (paper: 40000)")
+    p.add_argument("--batch-size", type=int, default=16, help="total batch over all processes (paper: 16)")
+    p.add_argument("--lr", type=float, default=2e-4, help="AdamW learning rate (released: 2e-4)")
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--power", type=float, default=0.9, help="poly decay exponent")
+    p.add_argument("--warmup-iters", type=int, default=0)
+    p.add_argument("--clip-grad", type=float, default=None, help="max gradient norm (default: none)")
+    p.add_argument("--crop-size", type=int, default=512, help="training crop")
+    p.add_argument("--scale", type=_pair(int), default=(2048, 512), metavar="LONG,SHORT",
+                   help="resize bound before the random ratio (default 2048,512)")
+    p.add_argument("--ratio-range", type=_pair(float), default=(0.5, 2.0), metavar="LO,HI")
+    p.add_argument("--cat-max-ratio", type=float, default=0.75, help="crop re-draw threshold (1 disables)")
+    p.add_argument("--test-scale", type=_pair(int), default=(2048, 512), metavar="LONG,SHORT")
+    p.add_argument("--eval-mode", default="whole", choices=["whole", "slide"])
+    p.add_argument("--eval-interval", type=int, default=4000)
+    p.add_argument("--ckpt-interval", type=int, default=4000)
+    p.add_argument("--log-interval", type=int, default=50)
+    p.add_argument("--workers", type=int, default=4, help="DataLoader workers per process")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (torchrun: cuda:LOCAL_RANK)")
+    p.add_argument("--out", default=None, help="run directory (default runs/<timestamp>)")
+    p.add_argument("--resume", default=None, help="continue exactly from a last.pth")
+    p.set_defaults(func=run_train)
+
+    p = seg_sub.add_parser("eval", help="mIoU, per-class IoU and pixel accuracy of a checkpoint on a dataset")
+    p.add_argument("data", help="dataset root")
+    p.add_argument("--checkpoint", required=True, help="last.pth of 'pvtv2 seg train' (or a save_segmentor file)")
+    p.add_argument("--split", default=None, help="ADE20K: validation (default); VOC: an ImageSets split")
+    _add_data_args(p)
+    _add_test_args(p)
+    p.add_argument("--flip", action="store_true", help="also average the mirrored prediction")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--json", default=None, help="write the full result (per-class rows included) here")
+    p.set_defaults(func=run_eval)
+
+    p = sub.add_parser("segment", help="segment one image with a Semantic FPN checkpoint and save a colour overlay")
+    p.add_argument("image", help="an image file")
+    p.add_argument("--checkpoint", required=True, help="last.pth of 'pvtv2 seg train' (or a save_segmentor file)")
+    p.add_argument("--save-vis", default=None, help="write the overlay with a legend here (PNG)")
+    p.add_argument("--save-mask", default=None, help="write the label map here (PNG, one class index per pixel)")
+    p.add_argument("--alpha", type=float, default=0.5, help="opacity of the colours")
+    _add_test_args(p)
+    p.set_defaults(func=run_segment)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from ..segmentation.train import SegTrainConfig, train
+
+    cfg = SegTrainConfig(**{k: getattr(args, k) for k in SegTrainConfig.__dataclass_fields__ if hasattr(args, k)})
+    result = train(cfg)
+    summary = f"done: {len(result['losses'])} iterations in {result['seconds']:.0f} s; checkpoint {result['checkpoint']}"
+    if result["metrics"]:
+        summary += f"; val mIoU {100 * result['metrics']['miou']:.2f}"
+    print(summary)
+    return 0
+
+
+def _device(name: str):  # noqa: ANN202 - torch is imported lazily
+    from ..engine.distributed import resolve_device
+
+    return resolve_device(name)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from ..segmentation import build_dataset, evaluate, format_results, load_segmentor
+    from .._io import atomic_write_text
+
+    model, meta = load_segmentor(args.checkpoint, map_location=_device(args.device))
+    from pathlib import Path
+
+    split = args.split
+    if split is None and (Path(args.data) / "annotations" / "validation").is_dir():
+        split = "validation"  # ADE20K is evaluated on its validation images
+    ds = build_dataset(args.data, layout=args.layout, split=split, masks=args.masks,
+                       num_classes=args.num_classes or (meta.num_classes if args.masks else None),
+                       class_names=meta.class_names if args.masks else None,
+                       reduce_zero_label=args.reduce_zero_label, on_error=args.on_error)
+    if ds.meta.num_classes != meta.num_classes:
+        from ..errors import DataError
+
+        raise DataError(f"{args.data} has {ds.meta.num_classes} classes but {args.checkpoint} predicts "
+                        f"{meta.num_classes}; evaluate on the dataset the model was trained for")
+    result = evaluate(model, ds, scale=args.test_scale, mode=args.mode, crop=args.crop, stride=args.stride,
+                      flip=args.flip, num_workers=args.workers, progress=True)
+    print(format_results(result))
+    if args.json:
+        atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def run_segment(args: argparse.Namespace) -> int:
+    import torch
+
+    from .._io import atomic_write
+    from ..segmentation import load_segmentor, predict, save_visualization
+    from ..segmentation.datasets import read_image
+
+    model, meta = load_segmentor(args.checkpoint, map_location=_device(args.device))
+    model.eval()
+    image = read_image(args.image)
+    labels = predict(model, image, scale=args.test_scale, mode=args.mode, crop=args.crop, stride=args.stride)
+    labels = labels.cpu()
+    ids, counts = torch.unique(labels, return_counts=True)
+    order = torch.argsort(counts, descending=True)
+    shares = ", ".join(f"{meta.class_names[int(ids[i])]} {100 * int(counts[i]) / labels.numel():.1f}%" for i in order[:8])
+    print(f"{args.image}: {image.shape[2]}x{image.shape[1]}; {shares}")
+    if args.save_vis:
+        path = save_visualization(args.save_vis, image, labels, meta.class_names, alpha=args.alpha,
+                                  title=f"{args.image.rsplit('/', 1)[-1]}: Semantic FPN")
+        print(f"overlay written to {path}")
+    if args.save_mask:
+        from PIL import Image
+
+        arr = labels.numpy().astype("uint8" if meta.num_classes <= 256 else "int32")  # "L" or "I" PNG
+        path = atomic_write(args.save_mask, lambda tmp: Image.fromarray(arr).save(tmp, format="PNG"))
+        print(f"label map written to {path}")
+    return 0
