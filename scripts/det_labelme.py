@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-size", type=int, default=256, help="longer side at most")
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest when the CPU is shared)")
     p.add_argument("--out", default="runs/det_labelme")
     p.add_argument("--min-ap50", type=float, default=0.5)
     args = p.parse_args(argv)
@@ -50,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = train(DetTrainConfig(
         data=args.data, val_data=args.data, arch=args.arch, backbone=args.backbone,
         backbone_weights=args.backbone_weights, max_iters=args.iters, batch_size=3, lr=args.lr,
-        train_sizes=(args.size,), max_size=args.max_size, test_size=args.size, workers=0, seed=args.seed,
+        train_sizes=(args.size,), max_size=args.max_size, test_size=args.size, workers=0, threads=args.threads,
+        seed=args.seed,
         eval_every=0, save_every=args.iters, log_every=25, out=str(out), precision="fp32",
     ))
     train_s = time.perf_counter() - start

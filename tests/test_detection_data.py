@@ -16,6 +16,15 @@ from pvtv2.detection.data import DetectionDataset, decode_masks, load_coco, load
 from pvtv2.detection.recipes import eval_transforms, get_recipe, train_transforms
 from pvtv2.errors import DataError
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One thread: much faster than two on the shared, oversubscribed CPUs these tests run on."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 LABELME = Path("/usr/share/doc/labelme-examples/examples")
 CATEGORIES = [{"id": 0, "name": "_background_"}, {"id": 3, "name": "square"}, {"id": 7, "name": "disc"}]
 

@@ -67,6 +67,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--device", default="auto")
     t.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
     t.add_argument("--workers", type=int, default=2)
+    t.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--eval-every", type=int, default=1, help="epochs between evaluations (0: at the end)")
     t.add_argument("--save-every", type=int, default=0, help="also checkpoint every N steps")
@@ -116,7 +117,7 @@ def run_train(args: argparse.Namespace) -> int:
         train_sizes=tuple(args.train_size) if args.train_size else None, max_size=args.max_size,
         test_size=args.test_size, warmup_iters=args.warmup_iters, clip_grad=args.clip_grad,
         trainable_stages=args.trainable_stages, norm_eval=args.norm_eval, out=args.out, resume=args.resume,
-        device=args.device, precision=args.precision, workers=args.workers, seed=args.seed,
+        device=args.device, precision=args.precision, workers=args.workers, threads=args.threads, seed=args.seed,
         eval_every=args.eval_every, save_every=args.save_every, strict_data=args.strict, log_every=args.log_every,
     )
     summary = train(cfg)

@@ -79,6 +79,7 @@ class DetTrainConfig:
     device: str = "auto"
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
     workers: int = 2  # DataLoader processes
+    threads: int | None = None  # torch CPU threads per process (None: torch's default; 1 is fastest on busy CPUs)
     seed: int = 0
     eval_every: int = 1  # epochs between evaluations (0: only after the last)
     save_every: int = 0  # write last.pth every this many steps instead of at each epoch end (0: epoch ends)
@@ -127,6 +128,8 @@ def train(cfg: DetTrainConfig) -> dict[str, Any]:
     """
     if cfg.arch not in ARCHITECTURES:
         raise TrainingError(f"unknown detector {cfg.arch!r}; choose one of {', '.join(ARCHITECTURES)}")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     env = init_distributed(cfg.device)
     try:
         return _train(cfg, env)

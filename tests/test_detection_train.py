@@ -1,0 +1,142 @@
+"""Detection training, evaluation and the command line: smoke run, exact resume, COCO AP, drawing, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from test_detection_data import write_coco
+
+from pvtv2.cli import main as cli
+from pvtv2.detection import DetTrainConfig, load_coco, train
+from pvtv2.detection.data import DetectionDataset, decode_masks
+from pvtv2.detection.evaluate import METRICS, coco_ground_truth, coco_metrics, to_coco_results
+from pvtv2.detection.visualize import draw_detections
+from pvtv2.weights import read_checkpoint
+
+TINY = ["--backbone-override", "depths=1,1,1,1"]
+SMALL = ["--train-size", "64", "--max-size", "96", "--test-size", "64", "--workers", "0", "--threads", "1"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One thread: much faster than two on the shared, oversubscribed CPUs these tests run on."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _cfg(data: Path, out: Path, **kw) -> DetTrainConfig:
+    base = dict(data=str(data), backbone_overrides={"depths": (1, 1, 1, 1)}, batch_size=2, train_sizes=(64,),
+                max_size=96, test_size=64, workers=0, threads=1, lr=1e-4, warmup_iters=0, out=str(out), log_every=1)
+    return DetTrainConfig(**{**base, **kw})
+
+
+def test_smoke_run_loss_goes_down_and_eval_has_ap_fields(tmp_path: Path) -> None:
+    data = write_coco(tmp_path / "data", n=2)
+    summary = train(_cfg(data, tmp_path / "run", val_data=str(data), max_iters=6, eval_every=0))
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["train_loss"] for r in records]
+    assert len(losses) == 6 and losses[-1] < 0.9 * losses[0]
+    assert set(summary["metrics"]["bbox"]) == set(METRICS)
+    assert all(0.0 <= v <= 1.0 for v in summary["metrics"]["bbox"].values())
+    assert records[-1]["bbox_AP50"] == summary["metrics"]["bbox"]["AP50"]
+    for name in ("last.pth", "config.json", "metrics.csv", "curves.png", "results.json", "summary.json"):
+        assert (tmp_path / "run" / name).is_file(), name
+    ckpt = read_checkpoint(tmp_path / "run" / "last.pth")
+    assert ckpt["step"] == 6 and ckpt["extra"]["detector"]["class_names"] == ["__background__", "square", "disc"]
+
+
+def test_resume_gives_the_same_weights(tmp_path: Path) -> None:
+    data = write_coco(tmp_path / "data", n=3)  # 2 steps per epoch: the stop falls mid-epoch
+    train(_cfg(data, tmp_path / "a", max_iters=4))
+    stopped = train(_cfg(data, tmp_path / "b", max_iters=4, stop_after=3))
+    assert stopped["steps"] == 3
+    resumed = train(_cfg(data, tmp_path / "c", max_iters=4, resume=stopped["checkpoint"]))
+    assert resumed["steps"] == 4
+    a, b, c = (read_checkpoint(tmp_path / run / "last.pth") for run in ("a", "b", "c"))
+    assert (a["step"], b["step"], c["step"]) == (4, 3, 4) and (b["epoch"], b["epoch_step"]) == (1, 1)
+    assert any(not torch.equal(a["model"][k], b["model"][k]) for k in a["model"])  # the 4th step moved weights
+    for key in a["model"]:
+        torch.testing.assert_close(c["model"][key], a["model"][key], rtol=0, atol=0, msg=key)
+    assert c["optimizer"]["state"].keys() == a["optimizer"]["state"].keys()
+
+
+def test_cli_train_eval_detect(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = write_coco(tmp_path / "data", n=2)
+    run = tmp_path / "run"
+    assert cli(["det", "train", "--data", str(data), "--val-data", str(data), "--max-iters", "2", "--batch-size", "2",
+                "--out", str(run), "--warmup-iters", "0", *TINY, *SMALL]) == 0
+    assert json.loads(capsys.readouterr().out)["steps"] == 2
+    assert cli(["det", "eval", "--checkpoint", str(run / "last.pth"), "--data", str(data), "--out", str(tmp_path / "ev"),
+                "--device", "cpu"]) == 0
+    assert capsys.readouterr().out.startswith("bbox  AP ")
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert set(metrics["bbox"]) == set(METRICS) and isinstance(json.loads((tmp_path / "ev" / "results.json")
+                                                                          .read_text()), list)
+    png = tmp_path / "vis.png"
+    image = tmp_path / "data" / "img" / "0.jpg"
+    assert cli(["detect", str(image), "--checkpoint", str(run / "last.pth"), "--save-vis", str(png),
+                "--score-thresh", "0", "--device", "cpu", "--json"]) == 0
+    found = json.loads(capsys.readouterr().out.split("\nwrote")[0])
+    assert isinstance(found, list) and all({"name", "score", "box"} <= set(d) for d in found)
+    with Image.open(png) as im:
+        assert im.size == (128, 96)
+
+
+def test_cli_bad_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    assert cli(["det", "train", "--data", str(bad), "--out", str(tmp_path / "r"), *SMALL]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "not valid JSON" in err and len(err.splitlines()) == 1
+    data = write_coco(tmp_path / "data", n=2, annotations=[
+        {"id": 1, "image_id": 0, "category_id": 3, "bbox": [10, 10, 30, 30]},
+        {"id": 2, "image_id": 1, "category_id": 3, "bbox": [10, 10, 0, 30]}])  # zero width
+    assert cli(["det", "train", "--data", str(data), "--strict", "--out", str(tmp_path / "r"), *SMALL]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "zero or negative area" in err and len(err.splitlines()) == 1
+    weights = tmp_path / "w.pth"
+    torch.save({"a": torch.zeros(1)}, weights)
+    assert cli(["detect", str(tmp_path / "missing.jpg"), "--checkpoint", str(weights)]) == 2
+    assert "not a pvtv2 detection checkpoint" in capsys.readouterr().err
+    assert cli(["det", "eval", "--checkpoint", str(tmp_path / "nope.pth"), "--data", str(data)]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_coco_ap_of_perfect_predictions_is_one(tmp_path: Path) -> None:
+    data = load_coco(write_coco(tmp_path, n=2))  # annotation ids start at 0, which pycocotools mishandles
+    outputs, ids = [], []
+    for rec in data.images:
+        masks = torch.from_numpy(decode_masks(rec, rec.instances)).float()[:, None]  # (N, 1, H, W)
+        outputs.append({"boxes": torch.tensor([i.box for i in rec.instances]), "scores": torch.ones(1),
+                        "labels": torch.tensor([i.label for i in rec.instances]), "masks": masks})
+        ids.append(rec.id)
+    results = to_coco_results(outputs, ids, data.label_to_category())
+    assert results[0]["category_id"] == 3 and "segmentation" in results[0]
+    gt = coco_ground_truth(data)
+    for kind in ("bbox", "segm"):
+        metrics, table = coco_metrics(gt, results, kind)
+        assert metrics["AP"] == pytest.approx(1.0) and metrics["AP50"] == pytest.approx(1.0), table
+    empty, _ = coco_metrics(gt, [], "bbox")
+    assert empty == {m: 0.0 for m in METRICS}
+
+
+def test_draw_detections_boxes_masks_labels(tmp_path: Path) -> None:
+    data = load_coco(write_coco(tmp_path, n=1))
+    image, _ = DetectionDataset(data)[0]
+    mask = torch.zeros(1, 1, 96, 128)
+    mask[0, 0, 12:60, 10:58] = 0.9
+    pred = {"boxes": torch.tensor([[10.0, 12.0, 58.0, 60.0], [0.0, 0.0, 5.0, 5.0]]), "scores": torch.tensor([0.9, 0.1]),
+            "labels": torch.tensor([1, 2]), "masks": torch.cat([mask, torch.zeros(1, 1, 96, 128)])}
+    drawn = draw_detections(image, pred, data.class_names, score_thresh=0.5)
+    assert drawn.dtype == torch.uint8 and drawn.shape == image.shape
+    changed = (drawn != image).any(0)
+    assert changed[30, 30] and changed[12, 30]  # mask fill and box edge
+    assert not changed[1:4, 1:4].any()  # the low-score detection is not drawn
+    assert np.asarray(changed).sum() < changed.numel() / 2
