@@ -8,6 +8,7 @@ post-processing, data-dependent shapes).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ..errors import PVTError
 from .counting import MMCVRules
+from .meta import MetaShortcuts
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +62,10 @@ class Complexity:
         return (self.macs + (0 if self.attn_matmul else self.attn_matmul_macs)) / 1e9
 
     def table(self, depth: int = 2) -> str:
-        """The per-module breakdown down to ``depth`` levels of module paths, one line per module."""
+        """The per-module breakdown, one line per module, ``depth`` names deep (``stages.0`` is 1, ``.blocks.0`` 2)."""
         lines = [f"{'module':<40} {'GFLOPs':>9} {'share':>6}"]
         total = max(self.macs, 1)
-        shown = [n for n, macs in self.by_module.items() if n.count(".") < depth and macs]
+        shown = [n for n, macs in self.by_module.items() if _level(n) <= depth and macs]
         for name in shown:
             macs = self.by_module[name]
             indent = "  " * sum(name.startswith(other + ".") for other in shown)  # one step per listed ancestor
@@ -133,7 +135,7 @@ def _count(
         inputs = tree_map(lambda t: t.to("meta") if isinstance(t, torch.Tensor) else t, inputs)
     rules = MMCVRules(state.values(), attn_matmul=attn_matmul, upsample=upsample)
     counter = FlopCounterMode(display=False, custom_mapping=rules.mapping())
-    with torch.no_grad(), counter:
+    with torch.no_grad(), MetaShortcuts() if on_meta else contextlib.nullcontext(), counter:  # counter on top
         if on_meta:
             functional_call(model, state, inputs)
         else:
@@ -155,6 +157,11 @@ def _count(
         by_category=dict(rules.by_category),
         device="meta" if on_meta else str(_device(model)),
     )
+
+
+def _level(path: str) -> int:
+    """Depth of a module path, list indices not counted: ``stages.0.blocks.1.attn`` -> 3."""
+    return sum(not part.isdigit() for part in path.split("."))
 
 
 def _natural(path: str) -> list[tuple[int, int | str]]:

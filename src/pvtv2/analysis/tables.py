@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import os
 from collections.abc import Sequence
@@ -22,10 +23,15 @@ Row = dict[str, Any]
 def count_registered(
     name: str, input_size: int | Sequence[int] = 224, attn_matmul: bool = True, num_classes: int = 1000
 ) -> Complexity:
-    """:func:`complexity` of a registered model built on the meta device (no memory, no arithmetic)."""
+    """:func:`complexity` of a registered model built on the meta device (no memory, no arithmetic); cached."""
+    return _count_registered(name, _pair(input_size), attn_matmul, num_classes)
+
+
+@functools.lru_cache(maxsize=256)
+def _count_registered(name: str, size: tuple[int, int], attn_matmul: bool, num_classes: int) -> Complexity:
     with torch.device("meta"):
         model = create_model(name, num_classes=num_classes)
-    return complexity(model, input_size, attn_matmul)
+    return complexity(model, size, attn_matmul)
 
 
 def classification_rows(
