@@ -11,6 +11,34 @@ from torch import nn
 AttnMode = Literal["sra", "linear"]
 
 
+def _pool_matrix(n: int, out: int, like: torch.Tensor) -> torch.Tensor:
+    """``(out, n)`` averaging weights of adaptive pooling: row i averages ``[floor(i n / out), ceil((i+1) n / out))``."""
+    i = torch.arange(out, device=like.device)
+    start = (i * n) // out
+    end = ((i + 1) * n + out - 1) // out
+    j = torch.arange(n, device=like.device)
+    inside = (j >= start[:, None]) & (j < end[:, None])  # (out, n)
+    return inside.to(like.dtype) / (end - start).to(like.dtype)[:, None]
+
+
+def adaptive_avg_pool_tokens(x: torch.Tensor, size: int) -> torch.Tensor:
+    """``F.adaptive_avg_pool2d`` on ``(B, H, W, C)`` tokens as two small matmuls: ``(B, size, size, C)``.
+
+    Equal to adaptive average pooling up to float rounding, but the pooling matrices are built from the run-time
+    H and W, so the graph traces and exports (ONNX, torch.compile with dynamic shapes) at any input size, including
+    sizes that are not multiples of ``size``.
+    """
+    B, H, W, C = x.shape
+    y = torch.matmul(_pool_matrix(W, size, x), x)  # (size, W) @ (B, H, W, C) -> (B, H, size, C)
+    y = torch.matmul(_pool_matrix(H, size, x), y.reshape(B, H, size * C))  # (size, H) @ ... -> (B, size, size*C)
+    return y.reshape(B, size, size, C)
+
+
+def _tracing() -> bool:
+    """True while torch.compile / torch.export / the ONNX exporter / jit tracing captures the graph."""
+    return torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()
+
+
 class SpatialReductionAttention(nn.Module):
     """Multi-head attention whose keys and values come from a spatially reduced copy of the input.
 
@@ -52,6 +80,7 @@ class SpatialReductionAttention(nn.Module):
         self.head_dim = dim // num_heads
         self.scale = self.head_dim**-0.5
         self.mode = mode
+        self.pool_size = pool_size
         self.q = nn.Linear(dim, dim, bias=qkv_bias)
         self.kv = nn.Linear(dim, 2 * dim, bias=qkv_bias)
         self.attn_drop = attn_drop
@@ -75,8 +104,10 @@ class SpatialReductionAttention(nn.Module):
         B, C = x.shape[0], x.shape[-1]
         if self.sr is None:
             return x.reshape(B, -1, C)  # (B, N, C): full attention (stage 4 of SRA models)
+        if self.pool is not None and _tracing():
+            x = adaptive_avg_pool_tokens(x, self.pool_size)  # (B, H, W, C) -> (B, 7, 7, C)
         y = x.permute(0, 3, 1, 2)  # (B, H, W, C) -> (B, C, H, W) view, channels_last
-        if self.pool is not None:
+        if self.pool is not None and not _tracing():
             y = self.pool(y)  # -> (B, C, 7, 7)
         y = self.sr(y).permute(0, 2, 3, 1).reshape(B, -1, C)  # -> (B, h*w, C)
         y = self.norm(y)

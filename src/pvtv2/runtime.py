@@ -1,0 +1,172 @@
+"""Inference backends: one call turns a model into a fast ``images -> output`` function.
+
+>>> run = pvtv2.runtime.prepare(model, "onnxruntime")     # or "torch", "compile"
+>>> logits = run(images)                                   # (B, 3, H, W) float -> (B, num_classes)
+>>> run = pvtv2.runtime.fastest(model, device="cpu")       # the best backend for that device
+
+Every backend returns what eager PyTorch returns, within float rounding (1e-4 max abs on logits, checked by the
+tests and ``pvtv2 bench``): logits for a classifier, the list of four NCHW stage maps for a headless backbone.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Union
+
+import torch
+from torch import nn
+
+from .errors import PVTError
+from .export.spec import export_spec, is_backbone
+
+Output = Union[torch.Tensor, list[torch.Tensor]]
+BACKENDS = ("torch", "compile", "onnxruntime")
+log = logging.getLogger(__name__)
+
+
+class Runner:
+    """A prepared model: ``runner(images)`` runs it without autograd on the right device.
+
+    Attributes:
+        backend: the backend's name.
+        device: where the inputs are sent.
+        module: the PyTorch module the backend was built from.
+    """
+
+    def __init__(self, backend: str, fn: Callable[[torch.Tensor], Any], device: torch.device, module: nn.Module):
+        self.backend, self.device, self.module, self._fn = backend, device, module, fn
+
+    def __call__(self, images: torch.Tensor) -> Output:
+        with torch.inference_mode():
+            out = self._fn(images.to(self.device, torch.float32))
+        return out if isinstance(out, torch.Tensor) else list(out)
+
+    def __repr__(self) -> str:
+        return f"Runner(backend={self.backend!r}, device={str(self.device)!r}, module={type(self.module).__name__})"
+
+
+def _device_of(model: nn.Module, device: str | torch.device | None) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def prepare(
+    model: nn.Module,
+    backend: str = "torch",
+    *,
+    example_input: torch.Tensor | None = None,
+    device: str | torch.device | None = None,
+    backbone: bool | None = None,
+) -> Callable[[torch.Tensor], Output]:
+    """A callable mapping an NCHW float batch to the model's output with the chosen backend.
+
+    Args:
+        model: a PVT classifier or backbone (any module with an ``export_spec`` hook for ``onnxruntime``).
+            Put in eval mode and moved to ``device``.
+        backend: ``"torch"`` (eager), ``"compile"`` (``torch.compile``; inductor with weight freezing on CPU) or
+            ``"onnxruntime"`` (exported to ONNX in memory; CUDA provider on CUDA).
+        example_input: a batch like the ones to come; ``compile`` is warmed up on it (so the first real call is
+            not the slow one) and ``onnxruntime`` traces at its size. Default: 2 random images of 224x224.
+        device: ``"cpu"``, ``"cuda"``, ... (default: where the model's parameters are).
+        backbone: return the four stage maps instead of the logits (default: True for a headless model).
+    """
+    if backend not in BACKENDS:
+        raise PVTError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    dev = _device_of(model, device)
+    model = model.to(dev).eval()
+    backbone = is_backbone(model) if backbone is None else backbone
+    module = export_spec(model, backbone=backbone).module.eval()  # the model, or a StageMaps wrapper
+    if backend == "torch":
+        return Runner("torch", module, dev, model)
+    if backend == "compile":
+        return _compiled(module, dev, example_input, model)
+    return _onnxruntime(model, dev, example_input, backbone)
+
+
+def _compiled(module: nn.Module, dev: torch.device, example: torch.Tensor | None, model: nn.Module) -> Runner:
+    options = {"freezing": True} if dev.type == "cpu" else None  # fold weights as constants (inference only)
+    compiled = torch.compile(module, options=options)
+    runner = Runner("compile", compiled, dev, model)
+    t = time.perf_counter()
+    runner(example if example is not None else torch.randn(2, 3, 224, 224))  # compile now, not on the first batch
+    log.debug("torch.compile warm-up took %.1f s", time.perf_counter() - t)
+    return runner
+
+
+def _onnxruntime(model: nn.Module, dev: torch.device, example: torch.Tensor | None, backbone: bool) -> Runner:
+    from .export.onnx import onnx_bytes, onnx_session
+
+    size = tuple(example.shape[-2:]) if example is not None else (224, 224)
+    session = onnx_session(onnx_bytes(model, backbone=backbone, input_size=size), device=dev)  # type: ignore[arg-type]
+    name = session.get_inputs()[0].name
+
+    def run(x: torch.Tensor) -> Output:
+        outs = [torch.from_numpy(o).to(dev) for o in session.run(None, {name: x.detach().cpu().numpy()})]
+        return outs[0] if len(outs) == 1 and not backbone else outs
+
+    return Runner("onnxruntime", run, dev, model)
+
+
+# Best backend per device type, from ``pvtv2 bench`` (docs/speed.md); ``fastest(measure=True)`` re-measures.
+_FASTEST = {"cpu": "onnxruntime", "cuda": "compile"}
+
+
+def _available(backend: str, dev: torch.device) -> bool:
+    if backend == "onnxruntime":
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            return False
+        return dev.type == "cpu" or "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+    return True
+
+
+def fastest(
+    model: nn.Module,
+    device: str | torch.device | None = None,
+    *,
+    example_input: torch.Tensor | None = None,
+    measure: bool = False,
+    repeats: int = 5,
+    backbone: bool | None = None,
+) -> Callable[[torch.Tensor], Output]:
+    """The fastest way to run ``model`` on ``device``.
+
+    Args:
+        model: a PVT classifier or backbone.
+        device: target device (default: where the model is).
+        example_input: a typical batch (also what ``measure`` times).
+        measure: time every available backend on ``example_input`` and keep the fastest, instead of the choice
+            that ``pvtv2 bench`` measured (onnxruntime on CPU, torch.compile on CUDA).
+        repeats: timed runs per backend when measuring (median).
+        backbone: return the four stage maps instead of the logits.
+    """
+    dev = _device_of(model, device)
+    if not measure:
+        choice = _FASTEST.get(dev.type, "torch")
+        choice = choice if _available(choice, dev) else "torch"
+        return prepare(model, choice, example_input=example_input, device=dev, backbone=backbone)
+    x = example_input if example_input is not None else torch.randn(2, 3, 224, 224)
+    best: tuple[float, Callable[[torch.Tensor], Output]] | None = None
+    for name in BACKENDS:
+        if not _available(name, dev):
+            continue
+        runner = prepare(model, name, example_input=x, device=dev, backbone=backbone)
+        runner(x)
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            runner(x)
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            times.append(time.perf_counter() - t)
+        median = sorted(times)[len(times) // 2]
+        log.info("backend %s: %.2f ms per batch", name, median * 1e3)
+        if best is None or median < best[0]:
+            best = (median, runner)
+    assert best is not None
+    return best[1]
