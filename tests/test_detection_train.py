@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -57,8 +60,9 @@ def test_resume_gives_the_same_weights(tmp_path: Path) -> None:
     train(_cfg(data, tmp_path / "a", max_iters=4))
     stopped = train(_cfg(data, tmp_path / "b", max_iters=4, stop_after=3))
     assert stopped["steps"] == 3
-    resumed = train(_cfg(data, tmp_path / "c", max_iters=4, resume=stopped["checkpoint"]))
-    assert resumed["steps"] == 4
+    # the CLI resumes with the run's own configuration from the checkpoint alone
+    assert cli(["det", "train", "--resume", stopped["checkpoint"], "--out", str(tmp_path / "c"), "--workers", "0",
+                "--device", "cpu"]) == 0
     a, b, c = (read_checkpoint(tmp_path / run / "last.pth") for run in ("a", "b", "c"))
     assert (a["step"], b["step"], c["step"]) == (4, 3, 4) and (b["epoch"], b["epoch_step"]) == (1, 1)
     assert any(not torch.equal(a["model"][k], b["model"][k]) for k in a["model"])  # the 4th step moved weights
@@ -140,3 +144,23 @@ def test_draw_detections_boxes_masks_labels(tmp_path: Path) -> None:
     assert changed[30, 30] and changed[12, 30]  # mask fill and box edge
     assert not changed[1:4, 1:4].any()  # the low-score detection is not drawn
     assert np.asarray(changed).sum() < changed.numel() / 2
+
+
+def test_torchrun_two_processes_match_one(tmp_path: Path) -> None:
+    """DDP on gloo: 2 processes x 1 image = 1 process x 2 images (same-size images, no drop-path); rank 0 writes
+    every rank's RNG state; evaluation is sharded over the ranks and gathered."""
+    data = write_coco(tmp_path / "data", n=2)
+    common = ["det", "train", "--data", str(data), "--val-data", str(data), "--max-iters", "2", "--warmup-iters", "0",
+              "--backbone-override", "drop_path_rate=0.0", "--device", "cpu", *TINY, *SMALL]
+    assert cli([*common, "--batch-size", "2", "--out", str(tmp_path / "one")]) == 0
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "pvtv2",
+           *common, "--batch-size", "1", "--out", str(tmp_path / "two")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one, two = (read_checkpoint(tmp_path / run / "last.pth") for run in ("one", "two"))
+    assert two["step"] == 2 and len(two["rng"]) == 2 and json.loads((tmp_path / "two" / "config.json")
+                                                                     .read_text())["resolved"]["world_size"] == 2
+    for key, value in one["model"].items():
+        torch.testing.assert_close(two["model"][key], value, rtol=1e-4, atol=1e-5, msg=key)
+    m1, m2 = (json.loads((tmp_path / run / "summary.json").read_text())["metrics"]["bbox"] for run in ("one", "two"))
+    assert m2.keys() == m1.keys()

@@ -40,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     dsub = det.add_subparsers(dest="det_command", metavar="{train,eval}")
 
     t = dsub.add_parser("train", help="train a detector (torchrun for several processes)")
-    _data_args(t)
+    _data_args(t, required=False)
     _data_args(t, "val-", required=False)
     t.add_argument("--arch", choices=_ARCHS, default="retinanet")
     t.add_argument("--backbone", default="pvt_v2_b0", help="registered PVT name (pvtv2 models)")
@@ -63,7 +63,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--trainable-stages", type=int, default=None, choices=range(5), help="last stages trained")
     t.add_argument("--norm-eval", action="store_true", help="freeze the backbone's LayerNorms")
     t.add_argument("--out", default=None, help="run directory (default: runs/det/<timestamp>)")
-    t.add_argument("--resume", default=None, metavar="CKPT", help="continue from a last.pth")
+    t.add_argument("--resume", default=None, metavar="CKPT",
+                   help="continue from a last.pth (alone: with the run's own configuration)")
     t.add_argument("--device", default="auto")
     t.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
     t.add_argument("--workers", type=int, default=2)
@@ -108,7 +109,16 @@ def _device(name: str) -> str:
 
 def run_train(args: argparse.Namespace) -> int:
     from ..detection import DetTrainConfig, train
+    from ..detection.train import config_from_checkpoint
+    from ..errors import PVTError
 
+    if args.data is None:
+        if args.resume is None:
+            raise PVTError("det train needs --data PATH (or --resume CKPT to continue a run)")
+        cfg = config_from_checkpoint(args.resume, out=args.out, device=args.device, workers=args.workers,
+                                     threads=args.threads, log_every=args.log_every)
+        print(json.dumps(train(cfg), indent=2))
+        return 0
     cfg = DetTrainConfig(
         data=args.data, split=args.split, images=args.images, val_data=args.val_data, val_split=args.val_split,
         val_images=args.val_images, arch=args.arch, backbone=args.backbone, backbone_weights=args.backbone_weights,

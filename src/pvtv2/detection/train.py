@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from ..engine import (
     TrainState,
     broadcast_object,
     capture_rng_state,
+    checkpoint_config,
     cleanup,
     init_distributed,
     load_checkpoint,
@@ -87,6 +88,23 @@ class DetTrainConfig:
     log_every: int = 20  # steps between progress lines
     score_thresh: float = 0.05  # detections kept for evaluation (torchvision's default)
     stop_after: int | None = None  # stop as if interrupted after this many steps (tests, time-boxed jobs)
+
+
+def config_from_checkpoint(path: str, **changes: Any) -> DetTrainConfig:
+    """The configuration a detection checkpoint was trained with, set to resume from it (``changes`` applied:
+    runtime options such as ``device``, ``workers``, ``threads``)."""
+    saved = checkpoint_config(path)
+    known = {f.name for f in fields(DetTrainConfig)}
+    values = {k: v for k, v in saved.items() if k in known}
+    if "data" not in values:
+        raise TrainingError(f"{path} holds no detection training configuration; pass --data and the run's options")
+    if values.get("train_sizes") is not None:
+        values["train_sizes"] = tuple(values["train_sizes"])
+    values["backbone_overrides"] = {k: tuple(v) if isinstance(v, list) else v
+                                    for k, v in (values.get("backbone_overrides") or {}).items()}
+    values.update(resume=str(path), stop_after=None, out=None)
+    values.update({k: v for k, v in changes.items() if v is not None})
+    return DetTrainConfig(**values)
 
 
 class _SeededTransforms:
