@@ -252,11 +252,13 @@ def test_scaling_latency_panel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     tiny = ScalingModel("PVT v2-B0", lambda: create_model("pvt_v2_b0", num_classes=10))  # quick to build and run
     monkeypatch.setitem(SCALING_MODELS, "pvt_v2_b0", tiny)
     png = tmp_path / "lat.png"
-    args = ["flops", "--scaling", "pvt_v2_b0", "--sizes", "64", "--latency-repeats", "1", "--png", str(png)]
-    assert main(args) == 0
+    threads = torch.get_num_threads()
+    args = ["flops", "--scaling", "pvt_v2_b0", "--sizes", "64", "--latency-repeats", "1", "--threads", "1"]
+    assert main([*args, "--png", str(png)]) == 0
     rows = read_csv(png.with_suffix(".csv"))
     assert [int(r["size"]) for r in rows] == [64]
-    assert all(float(r["latency_ms"]) > 0 and int(r["threads"]) >= 1 for r in rows)
+    assert all(float(r["latency_ms"]) > 0 and int(r["threads"]) == 1 for r in rows)
+    assert torch.get_num_threads() == threads  # restored
 
 
 def test_models_table_has_gflops() -> None:

@@ -74,16 +74,18 @@ def scaling_rows(
     *,
     latency_repeats: int = 3,
     latency_max_size: int | None = None,
+    threads: int | None = None,
     attn_matmul: bool = True,
     progress: bool = False,
 ) -> list[Row]:
-    """GFLOPs (and, if ``latency_repeats > 0``, median batch-1 CPU/GPU latency) of each model at each square size.
+    """GFLOPs (and, if ``latency_repeats > 0``, median batch-1 latency) of each model at each square size.
 
     Args:
         models: keys of :data:`SCALING_MODELS` (default: all six).
-        sizes: square input sides, ascending; ``growth`` is relative to the first.
+        sizes: square input sides; ``growth`` is relative to the smallest.
         latency_repeats: timed forward passes per point after one warm-up (0: count only).
         latency_max_size: time only sizes up to this (``None``: all); larger ones are only counted.
+        threads: CPU threads while timing (``None``: torch's setting); 1 gives steadier numbers on a busy machine.
         attn_matmul: count attention products (the paper's convention).
         progress: show a tqdm bar while timing.
     """
@@ -92,39 +94,47 @@ def scaling_rows(
     if unknown:
         raise ValueError(f"unknown scaling model(s) {unknown}; choose from {list(SCALING_MODELS)}")
     sizes = sorted(int(s) for s in sizes)
-    rows: list[Row] = []
     timed_sizes = [s for s in sizes if latency_repeats > 0 and (latency_max_size is None or s <= latency_max_size)]
+    saved_threads = torch.get_num_threads()
     bar = _bar(len(keys) * len(timed_sizes), progress and bool(timed_sizes))
-    for key in keys:
-        spec = SCALING_MODELS[key]
-        with torch.device("meta"):
-            counted = spec.build()
-        timed = spec.build().eval() if timed_sizes else None
-        base = None
-        for size in sizes:
-            c = complexity(counted, size, attn_matmul)
-            base = base or c.gflops
-            latency = measure_latency(timed, size, latency_repeats) if timed is not None and size in timed_sizes else None
-            rows.append(
-                {
-                    "model": key,
-                    "label": spec.label,
-                    "size": size,
-                    "pixels_ratio": round((size / sizes[0]) ** 2, 4),
-                    "params_m": round(c.params_m, 3),
-                    "gflops": round(c.gflops, 4),
-                    "attn_gflops": round(c.attn_matmul_macs / 1e9, 4),
-                    "growth": round(c.gflops / base, 4),
-                    "latency_ms": None if latency is None else round(latency, 2),
-                    "threads": None if latency is None else torch.get_num_threads(),
-                }
-            )
-            if bar is not None and latency is not None:
-                bar.set_postfix_str(f"{spec.label} {size}px")
-                bar.update()
-        del timed
-    if bar is not None:
-        bar.close()
+    try:
+        if threads is not None and timed_sizes:
+            torch.set_num_threads(threads)
+        return [row for key in keys for row in _model_rows(key, sizes, timed_sizes, latency_repeats, attn_matmul, bar)]
+    finally:
+        torch.set_num_threads(saved_threads)
+        if bar is not None:
+            bar.close()
+
+
+def _model_rows(
+    key: str, sizes: list[int], timed_sizes: list[int], repeats: int, attn_matmul: bool, bar: Any
+) -> list[Row]:
+    spec = SCALING_MODELS[key]
+    with torch.device("meta"):
+        counted = spec.build()
+    timed = spec.build().eval() if timed_sizes else None
+    rows: list[Row] = []
+    for size in sizes:
+        c = complexity(counted, size, attn_matmul)
+        latency = measure_latency(timed, size, repeats) if timed is not None and size in timed_sizes else None
+        rows.append(
+            {
+                "model": key,
+                "label": spec.label,
+                "size": size,
+                "pixels_ratio": round((size / sizes[0]) ** 2, 4),
+                "params_m": round(c.params_m, 3),
+                "gflops": round(c.gflops, 4),
+                "attn_gflops": round(c.attn_matmul_macs / 1e9, 4),
+                "growth": round(c.gflops / (rows[0]["gflops"] if rows else c.gflops), 4),
+                "latency_ms": None if latency is None else round(latency, 2),
+                "threads": None if latency is None else torch.get_num_threads(),
+            }
+        )
+        if bar is not None and latency is not None:
+            bar.set_postfix_str(f"{spec.label} {size}px")
+            bar.update()
     return rows
 
 
@@ -155,7 +165,7 @@ def growth_order(rows: Sequence[Row]) -> list[str]:
     return sorted(last, key=lambda k: last[k]["growth"], reverse=True)
 
 
-def plot_scaling(rows: Sequence[Row], path: str | os.PathLike[str], dpi: int = 110) -> Path:
+def plot_scaling(rows: Sequence[Row], path: str | os.PathLike[str], dpi: int = 80) -> Path:
     """Figure 4 as a PNG: GFLOPs, GFLOPs relative to the smallest size, and (if measured) latency, against size."""
     from matplotlib.figure import Figure
 

@@ -74,6 +74,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--latency-max-size", type=int, default=672, metavar="S",
                    help="time only sizes up to S, count the rest (default 672: keeps a CPU run to minutes)")
     g.add_argument("--no-latency", action="store_true", help="count only (same as --latency-repeats 0)")
+    g.add_argument("--threads", type=int, metavar="N", help="CPU threads while timing (default: torch's; 1 is "
+                   "steadier on a busy machine)")
     p.set_defaults(func=run_flops)
 
 
@@ -128,7 +130,7 @@ def _scaling(args: argparse.Namespace, attn: bool) -> int:
         raise PVTError(f"--sizes/--max-size leave no size >= 32 px to count (got {sizes}); e.g. --sizes 224,448")
     repeats = 0 if args.no_latency else args.latency_repeats
     rows = scaling_rows(args.models or None, sizes, latency_repeats=repeats, latency_max_size=args.latency_max_size,
-                        attn_matmul=attn, progress=sys.stderr.isatty())
+                        threads=args.threads, attn_matmul=attn, progress=sys.stderr.isatty())
     print(format_table(rows, SCALING_COLUMNS))
     labels = {k: SCALING_MODELS[k].label for k in SCALING_MODELS}
     print(f"GFLOPs growth {sizes[0]} -> {sizes[-1]} px, fastest first: "
