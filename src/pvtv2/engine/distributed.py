@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,6 +94,8 @@ def wrap_ddp(model: nn.Module, env: DistEnv, **kwargs: Any) -> nn.Module:
     """``DistributedDataParallel(model)`` when there are several processes, else ``model`` itself."""
     if not env.distributed:
         return model
+    # Depth-wise conv weights (C, 1, 3, 3) get equivalent but differently-strided grads: harmless, silence it.
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
     ids = [env.device.index] if env.device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=ids, **kwargs)
 
