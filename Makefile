@@ -30,7 +30,7 @@ debs:
 	fi
 
 demo: setup
-	$(BIN)/pvtv2 models
+	$(BIN)/pvtv2 train
 
 test: setup
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
