@@ -16,6 +16,7 @@ from PIL import Image
 
 from pvtv2.cli import main as cli_main
 from pvtv2.engine import InterruptGuard, Interrupted, read_train_checkpoint
+from pvtv2.segmentation import evaluate, load_segmentor, voc
 from pvtv2.segmentation import train as train_module
 from pvtv2.segmentation.train import SegTrainConfig, train
 
@@ -99,11 +100,12 @@ def test_cli_train_eval_segment(tmp_path: Path, capsys: pytest.CaptureFixture[st
 
 
 def test_torchrun_two_processes(tmp_path: Path) -> None:
-    """DDP on gloo: the total batch of 2 is split over 2 processes, rank 0 writes, every rank's RNG is saved."""
+    """DDP on gloo: the total batch of 2 is split over 2 processes, rank 0 writes, every rank's RNG is saved,
+    evaluation is sharded."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "pvtv2", "seg", "train", LABELME, "--iterations", "2", "--batch-size", "2", "--crop-size", "64",
            "--scale", "256,64", "--workers", "0", "--device", "cpu", "--log-interval", "1",
-           "--out", str(tmp_path / "ddp")]
+           "--val-data", LABELME, "--test-scale", "256,64", "--out", str(tmp_path / "ddp")]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -111,3 +113,7 @@ def test_torchrun_two_processes(tmp_path: Path) -> None:
     assert config["world_size"] == 2
     ckpt = read_train_checkpoint(tmp_path / "ddp" / "last.pth")
     assert ckpt["step"] == 2 and len(ckpt["rng"]) == 2  # one RNG state per rank
+    # the validation images were split over the ranks and the confusion matrices summed: same as one process
+    ddp_miou = json.loads((tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()[-1])["val_miou"]
+    model, _ = load_segmentor(tmp_path / "ddp" / "last.pth")
+    assert ddp_miou == pytest.approx(evaluate(model, voc(LABELME), scale=(256, 64))["miou"], abs=1e-9)

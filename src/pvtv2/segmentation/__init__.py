@@ -9,7 +9,8 @@ Data (:mod:`.datasets`, :mod:`.transforms`) never imports model code; training b
 from .checkpoint import load_segmentor, save_segmentor
 from .classes import ADE20K_CLASSES, VOC_CLASSES, palette, palette_for
 from .complexity import PAPER_TABLE5, complexity_rows
-from .datasets import DatasetMeta, SegmentationDataset, ade20k, build_dataset, collate_segmentation, folder, voc
+from .datasets import DatasetMeta, SegmentationDataset, collate_segmentation
+from .layouts import ade20k, build_dataset, folder, voc
 from .evaluate import evaluate, format_results
 from .head import SemanticFPNHead
 from .inference import predict, predict_logits

@@ -34,7 +34,8 @@ from ..engine import (
 )
 from ..errors import DataError, TrainingError
 from .checkpoint import segmentor_record
-from .datasets import ResampleOnError, build_dataset, collate_segmentation, next_batch
+from .datasets import ResampleOnError, collate_segmentation, next_batch
+from .layouts import build_dataset
 from .evaluate import evaluate
 from .model import semantic_fpn
 from .sampler import InfiniteBatchSampler
@@ -197,6 +198,7 @@ def train(cfg: SegTrainConfig) -> dict[str, Any]:
                              record["train_loss"], record["lr"], secs, secs * (cfg.iterations - done) / 60)
                 window, tick = [], time.perf_counter()
             if val_ds is not None and (done % cfg.eval_interval == 0 or done == cfg.iterations):
+                _sync_buffers(model, env.distributed)  # every rank scores with rank 0's (= the saved) BN statistics
                 result = evaluate(model, val_ds, scale=tuple(cfg.test_scale), mode=cfg.eval_mode,  # type: ignore[arg-type]
                                   amp=precision.name != "fp32")
                 record.update(step=done, val_miou=result["miou"], val_pixel_acc=result["pixel_acc"])
@@ -217,6 +219,15 @@ def train(cfg: SegTrainConfig) -> dict[str, Any]:
     barrier()
     return {"run_dir": str(run.path), "checkpoint": str(ckpt_path), "losses": losses, "metrics": result,
             "skipped": len(skipped), "seconds": time.perf_counter() - start, "model": model, "meta": meta}
+
+
+def _sync_buffers(model: nn.Module, distributed: bool) -> None:
+    """Copy rank 0's buffers (BatchNorm running statistics, which each CPU process updates on its own) to all."""
+    if distributed:
+        import torch.distributed as dist
+
+        for buf in model.buffers():
+            dist.broadcast(buf, src=0)
 
 
 def _norm(v: Any) -> Any:
