@@ -157,6 +157,7 @@ def test_guard_turns_sigint_into_a_stop_flag():
     with InterruptGuard() as guard:
         os.kill(os.getpid(), signal.SIGINT)
         assert guard.check(torch.tensor(0.5)).stop is True
+        os.kill(os.getpid(), signal.SIGTERM)  # torchrun's SIGTERM after the terminal's SIGINT: ignored
         with pytest.raises(KeyboardInterrupt):  # a second Ctrl-C aborts at once
             os.kill(os.getpid(), signal.SIGINT)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

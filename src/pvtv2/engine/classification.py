@@ -140,6 +140,9 @@ def _train(cfg: ClassificationConfig, env: DistEnv, out: Any, resume: Any, progr
     if resume:
         state = load_checkpoint(resume, model=model, optimizer=optimizer, scheduler=scheduler, scaler=stepper.scaler,
                                 ema=ema)
+        if scheduler.total_steps != total_steps:  # --epochs changed on resume: the cosine follows the new length
+            log.info("schedule length changed from %d to %d steps", scheduler.total_steps, total_steps)
+            scheduler.total_steps = total_steps
         state.extra.setdefault("classes", list(data.classes))
         state.extra.setdefault("preprocess", data.preprocess)
     run_path = out or (Path(resume).parent if resume else _new_run_name())

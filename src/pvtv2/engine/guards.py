@@ -14,7 +14,8 @@ How a task uses it::
 
 ``check`` raises :class:`~pvtv2.errors.TrainingError` (one line) on a non-finite loss on any rank, before the
 backward pass, so no checkpoint is ever written from poisoned weights; the last one written stays the good one.
-A second Ctrl-C while the checkpoint is being written aborts at once (plain ``KeyboardInterrupt``).
+A second Ctrl-C while the checkpoint is being written aborts at once (plain ``KeyboardInterrupt``); a different
+signal right after the first (torchrun sends SIGTERM to workers that already got the terminal's SIGINT) is ignored.
 """
 
 from __future__ import annotations
@@ -56,12 +57,16 @@ class InterruptGuard:
         self.signals = signals
         self.requested = False
         self.last_checkpoint = last_checkpoint
+        self._first: int | None = None
         self._old: dict[int, Any] = {}
 
     def _handler(self, signum: int, frame: FrameType | None) -> None:
-        if self.requested:  # second signal: give up immediately
-            raise KeyboardInterrupt
+        if self.requested:
+            if signum == self._first:  # the same signal twice (Ctrl-C Ctrl-C): give up immediately
+                raise KeyboardInterrupt
+            return  # e.g. torchrun's SIGTERM right after the terminal's SIGINT: already stopping
         self.requested = True
+        self._first = signum
         log.warning("\n%s received: finishing this step and writing a resumable checkpoint "
                     "(press Ctrl-C again to abort at once)", signal.Signals(signum).name)
 
