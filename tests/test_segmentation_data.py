@@ -17,6 +17,7 @@ from pvtv2.cli import main as cli_main
 from pvtv2.errors import DataError
 from pvtv2.segmentation import ConfusionMatrix, ade20k, build_dataset, collate_segmentation, folder, voc
 from pvtv2.segmentation.datasets import ResampleOnError
+from pvtv2.segmentation.layouts import evaluation_split
 from pvtv2.segmentation.sampler import InfiniteBatchSampler
 from pvtv2.segmentation.transforms import PadTo, RandomCropCatMax, RandomRescale, train_transforms
 
@@ -72,6 +73,7 @@ def test_ade20k_layout_reduces_zero_label(tmp_path: Path) -> None:
     raw = _mask_of(jpg.stem).astype(np.int64)
     ade = np.where(raw == 255, 0, raw + 1)  # ADE20K: 0 = other (ignored), classes from 1
     _write_mask(tmp_path / "annotations" / "validation" / f"{jpg.stem}.png", ade)
+    assert evaluation_split(tmp_path, None) == "validation" and evaluation_split(LABELME, None) is None
     ds = build_dataset(tmp_path, split="validation")
     assert ds.meta.num_classes == 150 and ds.meta.reduce_zero_label and ds.meta.class_names[0] == "wall"
     assert torch.equal(ds[0]["mask"], torch.from_numpy(raw))  # 0 -> 255, k -> k - 1

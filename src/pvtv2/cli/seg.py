@@ -117,11 +117,9 @@ def run_eval(args: argparse.Namespace) -> int:
     from .._io import atomic_write_text
 
     model, meta = load_segmentor(args.checkpoint, map_location=_device(args.device))
-    from pathlib import Path
+    from ..segmentation.layouts import evaluation_split
 
-    split = args.split
-    if split is None and (Path(args.data) / "annotations" / "validation").is_dir():
-        split = "validation"  # ADE20K is evaluated on its validation images
+    split = evaluation_split(args.data, args.split)  # ADE20K: its validation images by default
     ds = build_dataset(args.data, layout=args.layout, split=split, masks=args.masks,
                        num_classes=args.num_classes or (meta.num_classes if args.masks else None),
                        class_names=meta.class_names if args.masks else None,

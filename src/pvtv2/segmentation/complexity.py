@@ -46,11 +46,11 @@ def complexity_rows(models: list[str] | None = None) -> list[dict[str, Any]]:
             model = semantic_fpn(name, num_classes=150)
         c = complexity(model, INPUT_SIZE)
         paper = PAPER_TABLE5.get(name)
-        note = "mmcv MACs + attention products; decoder/FPN interpolation not counted (as mmcv)"
+        note = "mmcv MACs + attention products; interpolation not counted"
         if paper is not None:
             dp, dg = c.params_m - paper[0], c.gflops - paper[1]
-            agree = "the paper's 0.1 rounding" if abs(dg) < 0.06 else "a real difference"
-            note = f"{note}; vs paper {dp:+.2f} M, {dg:+.2f} GFLOPs ({agree})"
+            why = "paper's rounding" if abs(dg) < 0.06 else "see docs/segmentation.md"
+            note = f"{dp:+.2f} M, {dg:+.2f} G vs paper ({why}); {note}"
         rows.append(
             {
                 "model": name,

@@ -144,3 +144,10 @@ def build_dataset(
         return folder(root, masks, num_classes=num_classes, class_names=class_names,
                       reduce_zero_label=reduce_zero_label, transforms=transforms, on_error=on_error)
     raise DataError(f"unknown dataset layout {layout!r}; choose auto, ade20k, voc or folder")
+
+
+def evaluation_split(root: str | os.PathLike[str], split: str | None) -> str | None:
+    """``split``, or ``validation`` for an ADE20K root when none is given (never score on the training images)."""
+    if split is None and (Path(root) / "annotations" / "validation").is_dir():
+        return "validation"
+    return split

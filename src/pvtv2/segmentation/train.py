@@ -25,6 +25,7 @@ from ..engine import (
     Stepper,
     TrainState,
     barrier,
+    broadcast_object,
     checkpoint_config,
     init_distributed,
     load_checkpoint,
@@ -35,7 +36,7 @@ from ..engine import (
 from ..errors import DataError, TrainingError
 from .checkpoint import segmentor_record
 from .datasets import ResampleOnError, collate_segmentation, next_batch
-from .layouts import build_dataset
+from .layouts import build_dataset, evaluation_split
 from .evaluate import evaluate
 from .model import semantic_fpn
 from .sampler import InfiniteBatchSampler
@@ -124,7 +125,8 @@ def train(cfg: SegTrainConfig) -> dict[str, Any]:
     meta = train_ds.meta
     val_ds = None
     if cfg.val_data or cfg.val_split:
-        val_ds = build_dataset(cfg.val_data or cfg.data, split=cfg.val_split, **common)
+        val_root = cfg.val_data or cfg.data
+        val_ds = build_dataset(val_root, split=evaluation_split(val_root, cfg.val_split), **common)
         if val_ds.meta.num_classes != meta.num_classes:
             raise DataError(f"validation set has {val_ds.meta.num_classes} classes, training set {meta.num_classes}")
 
@@ -144,7 +146,8 @@ def train(cfg: SegTrainConfig) -> dict[str, Any]:
         state = load_checkpoint(cfg.resume, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler)
         state.extra = segmentor_record(model, meta)
         log.info("resumed from %s at iteration %d", cfg.resume, state.step)
-    run = RunDir.create(cfg.out or (str(Path(cfg.resume).parent) if cfg.resume else None), main=env.is_main)
+    run_path = cfg.out or (str(Path(cfg.resume).parent) if cfg.resume else None)
+    run = RunDir(broadcast_object(str(RunDir.create(run_path, main=False).path)), main=env.is_main)  # rank 0's name
     config = {**asdict(cfg), "world_size": env.world_size, "num_classes": meta.num_classes}
     run.write_config(config)
     metrics = MetricsLogger(run, resume=bool(cfg.resume), x="step")
