@@ -16,7 +16,7 @@ from test_detection_data import write_coco
 
 from pvtv2.cli import main as cli
 from pvtv2.detection import DetTrainConfig, load_coco, train
-from pvtv2.detection.data import DetectionDataset, decode_masks
+from pvtv2.detection.dataset import DetectionDataset, decode_masks
 from pvtv2.detection.evaluate import METRICS, coco_ground_truth, coco_metrics, to_coco_results
 from pvtv2.detection.visualize import draw_detections
 from pvtv2.weights import read_checkpoint
@@ -77,8 +77,8 @@ def test_cli_train_eval_detect(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert cli(["det", "train", "--data", str(data), "--val-data", str(data), "--max-iters", "2", "--batch-size", "2",
                 "--out", str(run), "--warmup-iters", "0", *TINY, *SMALL]) == 0
     assert json.loads(capsys.readouterr().out)["steps"] == 2
-    assert cli(["det", "eval", "--checkpoint", str(run / "last.pth"), "--data", str(data), "--out", str(tmp_path / "ev"),
-                "--device", "cpu"]) == 0
+    assert cli(["det", "eval", "--checkpoint", str(run / "last.pth"), "--data", str(data),
+                "--out", str(tmp_path / "ev"), "--device", "cpu"]) == 0
     assert capsys.readouterr().out.startswith("bbox  AP ")
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert set(metrics["bbox"]) == set(METRICS) and isinstance(json.loads((tmp_path / "ev" / "results.json")

@@ -5,7 +5,7 @@
 
 - :mod:`.backbone`: the adapter (``feature_info`` + ``forward_features`` -> FPN maps), frozen stages, norm_eval.
 - :mod:`.models`: ``retinanet``, ``mask_rcnn``, ``fcos`` builders.
-- :mod:`.data`: COCO JSON / VOC XML datasets with checked annotations (no model imports).
+- :mod:`.data`: COCO JSON / VOC XML annotations, checked once; :mod:`.dataset`: tv_tensors samples (no models).
 - :mod:`.recipes`: the ``1x`` and ``3x`` recipes and their transforms v2 pipelines.
 - :mod:`.evaluate`: COCO AP through pycocotools; :mod:`.visualize`: drawn detections.
 - :mod:`.train`: the training loop on :mod:`pvtv2.engine`; :mod:`.inference`: checkpoints -> detectors -> images.
@@ -14,7 +14,8 @@
 
 from .backbone import PVTBackbone, PVTWithFPN
 from .complexity import complexity_rows
-from .data import DetectionData, DetectionDataset, load_coco, load_voc, open_dataset
+from .data import DetectionData, load_coco, load_voc, open_dataset
+from .dataset import DetectionDataset
 from .evaluate import evaluate
 from .inference import detect, load_detector
 from .models import ARCHITECTURES, build_detector, fcos, mask_rcnn, retinanet

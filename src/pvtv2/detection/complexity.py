@@ -64,7 +64,7 @@ class DenseForward(nn.Module):
         if isinstance(det, MaskRCNN):
             objectness, deltas = det.rpn.head(list(feats.values()))
             channels = det.backbone.out_channels
-            # RoIAlign outputs of mmdet's forward_dummy proposals (RoIAlign is not counted): (R, C, 7, 7), (R, C, 14, 14)
+            # RoIAlign outputs for forward_dummy's proposals (RoIAlign is not counted): (R, C, 7, 7), (R, C, 14, 14)
             box_feats = images.new_zeros(BOX_ROIS, channels, *det.roi_heads.box_roi_pool.output_size)
             scores, boxes = det.roi_heads.box_predictor(det.roi_heads.box_head(box_feats))
             mask_feats = images.new_zeros(MASK_ROIS, channels, *det.roi_heads.mask_roi_pool.output_size)

@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from .._io import atomic_write_text
-from .data import DetectionData, DetectionDataset, collate
+from .data import DetectionData
+from .dataset import DetectionDataset, collate
 
 log = logging.getLogger(__name__)
 
@@ -95,10 +96,11 @@ def coco_metrics(gt: Any, results: list[dict[str, Any]], iou_type: str = "bbox")
 def predict(
     model: nn.Module, dataset: DetectionDataset, *, batch_size: int = 2, device: str | torch.device = "cpu",
     num_workers: int = 0, progress: bool = False,
-) -> tuple[list[dict[str, torch.Tensor]], list[int]]:
-    """Run the detector over ``dataset`` (eval mode): its outputs on the CPU and their image ids, in order.
+) -> list[dict[str, Any]]:
+    """Run the detector over ``dataset`` (eval mode) and return its detections as COCO result entries.
 
-    Under ``torch.distributed`` each rank predicts every ``world_size``-th image; rank 0 gets them all.
+    Each batch is converted at once (masks become RLE strings), so memory does not grow with full-size masks.
+    Under ``torch.distributed`` each rank predicts every ``world_size``-th image; every rank gets all results.
     """
     import torch.distributed as dist
 
@@ -110,20 +112,19 @@ def predict(
         from tqdm import tqdm
 
         loader = tqdm(loader, desc="eval", leave=False)
+    label_to_category = dataset.data.label_to_category()
     was_training = model.training
     model.eval()
-    outputs, ids = [], []
+    results: list[dict[str, Any]] = []
     for images, targets in loader:
-        for out in model([im.to(device) for im in images]):
-            outputs.append({k: v.cpu() for k, v in out.items()})
-        ids.extend(int(t["image_id"]) for t in targets)
+        outputs = model([im.as_subclass(torch.Tensor).to(device) for im in images])
+        results += to_coco_results(outputs, [int(t["image_id"]) for t in targets], label_to_category)
     model.train(was_training)
     if world > 1:
         gathered: list[Any] = [None] * world
-        dist.all_gather_object(gathered, (outputs, ids))
-        outputs = [o for part in gathered for o in part[0]]
-        ids = [i for part in gathered for i in part[1]]
-    return outputs, ids
+        dist.all_gather_object(gathered, results)
+        results = [r for part in gathered for r in part]
+    return results
 
 
 def evaluate(
@@ -149,9 +150,8 @@ def evaluate(
         num_workers: DataLoader workers.
         progress: show a progress bar.
     """
-    outputs, ids = predict(model, dataset, batch_size=batch_size, device=device, num_workers=num_workers,
-                           progress=progress)
-    results = to_coco_results(outputs, ids, dataset.data.label_to_category())
+    results = predict(model, dataset, batch_size=batch_size, device=device, num_workers=num_workers,
+                      progress=progress)
     if results_path is not None:
         atomic_write_text(results_path, json.dumps(results))
     gt = coco_ground_truth(dataset.data)

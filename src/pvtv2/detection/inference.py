@@ -73,7 +73,8 @@ def load_detector(
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
-        raise CheckpointError(f"{path}: the weights do not fit its own description ({str(e).splitlines()[0]})") from None
+        first = str(e).strip().splitlines()[0]
+        raise CheckpointError(f"{path}: the weights do not fit its own description ({first})") from None
     return model.to(device).eval(), meta
 
 
@@ -166,7 +167,8 @@ def evaluate_checkpoint(
     import json
 
     from .._io import atomic_write_text
-    from .data import DetectionDataset, open_dataset
+    from .data import open_dataset
+    from .dataset import DetectionDataset
     from .evaluate import evaluate
     from .recipes import eval_transforms
 

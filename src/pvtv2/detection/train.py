@@ -39,7 +39,8 @@ from ..engine import (
     wrap_ddp,
 )
 from ..errors import DataError, TrainingError
-from .data import DetectionDataset, collate, open_dataset
+from .data import open_dataset
+from .dataset import DetectionDataset, collate
 from .evaluate import evaluate
 from .inference import detector_meta
 from .models import ARCHITECTURES, build_detector

@@ -63,7 +63,7 @@ def draw_detections(
     font = _font()
     size = max(10, min(image.shape[-2:]) // 30)
     return draw_bounding_boxes(image, boxes, text, colors=colors, width=max(2, size // 6), font=font,
-                               font_size=size if font else None)
+                               font_size=size if font else None, label_colors="black", fill_labels=True)
 
 
 def save_png(image: torch.Tensor, path: str | os.PathLike[str]) -> Path:
