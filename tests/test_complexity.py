@@ -109,6 +109,57 @@ def test_attention_forms_count_alike(device: str | None) -> None:
         assert c.by_category == {"linear": linear, "attention": attn}
 
 
+def test_module_rules_follow_mmcv() -> None:
+    m = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),  # 16x16 -> 8x16x16 -> 8x8x8
+        nn.ConvTranspose2d(8, 4, 2, stride=2), nn.GroupNorm(2, 4), nn.Upsample(scale_factor=2),  # -> 4x16x16 -> 4x32x32
+        nn.Flatten(), nn.Linear(4 * 32 * 32, 10, bias=False),
+    )  # fmt: skip
+    expected = {
+        "conv": 2048 * 27 + 2048 + 512 * 4 * 4 + 1024,  # out.numel*Cin*k*k + bias; transposed: in.numel*Cout*k*k + bias
+        "norm": 2 * 2048 + 2 * 1024,  # affine: x2
+        "activation": 2048,
+        "pool": 2048,  # input numel
+        "linear": 4096 * 10,
+    }
+    for c in (complexity(m, 16), complexity(m, 16, device=None)):
+        assert c.macs == sum(expected.values())
+        assert {k: v for k, v in c.by_category.items() if k != "upsample"} == expected
+    assert complexity(m, 16, upsample=True).macs == sum(expected.values()) + 4 * 32 * 32  # nn.Upsample: out.numel
+
+
+def test_tied_weights_and_fused_cpu_kernels() -> None:
+    class Tied(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(8, 8), nn.Linear(8, 8)
+            self.b.weight = self.a.weight
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.b(self.a(x))
+
+    c = complexity(Tied(), inputs=torch.zeros(2, 8))
+    assert (c.device, c.macs, c.params) == ("meta", 2 * 2 * 8 * 8, 80)
+    if not hasattr(torch.ops.mkldnn, "_linear_pointwise") or not torch.backends.mkldnn.is_available():
+        return
+
+    class Fused(nn.Module):  # what torch.compile's CPU kernels and hand-fused code call
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc, self.conv = nn.Linear(8, 16), nn.Conv2d(16, 16, 3, padding=1, groups=16)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:  # (1, 4, 4, 8)
+            h = torch.ops.mkldnn._linear_pointwise(x, self.fc.weight, self.fc.bias, "relu", [], "")
+            c = self.conv
+            return torch.ops.mkldnn._convolution_pointwise(
+                h.permute(0, 3, 1, 2), c.weight, c.bias, [1, 1], [1, 1], [1, 1], 16, "gelu", [], "none")
+
+    plain = nn.Sequential(nn.Linear(8, 16), nn.ReLU())
+    fused = complexity(Fused(), inputs=torch.zeros(1, 4, 4, 8), device=None)
+    assert fused.by_category == {"linear": 16 * 8 * 16, "activation": 16 * 16, "conv": 256 * 9 + 256}
+    assert complexity(plain, inputs=torch.zeros(1, 4, 4, 8)).macs == 16 * 8 * 16 + 16 * 16
+
+
 def test_pvt_counts_alike_with_sdpa_or_matmul_and_on_meta_or_real(monkeypatch: pytest.MonkeyPatch) -> None:
     model = create_model("pvt_v2_b0", num_classes=10)
     model.train()

@@ -100,7 +100,7 @@ def complexity(
             image tensors for a torchvision detector); ``input_size`` then only labels the result.
         upsample: also count interpolation (mmcv ignores ``F.interpolate``; off by default).
         device: ``"meta"`` counts shapes only and falls back to the model's own device if the model cannot run on
-            meta; ``None`` always runs on the model's device.
+            meta; ``None`` runs on the model's device (real arithmetic).
     """
     size = (input_size, input_size) if isinstance(input_size, int) else tuple(int(s) for s in input_size)
     if len(size) != 2:
@@ -129,7 +129,7 @@ def complexity(
 def _count(
     model: nn.Module, inputs: tuple, size: tuple[int, int], attn_matmul: bool, upsample: bool, on_meta: bool
 ) -> Complexity:
-    state = dict(model.named_parameters(remove_duplicate=False)) | dict(model.named_buffers(remove_duplicate=False))
+    state = dict(model.named_parameters()) | dict(model.named_buffers())  # tied weights once (functional_call ties)
     if on_meta:  # same shapes and dtypes, no storage: the model object is untouched
         state = {name: torch.empty_like(t, device="meta") for name, t in state.items()}
         inputs = tree_map(lambda t: t.to("meta") if isinstance(t, torch.Tensor) else t, inputs)

@@ -22,6 +22,8 @@ pool            max / avg / adaptive pooling, 1-3 d                         in.n
 activation      ``relu(_)``, ``leaky_relu(_)``, ``elu(_)``, ``hardtanh(_)`` in.numel (GELU, SiLU, softmax: 0, as mmcv)
                 (ReLU6), ``_prelu_kernel``
 upsample        ``upsample_*`` / ``_upsample_*`` (off by default)           out.numel
+fused (CPU)     oneDNN ``mkldnn._linear_pointwise`` / ``_convolution_      as the linear / conv rule, plus out.numel
+                pointwise`` (bias, activation, residual-add post-ops)       for a fused ReLU
 ==============  ==========================================================  ==========================================
 
 Differences that follow from counting operators rather than modules, all tiny: mmcv counts ``nn.Upsample`` modules
@@ -83,6 +85,11 @@ POOL_OPS = _packets(
 ACTIVATION_OPS = _packets(
     "relu", "relu_", "leaky_relu", "leaky_relu_", "elu", "elu_", "hardtanh", "hardtanh_", "_prelu_kernel"
 )
+# oneDNN's fused CPU inference kernels (matmul / convolution with bias, activation and residual-add post-ops), used
+# by torch.compile on CPU and by hand-fused eager code
+_MKLDNN = getattr(torch.ops, "mkldnn", None)
+FUSED_LINEAR_OPS = [getattr(_MKLDNN, n) for n in ("_linear_pointwise",) if hasattr(_MKLDNN, n)]
+FUSED_CONV_OPS = [getattr(_MKLDNN, n) for n in ("_convolution_pointwise",) if hasattr(_MKLDNN, n)]
 UPSAMPLE_OPS = _packets(
     "upsample_nearest1d", "upsample_nearest2d", "upsample_nearest3d", "_upsample_nearest_exact1d",
     "_upsample_nearest_exact2d", "_upsample_nearest_exact3d", "upsample_linear1d", "upsample_bilinear2d",
@@ -122,17 +129,26 @@ class MMCVRules:
         self.by_category: dict[str, int] = defaultdict(int)
 
     def mapping(self) -> dict[Any, Callable[..., int]]:
-        """Operator packet -> rule, covering every operator torch's own registry counts (ours replace them)."""
-        table: dict[Any, Callable[..., Any]] = {}
-        for op, fn in TORCH_FORMULAS.items():  # fallback first: torch's FLOPs halved
-            table[op] = self._halved(fn, _fallback_category(op))
-        table.update({op: self._conv for op in CONV_OPS})
-        table.update({op: self._matmul(first) for op, first in MATMUL_OPS.items()})
-        table.update({op: self._sdpa for op in SDPA_OPS})
-        table.update({op: self._norm for op in NORM_OPS})
-        table.update({op: self._input_numel("pool") for op in POOL_OPS})
-        table.update({op: self._input_numel("activation") for op in ACTIVATION_OPS})
-        table.update({op: self._upsample for op in UPSAMPLE_OPS})
+        """Operator -> rule, covering every operator torch's own registry counts (ours replace them).
+
+        Keys are operator packets (what ``FlopCounterMode`` looks rules up by) and, for our rules, also each of
+        their overloads: ``FlopCounterMode`` decomposes any operator whose overload is not a key, and some of ours
+        have Python decompositions (nearest upsampling becomes indexing, ``native_batch_norm`` becomes its
+        ``_legit`` form) that would otherwise slip past their rule.
+        """
+        ours: dict[Any, Callable[..., Any]] = {}
+        ours.update({op: self._conv for op in CONV_OPS})
+        ours.update({op: self._matmul(first) for op, first in MATMUL_OPS.items()})
+        ours.update({op: self._sdpa for op in SDPA_OPS})
+        ours.update({op: self._norm for op in NORM_OPS})
+        ours.update({op: self._input_numel("pool") for op in POOL_OPS})
+        ours.update({op: self._input_numel("activation") for op in ACTIVATION_OPS})
+        ours.update({op: self._upsample for op in UPSAMPLE_OPS})
+        ours.update({op: self._fused_linear for op in FUSED_LINEAR_OPS})
+        ours.update({op: self._fused_conv for op in FUSED_CONV_OPS})
+        table = {op: self._halved(fn, _fallback_category(op)) for op, fn in TORCH_FORMULAS.items()}  # fallback
+        table.update(ours)
+        table.update({getattr(op, name): fn for op, fn in ours.items() for name in op.overloads()})
         return {op: self._tallied(fn) for op, fn in table.items()}
 
     # --- the rules: each returns (category, MACs) ---------------------------------------------------------
@@ -171,6 +187,24 @@ class MMCVRules:
         return "upsample", _numel(out_val)
 
     @staticmethod
+    def _fused_linear(x, *args, out_val=None, **kw) -> list[tuple[str, int]]:
+        # (X, W, B, attr, scalars, algorithm) or .binary (X, other, W, B, attr): a Linear [+ ReLU] [+ residual]
+        counts = [("linear", _numel(x) * out_val.shape[-1])]
+        if isinstance(args[2], str) and args[2] == "relu":  # unary post-op of the plain overload
+            counts.append(("activation", _numel(out_val)))
+        return counts
+
+    @staticmethod
+    def _fused_conv(x, *args, out_val=None, **kw) -> list[tuple[str, int]]:
+        # (X, W, B, padding, stride, dilation, groups, attr, ...) or .binary (X, other, W, B, ..., unary_attr, ...)
+        binary = not isinstance(args[2], (list, tuple))
+        w, bias, unary = (args[1], args[2], args[9]) if binary else (args[0], args[1], args[6])
+        counts = [("conv", _numel(out_val) * math.prod(w.shape[1:]) + (_numel(out_val) if bias is not None else 0))]
+        if unary == "relu":
+            counts.append(("activation", _numel(out_val)))
+        return counts
+
+    @staticmethod
     def _halved(fn: Callable[..., int], category: str) -> Callable[..., tuple[str, int]]:
         def rule(*args: Any, out_val: Any = None, **kw: Any) -> tuple[str, int]:
             return category, fn(*args, out_val=out_val, **kw) // 2
@@ -181,11 +215,14 @@ class MMCVRules:
     def _is_weight(self, t: Any) -> bool:
         return isinstance(t, torch.Tensor) and StorageWeakRef(t.untyped_storage()) in self._weights
 
-    def _tallied(self, fn: Callable[..., tuple[str, int]]) -> Callable[..., int]:
+    def _tallied(self, fn: Callable[..., Any]) -> Callable[..., int]:
         def rule(*args: Any, out_val: Any = None, **kw: Any) -> int:
-            category, macs = fn(*args, out_val=out_val, **kw)
-            self.by_category[category] += int(macs)
-            return int(macs) if self.counted[category] else 0
+            result = fn(*args, out_val=out_val, **kw)  # (category, MACs), or a list of them for fused kernels
+            counted = 0
+            for category, macs in [result] if isinstance(result, tuple) else result:
+                self.by_category[category] += int(macs)
+                counted += int(macs) if self.counted[category] else 0
+            return counted
 
         rule._get_raw = True  # type: ignore[attr-defined]  # FlopCounterMode: pass tensors, not shapes
         return rule
