@@ -19,6 +19,7 @@ from pvtv2.detection import DetTrainConfig, load_coco, train
 from pvtv2.detection.dataset import DetectionDataset, decode_masks
 from pvtv2.detection.evaluate import METRICS, coco_ground_truth, coco_metrics, to_coco_results
 from pvtv2.detection.visualize import draw_detections
+from pvtv2.engine import Interrupted
 from pvtv2.weights import read_checkpoint
 
 TINY = ["--backbone-override", "depths=1,1,1,1"]
@@ -69,6 +70,22 @@ def test_resume_gives_the_same_weights(tmp_path: Path) -> None:
     for key in a["model"]:
         torch.testing.assert_close(c["model"][key], a["model"][key], rtol=0, atol=0, msg=key)
     assert c["optimizer"]["state"].keys() == a["optimizer"]["state"].keys()
+
+
+def test_ctrl_c_writes_a_checkpoint_at_the_current_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    det_train = sys.modules["pvtv2.detection.train"]  # the module (the package exports the function `train`)
+
+    class PressedDuringStep2(det_train.InterruptGuard):
+        def check(self, loss: torch.Tensor, where: str = ""):  # type: ignore[override]
+            self.requested = self.requested or "step 2" in where  # as if Ctrl-C arrived during the 2nd step
+            return super().check(loss, where)
+
+    monkeypatch.setattr(det_train, "InterruptGuard", PressedDuringStep2)
+    data = write_coco(tmp_path / "data", n=4)
+    with pytest.raises(Interrupted, match="resume with --resume"):
+        train(_cfg(data, tmp_path / "run", max_iters=4))
+    ckpt = read_checkpoint(tmp_path / "run" / "last.pth")
+    assert (ckpt["epoch"], ckpt["epoch_step"], ckpt["step"]) == (0, 1, 1)  # step 2 not taken: it redoes on resume
 
 
 def test_cli_train_eval_detect(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -164,3 +181,20 @@ def test_torchrun_two_processes_match_one(tmp_path: Path) -> None:
         torch.testing.assert_close(two["model"][key], value, rtol=1e-4, atol=1e-5, msg=key)
     m1, m2 = (json.loads((tmp_path / run / "summary.json").read_text())["metrics"]["bbox"] for run in ("one", "two"))
     assert m2.keys() == m1.keys()
+
+
+def test_mask_rcnn_trains_and_reports_mask_ap(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = write_coco(tmp_path / "data", n=2)
+    few = ["--detector-option", "box_batch_size_per_image=32", "--detector-option", "rpn_post_nms_top_n_train=64",
+           "--detector-option", "rpn_post_nms_top_n_test=32", "--detector-option", "box_detections_per_img=5"]
+    assert cli(["det", "train", "--arch", "mask_rcnn", "--data", str(data), "--val-data", str(data), "--max-iters",
+                "2", "--batch-size", "2", "--out", str(tmp_path / "run"), *few, *TINY, *SMALL]) == 0
+    metrics = json.loads(capsys.readouterr().out)["metrics"]
+    assert set(metrics) == {"bbox", "segm"} and set(metrics["segm"]) == set(METRICS)
+    ckpt = read_checkpoint(tmp_path / "run" / "last.pth")
+    assert ckpt["extra"]["detector"]["options"]["box_detections_per_img"] == 5
+    png = tmp_path / "vis.png"
+    assert cli(["detect", str(tmp_path / "data" / "img" / "1.jpg"), "--checkpoint", str(tmp_path / "run" / "last.pth"),
+                "--save-vis", str(png), "--score-thresh", "0", "--device", "cpu", "--json"]) == 0
+    found = json.loads(capsys.readouterr().out.split("\nwrote")[0])
+    assert len(found) <= 5 and png.is_file()

@@ -48,6 +48,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="'official' or a checkpoint in any format (default: random init)")
     t.add_argument("--backbone-override", type=_override, action="append", default=[], metavar="KEY=VALUE",
                    help="change a PVTConfig field, e.g. depths=1,1,1,1 (repeatable)")
+    t.add_argument("--detector-option", type=_override, action="append", default=[], metavar="KEY=VALUE",
+                   help="torchvision constructor argument, e.g. box_batch_size_per_image=128 (repeatable)")
     t.add_argument("--recipe", choices=("1x", "3x"), default="1x", help="the released schedule (SPEC section 4)")
     t.add_argument("--epochs", type=int, default=None, help="default: the recipe's (12 / 36)")
     t.add_argument("--max-iters", type=int, default=None, help="run and schedule this many steps instead")
@@ -122,7 +124,8 @@ def run_train(args: argparse.Namespace) -> int:
     cfg = DetTrainConfig(
         data=args.data, split=args.split, images=args.images, val_data=args.val_data, val_split=args.val_split,
         val_images=args.val_images, arch=args.arch, backbone=args.backbone, backbone_weights=args.backbone_weights,
-        backbone_overrides=dict(args.backbone_override), recipe=args.recipe, epochs=args.epochs,
+        backbone_overrides=dict(args.backbone_override), detector_options=dict(args.detector_option),
+        recipe=args.recipe, epochs=args.epochs,
         max_iters=args.max_iters, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         train_sizes=tuple(args.train_size) if args.train_size else None, max_size=args.max_size,
         test_size=args.test_size, warmup_iters=args.warmup_iters, clip_grad=args.clip_grad,

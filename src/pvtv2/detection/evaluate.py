@@ -139,7 +139,7 @@ def evaluate(
 ) -> dict[str, dict[str, float]]:
     """COCO AP of ``model`` on ``dataset``: ``{"bbox": {"AP": ..., "AP50": ...}, "segm": {...}}``.
 
-    Masks are scored when the model predicts them and the ground truth has segmentations.
+    Masks are scored when the model predicts them (Mask R-CNN) and the ground truth has segmentations.
 
     Args:
         model: a torchvision detector (boxes in original image pixels in eval mode).
@@ -158,8 +158,9 @@ def evaluate(
     metrics: dict[str, dict[str, float]] = {}
     metrics["bbox"], table = coco_metrics(gt, results, "bbox")
     log.debug("bbox:\n%s", table)
-    has_masks = any("segmentation" in r for r in results)
-    if has_masks and any(i.segmentation is not None for r in dataset.data.images for i in r.instances):
+    roi_heads = getattr(model, "roi_heads", None)
+    predicts_masks = roi_heads is not None and roi_heads.has_mask()
+    if predicts_masks and any(i.segmentation is not None for r in dataset.data.images for i in r.instances):
         metrics["segm"], table = coco_metrics(gt, results, "segm")
         log.debug("segm:\n%s", table)
     return metrics

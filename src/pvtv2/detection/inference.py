@@ -30,14 +30,18 @@ def detector_meta(
     max_size: int,
     stages: list[int] | None = None,
     backbone_overrides: dict[str, Any] | None = None,
+    options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The description a checkpoint stores to rebuild its detector (plain values only)."""
+    """The description a checkpoint stores to rebuild its detector (plain values only); ``options`` are
+    torchvision constructor arguments (``score_thresh``, ``box_batch_size_per_image``...)."""
     meta: dict[str, Any] = {"arch": arch, "backbone": backbone, "num_classes": len(class_names),
                             "class_names": list(class_names), "min_size": int(min_size), "max_size": int(max_size)}
     if stages is not None:
         meta["stages"] = [int(s) for s in stages]
     if backbone_overrides:
         meta["backbone_overrides"] = {k: list(v) if isinstance(v, tuple) else v for k, v in backbone_overrides.items()}
+    if options:
+        meta["options"] = dict(options)
     return meta
 
 
@@ -47,7 +51,8 @@ def build_from_meta(meta: dict[str, Any], **kwargs: Any) -> nn.Module:
     if "backbone_overrides" in args:
         args["backbone_overrides"] = {k: tuple(v) if isinstance(v, list) else v
                                       for k, v in args["backbone_overrides"].items()}
-    return build_detector(meta["arch"], min_size=meta["min_size"], max_size=meta["max_size"], **args, **kwargs)
+    options = {**meta.get("options", {}), **kwargs}
+    return build_detector(meta["arch"], min_size=meta["min_size"], max_size=meta["max_size"], **args, **options)
 
 
 def load_detector(

@@ -76,6 +76,8 @@ class DetTrainConfig:
     trainable_stages: int | None = None  # last stages trained (None: all 4)
     norm_eval: bool = False  # freeze the backbone's LayerNorms
     backbone_overrides: dict[str, Any] = field(default_factory=dict)  # PVTConfig fields, e.g. {"depths": (1,1,1,1)}
+    detector_options: dict[str, Any] = field(default_factory=dict)  # torchvision constructor arguments, e.g.
+    # {"box_batch_size_per_image": 128} (kept in the checkpoint, so inference rebuilds the same detector)
     out: str | None = None  # run directory (default: runs/det/<timestamp>)
     resume: str | None = None  # a last.pth to continue from
     device: str = "auto"
@@ -176,11 +178,13 @@ def _train(cfg: DetTrainConfig, env: DistEnv) -> dict[str, Any]:
         val_set = DetectionDataset(val, eval_transforms())
 
     meta = detector_meta(cfg.arch, backbone=cfg.backbone, class_names=data.class_names, min_size=recipe.test_size,
-                         max_size=recipe.max_size, backbone_overrides=cfg.backbone_overrides)
+                         max_size=recipe.max_size, backbone_overrides=cfg.backbone_overrides,
+                         options=cfg.detector_options)
+    options = {"score_thresh": cfg.score_thresh, **cfg.detector_options}
     model = build_detector(
         cfg.arch, backbone=cfg.backbone, num_classes=data.num_classes, backbone_weights=cfg.backbone_weights,
         trainable_stages=cfg.trainable_stages, norm_eval=cfg.norm_eval, backbone_overrides=cfg.backbone_overrides,
-        min_size=recipe.test_size, max_size=recipe.max_size, score_thresh=cfg.score_thresh,
+        min_size=recipe.test_size, max_size=recipe.max_size, **options,
     )
     model.transform._skip_resize = True  # the data pipeline resized (multi-scale) already; eval resizes itself
     model.to(env.device)
