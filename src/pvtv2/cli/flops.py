@@ -65,7 +65,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--table6", action="store_true", help="the Table 6 ablation rows beside the paper's top-1")
     g = p.add_argument_group("Figure 4 (--scaling)")
     g.add_argument("--scaling", action="store_true", help="GFLOPs (and latency) against input size: PNG + CSV")
-    g.add_argument("--sizes", metavar="S,S,...", help="square sizes (default 224,336,...,1120)")
+    g.add_argument("--sizes", metavar="S,S,...", help="square sizes (default 224,448,672,896,1120)")
     g.add_argument("--max-size", type=int, metavar="S", help="drop sizes above S")
     g.add_argument("--png", default="scaling.png", metavar="PATH", help="figure path (default scaling.png); "
                    "the CSV goes next to it unless --csv is given")
@@ -147,6 +147,9 @@ def _dense(args: argparse.Namespace) -> int:
     from ..analysis.tables import format_table
 
     package = {"det": "detection", "seg": "segmentation"}[args.task]
+    if args.no_attn_matmul or args.input_size != "224":
+        raise PVTError(f"--task {args.task} counts at the paper's size and convention; --input-size and "
+                       "--no-attn-matmul apply to classifiers only")
     try:
         complexity_rows = importlib.import_module(f"pvtv2.{package}").complexity_rows
     except (ImportError, AttributeError) as e:
