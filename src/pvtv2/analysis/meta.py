@@ -29,16 +29,18 @@ BINARY = {aten.add.Tensor, aten.sub.Tensor, aten.mul.Tensor, aten.div.Tensor, at
 BINARY_INPLACE = {aten.add_.Tensor, aten.mul_.Tensor, aten.add_.Scalar, aten.mul_.Scalar}
 
 
-def _like(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-    return torch.empty_like(x)
+def _like(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor | None:
+    return torch.empty_like(x) if x.is_floating_point() else None  # integer inputs may promote: not ours
 
 
 def _binary(a: torch.Tensor, b: Any, *args: Any, **kwargs: Any) -> torch.Tensor | None:
     """``a (op) b`` when the result is plainly laid out like ``a``: same shape, dtype and strides, or a float scalar."""
+    if not a.is_floating_point():  # integer division and promotion: leave to the real meta kernel
+        return None
     if isinstance(b, torch.Tensor):
         same = b.shape == a.shape and b.dtype == a.dtype and b.stride() == a.stride()
     else:
-        same = isinstance(b, (int, float)) and a.is_floating_point()
+        same = isinstance(b, (int, float))
     return torch.empty_like(a) if same else None
 
 
