@@ -8,6 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import fused
+from .fused import tracing
+
 AttnMode = Literal["sra", "linear"]
 
 
@@ -32,11 +35,6 @@ def adaptive_avg_pool_tokens(x: torch.Tensor, size: int) -> torch.Tensor:
     y = torch.matmul(_pool_matrix(W, size, x), x)  # (size, W) @ (B, H, W, C) -> (B, H, size, C)
     y = torch.matmul(_pool_matrix(H, size, x), y.reshape(B, H, size * C))  # (size, H) @ ... -> (B, size, size*C)
     return y.reshape(B, size, size, C)
-
-
-def _tracing() -> bool:
-    """True while torch.compile / torch.export / the ONNX exporter / jit tracing captures the graph."""
-    return torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()
 
 
 class SpatialReductionAttention(nn.Module):
@@ -104,23 +102,33 @@ class SpatialReductionAttention(nn.Module):
         B, C = x.shape[0], x.shape[-1]
         if self.sr is None:
             return x.reshape(B, -1, C)  # (B, N, C): full attention (stage 4 of SRA models)
-        if self.pool is not None and _tracing():
+        if self.pool is not None and tracing():
             x = adaptive_avg_pool_tokens(x, self.pool_size)  # (B, H, W, C) -> (B, 7, 7, C)
         y = x.permute(0, 3, 1, 2)  # (B, H, W, C) -> (B, C, H, W) view, channels_last
-        if self.pool is not None and not _tracing():
+        if self.pool is not None and not tracing():
             y = self.pool(y)  # -> (B, C, 7, 7)
         y = self.sr(y).permute(0, 2, 3, 1).reshape(B, -1, C)  # -> (B, h*w, C)
         y = self.norm(y)
         return self.act(y) if self.act is not None else y
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x``: ``(B, H, W, C)`` tokens on their grid (or ``(B, N, C)`` when there is no reduction)."""
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """``x``: ``(B, H, W, C)`` tokens on their grid (or ``(B, N, C)`` when there is no reduction).
+
+        ``residual`` (same shape as ``x``) is added to the output, inside the projection on the fused CPU path.
+        """
         B, C = x.shape[0], x.shape[-1]
         heads, d = self.num_heads, self.head_dim
-        q = self.q(x).reshape(B, -1, heads, d).transpose(1, 2)  # (B, ..., C) -> (B, heads, N, d)
-        kv = self.kv(self.reduce(x)).reshape(B, -1, 2, heads, d)  # (B, Nk, 2C) -> (B, Nk, 2, heads, d)
+        fast = fused.use_fused(x, self)
+        q = fused.linear(x, self.q) if fast else self.q(x)
+        q = q.reshape(B, -1, heads, d).transpose(1, 2)  # (B, ..., C) -> (B, heads, N, d)
+        kv_in = self.reduce(x)
+        kv = fused.linear(kv_in, self.kv) if fast else self.kv(kv_in)
+        kv = kv.reshape(B, -1, 2, heads, d)  # (B, Nk, 2C) -> (B, Nk, 2, heads, d)
         k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)  # -> 2 x (B, heads, Nk, d)
         drop = self.attn_drop if self.training else 0.0
         o = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)  # (B, heads, N, d)
         o = o.transpose(1, 2).reshape(x.shape)  # -> (B, N, heads, d) -> x's shape
-        return self.proj_drop(self.proj(o))
+        if fast:
+            return fused.linear(o, self.proj, residual=residual)
+        o = self.proj_drop(self.proj(o))
+        return o if residual is None else residual + o

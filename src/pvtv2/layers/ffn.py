@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from . import fused
+
 
 class ConvFFN(nn.Module):
     """Feed-forward network with an optional 3x3 depth-wise convolution between the two linear layers.
@@ -30,10 +32,26 @@ class ConvFFN(nn.Module):
         self.drop = nn.Dropout(drop)
         self.fc2 = nn.Linear(hidden_dim, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B, H, W, C) -> (B, H, W, C)``; ``residual`` is added to the output (inside fc2 on the fused path)."""
+        if fused.use_fused(x, self):
+            return self._forward_fused(x, residual)
         x = self.relu(self.fc1(x))  # (B, H, W, C) -> (B, H, W, E)
         if self.dwconv is not None:
             # (B, H, W, E) -> NCHW view in channels_last layout -> conv -> back to (B, H, W, E), no copies
             x = self.dwconv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         x = self.drop(self.act(x))
-        return self.drop(self.fc2(x))  # (B, H, W, E) -> (B, H, W, C)
+        x = self.drop(self.fc2(x))  # (B, H, W, E) -> (B, H, W, C)
+        return x if residual is None else residual + x
+
+    def _forward_fused(self, x: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
+        """Inference on CPU: fc1(+ReLU), dwconv+GELU and fc2(+residual) as three oneDNN kernels."""
+        x = fused.linear(x, self.fc1, "relu" if isinstance(self.relu, nn.ReLU) else "none")  # (B, H, W, E)
+        if self.dwconv is not None and isinstance(self.act, nn.GELU) and self.act.approximate == "none":
+            x = fused.conv_gelu(x.permute(0, 3, 1, 2), self.dwconv).permute(0, 2, 3, 1)  # channels_last view
+        else:
+            x = self.dwconv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1) if self.dwconv is not None else x
+            x = self.act(x)
+        if residual is None:
+            return fused.linear(x, self.fc2)
+        return fused.linear(x, self.fc2, residual=residual)  # (B, H, W, E) -> (B, H, W, C), + residual

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..layers import Block, OverlapPatchEmbed
+from ..layers import Block, OverlapPatchEmbed, fused
 from .config import PVTConfig
 
 
@@ -60,6 +60,14 @@ class PVTStage(nn.Module):
             pos = F.interpolate(pos.permute(0, 3, 1, 2), size=(h, w), mode="bilinear").permute(0, 2, 3, 1)
         return pos
 
+    def _run_blocks(self, x: torch.Tensor) -> torch.Tensor:
+        for blk in self.blocks:
+            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(blk, x, use_reentrant=False)
+            else:
+                x = blk(x)
+        return x
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(B, Cin, H, W) -> ((B, h, w, C) tokens, (B, C) class token or None)``."""
         x = self.patch_embed(x)  # (B, h, w, C)
@@ -72,11 +80,14 @@ class PVTStage(nn.Module):
                 cls = cls + self.pos_embed[:, :1]
             x = torch.cat([cls, x.reshape(B, h * w, C)], dim=1)  # (B, 1 + h*w, C)
         x = self.pos_drop(x)
-        for blk in self.blocks:
-            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-                x = checkpoint(blk, x, use_reentrant=False)
+        if fused.use_fused(x, self) and len(self.blocks):
+            chunk = fused.batch_chunk(x, self.blocks[0].mlp.fc1.out_features)
+            if chunk < B:  # a few images at a time, so the FFN's hidden tensor stays in cache
+                x = torch.cat([self._run_blocks(c) for c in x.split(chunk)])
             else:
-                x = blk(x)
+                x = self._run_blocks(x)
+        else:
+            x = self._run_blocks(x)
         x = self.norm(x)
         if self.cls_token is None:
             return x, None
