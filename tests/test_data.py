@@ -119,6 +119,9 @@ def test_tensor_loader_shapes_normalisation_and_seeded_augmentation(tiny_fashion
     assert x0.shape == (4, 1, 32, 32)
     assert torch.equal(x0[0, 0, 2:30, 2:30] * 255, data.images[0].float())  # centred zero padding
     assert x0[:, :, :2].abs().sum() == 0
+    big = TensorLoader(data, EpochSampler(len(data), shuffle=False), 4, size=48, channels=1, resize=42)
+    x1 = next(iter(big))[0]
+    assert x1.shape == (4, 1, 48, 48) and x1[:, :, :3].abs().sum() == 0 and x1[:, :, 3:45].abs().sum() > 0
 
 
 def _img(mode: str, size=(40, 30)) -> Image.Image:

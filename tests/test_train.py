@@ -67,7 +67,8 @@ def test_small_run_lowers_the_loss_and_writes_the_run_directory(tmp_path):
                                               model_overrides=TINY, lr=2e-3, warmup_epochs=0.5)
     result = train(cfg, out=tmp_path / "run", progress=False)
     files = {p.name for p in (tmp_path / "run").iterdir()}
-    assert {"config.json", "metrics.jsonl", "metrics.csv", "curves.png", "last.pth", "best.pth", "summary.json"} <= files
+    expected = {"config.json", "metrics.jsonl", "metrics.csv", "curves.png", "last.pth", "best.pth", "summary.json"}
+    assert expected <= files
     records = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2]
     assert records[1]["train_loss"] < records[0]["train_loss"]

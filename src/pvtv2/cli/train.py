@@ -23,7 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--recipe", default="fashion_mnist", choices=["fashion_mnist", "imagenet"],
                    help="named configuration: fashion_mnist (default) or imagenet (the paper's recipe, ImageFolder)")
-    p.add_argument("--dataset", choices=["fashion_mnist", "folder"], help="fashion_mnist, or folder: DIR/train + DIR/val")
+    p.add_argument("--dataset", choices=["fashion_mnist", "folder"],
+                   help="fashion_mnist, or folder: DIR/train + DIR/val")
     p.add_argument("--data-dir", help="folder: root with train/ and val/; fashion_mnist: torchvision layout")
     p.add_argument("--download", action="store_true", help="fashion_mnist: download into --data-dir (needs internet)")
     p.add_argument("--model", help="registered model name (see 'pvtv2 models')")

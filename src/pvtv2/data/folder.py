@@ -58,7 +58,9 @@ class ImageFolder(Dataset):
             raise DataError(f"image folder {self.root} does not exist; expected {self.root}/<class>/<image files>")
         found = sorted(e.name for e in os.scandir(self.root) if e.is_dir() and not e.name.startswith("."))
         if not found:
-            raise DataError(f"{self.root} has no class folders; expected the ImageNet layout {self.root}/<class>/<image>")
+            raise DataError(
+                f"{self.root} has no class folders; expected the ImageNet layout {self.root}/<class>/<image>"
+            )
         if classes is not None:
             unknown = [c for c in found if c not in set(classes)]
             if unknown:

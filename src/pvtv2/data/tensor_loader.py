@@ -31,6 +31,7 @@ class TensorLoader:
         hflip: apply random horizontal flips.
         device: where batches are built (the training device).
         drop_last: drop a final incomplete batch.
+        resize: first rescale the images (bilinear, once, kept as uint8) to ``resize x resize``.
     """
 
     def __init__(
@@ -46,16 +47,21 @@ class TensorLoader:
         hflip: bool = False,
         device: torch.device | str = "cpu",
         drop_last: bool = False,
+        resize: int | None = None,
     ) -> None:
         self.data, self.sampler, self.batch_size = data, sampler, batch_size
         self.size, self.channels, self.mean, self.std = size, channels, mean, std
         self.crop_pad, self.hflip, self.drop_last = crop_pad, hflip, drop_last
         self.device = torch.device(device)
-        h, w = data.images.shape[-2:]
+        images = data.images
+        if resize is not None and tuple(images.shape[-2:]) != (resize, resize):
+            scaled = F.interpolate(images[:, None].float(), size=(resize, resize), mode="bilinear", antialias=True)
+            images = scaled[:, 0].round().clamp(0, 255).to(torch.uint8)  # (N, r, r)
+        h, w = images.shape[-2:]
         if size < max(h, w):
             raise ValueError(f"size {size} is smaller than the {h}x{w} images")
         pt, pl = (size - h) // 2, (size - w) // 2
-        padded = F.pad(data.images, (pl + crop_pad, size - w - pl + crop_pad, pt + crop_pad, size - h - pt + crop_pad))
+        padded = F.pad(images, (pl + crop_pad, size - w - pl + crop_pad, pt + crop_pad, size - h - pt + crop_pad))
         self.images = padded.to(self.device)  # (N, S + 2p, S + 2p) uint8
         self.labels = data.labels.to(self.device)
 

@@ -54,8 +54,13 @@ def train_transform(size: int, aug: AugmentConfig, mean: tuple[float, ...] = IMA
     )
 
 
-def eval_transform(size: int = 224, crop_pct: float = 0.875, interpolation: str = "bicubic",
-                   mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD) -> Callable[[Any], Any]:
+def eval_transform(
+    size: int = 224,
+    crop_pct: float = 0.875,
+    interpolation: str = "bicubic",
+    mean: tuple[float, ...] = IMAGENET_MEAN,
+    std: tuple[float, ...] = IMAGENET_STD,
+) -> Callable[[Any], Any]:
     """The released evaluation protocol: resize shorter side to ``size / crop_pct`` then center-crop ``size``."""
     from timm.data import create_transform
 

@@ -130,7 +130,8 @@ def _train(cfg: ClassificationConfig, env: DistEnv, out: Any, resume: Any, progr
     total_steps = cfg.epochs * data.steps_per_epoch
     lr = cfg.peak_lr
     optimizer = create_optimizer(model, lr=lr, weight_decay=cfg.weight_decay)
-    scheduler = LRSchedule(optimizer, total_steps=total_steps, warmup_steps=round(cfg.warmup_epochs * data.steps_per_epoch),
+    warmup_steps = round(cfg.warmup_epochs * data.steps_per_epoch)
+    scheduler = LRSchedule(optimizer, total_steps=total_steps, warmup_steps=warmup_steps,
                            warmup_lr=cfg.warmup_lr, min_lr=cfg.min_lr, kind="cosine")
     ema = create_ema(model, cfg.ema_decay) if cfg.ema else None
     stepper = Stepper(ddp, optimizer, scheduler, precision, clip_grad=_clip_grad(cfg), ema=ema)
@@ -185,7 +186,8 @@ def _train(cfg: ClassificationConfig, env: DistEnv, out: Any, resume: Any, progr
                 save(best_path, state)
             guard.last_checkpoint = last
             record = {"epoch": epoch + 1, "step": state.step, **train_stats, "test_loss": val["loss"],
-                      "test_top1": val["top1"], "test_top5": val["top5"], "epoch_seconds": time.perf_counter() - t_epoch,
+                      "test_top1": val["top1"], "test_top5": val["top5"],
+                      "epoch_seconds": time.perf_counter() - t_epoch,
                       "elapsed_seconds": time.perf_counter() - t_start}
             if val_ema:
                 record.update(test_top1_ema=val_ema["top1"], test_top5_ema=val_ema["top5"])

@@ -78,13 +78,15 @@ def _fashion_mnist(cfg: ClassificationConfig, env: DistEnv, per_rank: int) -> Cl
     in_chans = int(cfg.model_overrides.get("in_chans", 3))
     sampler = EpochSampler(len(train), env.rank, env.world_size, shuffle=True, seed=cfg.seed,
                            repeats=cfg.repeated_aug, batch_size=per_rank, drop_last=True)
-    common = {"size": cfg.input_size, "channels": in_chans, "mean": fm.MEAN, "std": fm.STD, "device": env.device}
+    common = {"size": cfg.input_size, "channels": in_chans, "mean": fm.MEAN, "std": fm.STD, "device": env.device,
+              "resize": cfg.resize}
     train_loader = TensorLoader(train, sampler, per_rank, crop_pad=cfg.crop_pad, hflip=cfg.hflip, drop_last=True,
                                 **common)
     val_sampler = EpochSampler(len(test), env.rank, env.world_size, shuffle=False, pad=False)
     val_loader = TensorLoader(test, val_sampler, max(per_rank, 256), **common)
-    preprocess = {"kind": "fashion_mnist", "size": cfg.input_size, "image_size": int(train.images.shape[-1]),
-                  "channels": in_chans, "mean": [fm.MEAN], "std": [fm.STD]}
+    side = cfg.resize or int(train.images.shape[-1])  # the digit-box side inside the padded input
+    preprocess = {"kind": "fashion_mnist", "size": cfg.input_size, "image_size": side, "channels": in_chans,
+                  "mean": [fm.MEAN], "std": [fm.STD]}
     return ClassificationData(f"Fashion-MNIST ({train.source})", train_loader, sampler, val_loader,
                               list(train.classes), sampler.num_samples // per_rank, len(train), len(test),
                               _criterion(cfg, None), None, preprocess)

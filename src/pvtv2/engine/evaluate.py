@@ -21,7 +21,8 @@ def evaluate(
     precision: Precision | None = None,
     num_classes: int | None = None,
 ) -> dict[str, float]:
-    """Accuracy of ``model`` (a module, or a :func:`pvtv2.runtime.prepare` runner) on every batch of ``loader`` (``(images, targets[, skipped])``).
+    """Accuracy of ``model`` (a module, or a :func:`pvtv2.runtime.prepare` runner) on every batch of ``loader``
+    (``(images, targets[, skipped])``).
 
     Each process evaluates its shard; counts are summed over processes, so every rank returns the same numbers.
 

@@ -187,7 +187,9 @@ def predict(
 
 
 def save_visualisation(
-    path: str | os.PathLike[str], images: Sequence[str | os.PathLike[str]], preds: Sequence[Sequence[tuple[str, float]]],
+    path: str | os.PathLike[str],
+    images: Sequence[str | os.PathLike[str]],
+    preds: Sequence[Sequence[tuple[str, float]]],
     title: str = "",
 ) -> Path:
     """A PNG with each image beside a bar chart of its top-k classes (written atomically)."""

@@ -87,7 +87,8 @@ class MetricsLogger:
         self.records.append(rec)
         if not self.run.main:
             return
-        atomic_write_text(self.run / "metrics.jsonl", "".join(json.dumps(r, default=float) + "\n" for r in self.records))
+        lines = "".join(json.dumps(r, default=float) + "\n" for r in self.records)
+        atomic_write_text(self.run / "metrics.jsonl", lines)
         keys: list[str] = []
         for r in self.records:
             keys += [k for k in r if k not in keys]
@@ -97,7 +98,9 @@ class MetricsLogger:
         writer.writerows(self.records)
         atomic_write_text(self.run / "metrics.csv", buf.getvalue())
 
-    def plot(self, panels: Mapping[str, Sequence[str]], name: str = "curves.png", title: str | None = None) -> Path | None:
+    def plot(
+        self, panels: Mapping[str, Sequence[str]], name: str = "curves.png", title: str | None = None
+    ) -> Path | None:
         """One subplot per panel, one line per metric key, against ``x``; written as a PNG."""
         if not self.run.main or not self.records:
             return None

@@ -25,6 +25,7 @@ class ClassificationConfig:
     train_subset: int | None = None  # use only the first N training images (smoke runs, tests)
     val_subset: int | None = None  # evaluate on the first N validation images only
     input_size: int = 32  # training and evaluation side (Fashion-MNIST's 28 px are zero-padded)
+    resize: int | None = None  # fashion_mnist: rescale the 28 px images to this side first (then pad)
     crop_pct: float = 0.875  # folder evaluation: resize to input_size / crop_pct, center-crop input_size
     crop_pad: int = 2  # fashion_mnist: random-crop translation in pixels
     hflip: bool = True  # fashion_mnist: random horizontal flip
