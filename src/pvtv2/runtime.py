@@ -89,7 +89,8 @@ def prepare(
 
 def _compiled(module: nn.Module, dev: torch.device, example: torch.Tensor | None, model: nn.Module) -> Runner:
     options = {"freezing": True} if dev.type == "cpu" else None  # fold weights as constants (inference only)
-    compiled = torch.compile(module, options=options)
+    # static shapes give the best kernels; a new input shape compiles once more (up to torch's recompile limit)
+    compiled = torch.compile(module, dynamic=False, options=options)
     runner = Runner("compile", compiled, dev, model)
     t = time.perf_counter()
     runner(example if example is not None else torch.randn(2, 3, 224, 224))  # compile now, not on the first batch

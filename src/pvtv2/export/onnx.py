@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,15 +72,35 @@ def onnx_bytes(
         model.train(was_training)
 
 
-def _trace(spec: ExportSpec, input_size: tuple[int, int], opset: int) -> bytes:
+@contextlib.contextmanager
+def _quiet(*names: str) -> Iterator[None]:
+    """Raise these loggers to WARNING inside the block."""
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def spec_to_onnx(spec: ExportSpec, input_size: tuple[int, int], opset: int = DEFAULT_OPSET, dynamic: bool = True) -> bytes:
+    """Trace ``spec.module`` (already in eval mode) to serialised ONNX; ``dynamic``: symbolic batch, height, width."""
+    return _trace(spec, input_size, opset, dynamic)
+
+
+def _trace(spec: ExportSpec, input_size: tuple[int, int], opset: int, dynamic: bool = True) -> bytes:
     from torch.export import Dim
 
     device = next(spec.module.parameters()).device
     # batch 2: torch.export specialises sizes 0 and 1, so a batch-1 example would freeze the batch dimension
     x = torch.randn(2, spec.in_chans, *input_size, device=device)
-    dims = {0: Dim.DYNAMIC, 2: Dim.DYNAMIC, 3: Dim.DYNAMIC}
+    dims = {0: Dim.DYNAMIC, 2: Dim.DYNAMIC, 3: Dim.DYNAMIC} if dynamic else {0: Dim.DYNAMIC}
     log = io.StringIO()
-    with contextlib.redirect_stdout(log), torch.no_grad():  # the exporter prints progress lines on stdout
+    # the exporter prints progress on stdout and its graph passes log every rewrite at INFO: keep them quiet
+    with contextlib.redirect_stdout(log), _quiet("onnxscript", "onnx_ir", "torch.onnx"), torch.no_grad():
         program = torch.onnx.export(
             spec.module,
             (x,),

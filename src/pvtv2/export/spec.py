@@ -53,7 +53,8 @@ def export_spec(model: nn.Module, *, backbone: bool | None = None) -> ExportSpec
     """The :class:`ExportSpec` of ``model``.
 
     Args:
-        model: a :class:`PyramidVisionTransformer`, or any module defining ``export_spec(backbone)``.
+        model: a :class:`PyramidVisionTransformer`, a module defining ``export_spec(backbone)``, or any module mapping
+            an image batch to one tensor (exported as is, output ``output``).
         backbone: export the four stage maps (``stage1``..``stage4``) instead of the logits. Default: True for a
             headless model (``num_classes=0``).
     """
@@ -61,7 +62,9 @@ def export_spec(model: nn.Module, *, backbone: bool | None = None) -> ExportSpec
     if callable(hook):
         return hook(backbone=bool(backbone))
     if not isinstance(model, PyramidVisionTransformer):
-        raise TypeError(f"cannot export {type(model).__name__}: define export_spec(backbone) on it")
+        if backbone:
+            raise TypeError(f"backbone export is for PVT models; {type(model).__name__} has no export_spec(backbone)")
+        return ExportSpec(model, ("output",))  # any image -> tensor module (a segmentor's logits map, ...)
     if backbone is None:
         backbone = is_backbone(model)
     in_chans = model.cfg.in_chans

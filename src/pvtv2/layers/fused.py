@@ -76,8 +76,8 @@ def batch_chunk(x: torch.Tensor, width: int) -> int:
     """Images per chunk so that one chunk's widest activation (``width`` channels on ``x``'s grid) fits in cache.
 
     The blocks are memory-bound at large batches: running them on a few images at a time keeps the FFN's hidden
-    tensor in the last-level cache between fc1, the depth-wise conv and fc2. Each image is computed exactly as in
-    one big batch, so results do not change.
+    tensor in the last-level cache between fc1, the depth-wise conv and fc2. Each image goes through the same
+    arithmetic as in one big batch (results equal up to rounding: a matmul may block fewer rows differently).
     """
     per_image = x[0].numel() // x.shape[-1] * width * x.element_size()  # (H, W, width) bytes
     return max(1, _CHUNK_BYTES // max(per_image, 1))

@@ -1,0 +1,87 @@
+"""The other implementations the benchmark runs beside ours, loaded with the same weights: timm and Hugging Face."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from ..models import PyramidVisionTransformer
+
+log = logging.getLogger(__name__)
+
+
+def timm_model(model: PyramidVisionTransformer, name: str) -> nn.Module | None:
+    """timm's implementation of ``name`` with ``model``'s weights (None if timm or the variant is missing)."""
+    try:
+        import timm
+    except ImportError:
+        return None
+    if model.cfg.pos_embed or name not in timm.list_models("pvt_v2_*"):
+        return None
+    from ..weights import convert
+
+    peer = timm.create_model(name, num_classes=model.num_classes, depths=model.cfg.depths,
+                             drop_path_rate=model.cfg.drop_path_rate)
+    peer.load_state_dict(convert(model.state_dict(), "pvtv2", "timm"), strict=True)
+    return peer.to(next(model.parameters()).device)
+
+
+class HFLogits(nn.Module):
+    """Hugging Face's ``PvtV2ForImageClassification`` called like ours: ``images -> logits``."""
+
+    def __init__(self, hf: nn.Module) -> None:
+        super().__init__()
+        self.hf = hf
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.hf(pixel_values=x).logits
+
+
+def hf_model(model: PyramidVisionTransformer) -> nn.Module | None:
+    """Hugging Face transformers' PVT v2 with an equivalent config and ``model``'s weights (None if unavailable)."""
+    try:
+        import transformers
+    except ImportError:
+        return None
+    cfg = model.cfg
+    if cfg.pos_embed or not cfg.overlap_patch_embed or not cfg.conv_ffn or model.num_classes == 0:
+        return None
+    from ..weights import convert
+
+    hf_cfg = transformers.PvtV2Config(
+        hidden_sizes=list(cfg.embed_dims),
+        depths=list(cfg.depths),
+        num_attention_heads=list(cfg.num_heads),
+        mlp_ratios=list(cfg.mlp_ratios),
+        sr_ratios=list(cfg.sr_ratios),
+        linear_attention=cfg.attn_mode == "linear",
+        drop_path_rate=cfg.drop_path_rate,
+        num_labels=model.num_classes,
+    )
+    hf = transformers.PvtV2ForImageClassification(hf_cfg)
+    # HF uses eps 1e-6 in every LayerNorm, the released code 1e-5 in the patch embeddings and reductions: align them
+    # so that the benchmark's difference column measures arithmetic, not a different epsilon.
+    for name, mod in hf.named_modules():
+        if isinstance(mod, nn.LayerNorm) and name.endswith(("patch_embedding.layer_norm", "attention.layer_norm")):
+            mod.eps = 1e-5
+    hf.load_state_dict(convert(model.state_dict(), "pvtv2", "hf"), strict=True)
+    return HFLogits(hf).to(next(model.parameters()).device)
+
+
+def onnxruntime_runner(module: nn.Module, size: tuple[int, int]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A peer exported to ONNX and run in onnxruntime (dynamic batch; dynamic H/W when its code allows it)."""
+    from ..export.onnx import onnx_session, spec_to_onnx
+    from ..export.spec import ExportSpec
+
+    spec = ExportSpec(module.eval(), ("logits",))
+    try:
+        data = spec_to_onnx(spec, size, dynamic=True)
+    except Exception as e:  # noqa: BLE001 - a peer's code may not trace with symbolic sizes
+        log.debug("dynamic export of %s failed (%s); exporting at %s", type(module).__name__, e, size)
+        data = spec_to_onnx(spec, size, dynamic=False)
+    session = onnx_session(data)
+    name = session.get_inputs()[0].name
+    return lambda x: torch.from_numpy(session.run(None, {name: x.numpy()})[0])

@@ -1,0 +1,268 @@
+"""``pvtv2 bench``: every path side by side in one interleaved run, against the machine's own matmul roofline."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .._io import atomic_write_text
+from ..errors import PVTError
+from ..models import create_model
+from .measure import exact_rss_accounting, gemm_call, gmacs, interleaved, machine, peak_memory_mb
+from .paths import DEFAULT_PATHS, PATHS, TRAIN_PATHS
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What to measure.
+
+    Args:
+        models: registered model names.
+        sizes: square input sides.
+        batches: batch sizes of the inference runs.
+        paths: inference paths (see :data:`pvtv2.bench.paths.PATHS`).
+        repeats: timed interleaved rounds (medians are reported).
+        warmup: untimed rounds before them.
+        threads: CPU threads for every path (default: PyTorch's default).
+        device: ``"cpu"`` or ``"cuda"``.
+        train_models: models whose training step (forward, backward, AdamW) is compared with timm's.
+        train_paths: implementations in the training comparison.
+        train_batch: batch of the training step.
+        train_size: input side of the training step.
+        train_repeats: timed training steps per path.
+        depths: override the models' depths (the smoke mode uses one block per stage).
+        gemm_n: side of the square matmul that measures the roofline.
+    """
+
+    models: tuple[str, ...] = ("pvt_v2_b0", "pvt_v2_b2")
+    sizes: tuple[int, ...] = (224,)
+    batches: tuple[int, ...] = (1, 16)
+    paths: tuple[str, ...] = DEFAULT_PATHS
+    repeats: int = 7
+    warmup: int = 2
+    threads: int | None = None
+    device: str = "cpu"
+    train_models: tuple[str, ...] = ("pvt_v2_b0",)
+    train_paths: tuple[str, ...] = ("pvtv2", "timm")
+    train_batch: int = 32
+    train_size: int = 224
+    train_repeats: int = 5
+    depths: tuple[int, int, int, int] | None = None
+    gemm_n: int = 2048
+
+
+# Tiny sizes, one repeat: what the test suite runs so that the benchmark cannot rot.
+SMOKE = BenchConfig(
+    models=("pvt_v2_b0",), sizes=(64,), batches=(1, 2),
+    paths=("pvtv2", "pvtv2-plain", "pvtv2-onnxruntime", "timm", "hf"),
+    repeats=1, warmup=1, train_batch=2, train_size=64, train_repeats=1, depths=(1, 1, 1, 1), gemm_n=256,
+)
+
+
+@dataclass
+class BenchResult:
+    """Everything one run measured (``to_json`` / ``table``)."""
+
+    config: BenchConfig
+    machine: dict[str, Any]
+    date: str
+    inference: list[dict[str, Any]] = field(default_factory=list)
+    training: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, default=str)
+
+    def table(self) -> str:
+        return format_tables(self)
+
+
+def _model(name: str, cfg: BenchConfig, device: torch.device) -> Any:
+    overrides = {"depths": cfg.depths} if cfg.depths else {}
+    torch.manual_seed(0)
+    return create_model(name, **overrides).to(device).eval()
+
+
+def _max_diff(out: Any, ref: torch.Tensor) -> float:
+    out = out if isinstance(out, torch.Tensor) else out[0]
+    return (out.float().cpu() - ref.float().cpu()).abs().max().item()
+
+
+def run_benchmark(cfg: BenchConfig = BenchConfig(), progress: bool = True) -> BenchResult:
+    """Run the inference and training comparisons of ``cfg``; see :class:`BenchConfig`."""
+    unknown = sorted(set(cfg.paths) - set(PATHS))
+    if unknown:
+        raise PVTError(f"unknown bench path(s) {unknown}; choose from {', '.join(PATHS)}")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = torch.device(cfg.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise PVTError("--device cuda but CUDA is not available here; use --device cpu")
+    result = BenchResult(cfg, machine(), datetime.datetime.now().astimezone().isoformat(timespec="seconds"))
+    say = log.info if progress else log.debug
+    gemm, gemm_flops = gemm_call(cfg.gemm_n, device)
+    memory: list[tuple[dict[str, Any], Any]] = []  # (result row, one call): measured after every timing
+    for name in cfg.models:
+        memory += _inference(name, cfg, device, gemm, gemm_flops, result, say)
+    for name in cfg.train_models:
+        memory += _training(name, cfg, device, result, say)
+    if device.type == "cpu":
+        exact_rss_accounting()
+    say("bench: peak memory of %d calls", len(memory))
+    for row, call in memory:
+        row["peak_mb"] = peak_memory_mb(call, device)
+    return result
+
+
+def _inference(name: str, cfg: BenchConfig, device: torch.device, gemm: Any, gemm_flops: float,
+               result: BenchResult, say: Any) -> list[tuple[dict[str, Any], Any]]:
+    model = _model(name, cfg, device)
+    memory = []
+    first = torch.randn(cfg.batches[0], 3, cfg.sizes[0], cfg.sizes[0], device=device)
+    fns = {}
+    for path in cfg.paths:
+        say("bench: preparing %s %s", name, path)
+        try:
+            fn = PATHS[path](model, name, first)
+        except PVTError as e:
+            fn, why = None, str(e)
+        else:
+            why = "library not installed or variant not available"
+        if fn is None:
+            result.skipped.append(f"{name} {path}: {why}")
+            continue
+        fns[path] = fn
+    for size in cfg.sizes:
+        work = gmacs(model, (size, size))
+        for batch in cfg.batches:
+            x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(batch), device="cpu").to(device)
+            with torch.inference_mode():
+                ref = model(x)
+            calls = {path: (lambda fn=fn, x=x: fn(x)) for path, fn in fns.items()}
+            diffs = {path: _max_diff(fn(x), ref) for path, fn in fns.items()}
+            say("bench: timing %s %dx%d batch %d (%d rounds)", name, size, size, batch, cfg.repeats)
+            timings = interleaved({**calls, "sgemm": gemm}, cfg.repeats, cfg.warmup, device)
+            roof = gemm_flops / timings.pop("sgemm").median / 1e9  # GFLOP/s of the matmul, same rounds
+            base = {p: timings[p].median for p in ("timm", "pvtv2") if p in timings}
+            for path, t in timings.items():
+                lo, hi = t.spread()
+                row = {
+                    "model": name, "size": size, "batch": batch, "path": path,
+                    "img_per_s": batch / t.median, "ms_per_batch": t.median * 1e3,
+                    "ms_min": lo * 1e3, "ms_max": hi * 1e3,
+                    "x_timm": base["timm"] / t.median if "timm" in base else None,
+                    "x_eager": base["pvtv2"] / t.median if "pvtv2" in base else None,
+                    "gmacs_per_image": work, "gflop_per_s": 2 * work * batch / t.median,
+                    "gemm_gflop_per_s": roof, "roofline": 2 * work * batch / t.median / roof,
+                    "max_abs_diff": diffs[path], "peak_mb": None,
+                }
+                result.inference.append(row)
+                memory.append((row, calls[path]))
+    return memory
+
+
+def _train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> None:
+    loss = torch.nn.functional.cross_entropy(model(x), y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
+def _training(name: str, cfg: BenchConfig, device: torch.device, result: BenchResult,
+              say: Any) -> list[tuple[dict[str, Any], Any]]:
+    ours = _model(name, cfg, device)
+    calls = {}
+    for path in cfg.train_paths:
+        make = TRAIN_PATHS.get(path)
+        if make is None:
+            raise PVTError(f"unknown training path {path!r}; choose from {', '.join(TRAIN_PATHS)}")
+        model = make(ours, name)
+        if model is None:
+            result.skipped.append(f"{name} training {path}: library not installed or variant not available")
+            continue
+        model.train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(cfg.train_batch, 3, cfg.train_size, cfg.train_size, generator=g).to(device)
+        y = torch.randint(0, 1000, (cfg.train_batch,), generator=g).to(device)
+        calls[path] = lambda m=model, o=opt, x=x, y=y: _train_step(m, o, x, y)
+    say("bench: timing %s training step, batch %d (%d rounds)", name, cfg.train_batch, cfg.train_repeats)
+    timings = interleaved(calls, cfg.train_repeats, 1, device)
+    memory = []
+    for path, t in timings.items():
+        lo, hi = t.spread()
+        row = {
+            "model": name, "size": cfg.train_size, "batch": cfg.train_batch, "path": path,
+            "img_per_s": cfg.train_batch / t.median, "ms_per_step": t.median * 1e3,
+            "ms_min": lo * 1e3, "ms_max": hi * 1e3,
+            "x_timm": timings["timm"].median / t.median if "timm" in timings else None,
+            "peak_mb": None,
+        }
+        result.training.append(row)
+        memory.append((row, calls[path]))
+    return memory
+
+
+def _fmt(v: Any, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def format_tables(result: BenchResult) -> str:
+    """The human-readable report: one block per (model, size, batch), then the training steps."""
+    lines = []
+    head = (f"{'path':<19} {'img/s':>8} {'ms (min-max)':>19} {'x timm':>7} {'x eager':>8} {'roofline':>8} "
+            f"{'max|diff|':>9} {'peak MB':>8}")
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for row in result.inference:
+        groups.setdefault((row["model"], row["size"], row["batch"]), []).append(row)
+    for (model, size, batch), rows in groups.items():
+        r0 = rows[0]
+        lines.append(f"\n{model} {size}x{size} batch {batch}: {r0['gmacs_per_image']:.2f} GMACs/image, "
+                     f"sgemm {r0['gemm_gflop_per_s']:.0f} GFLOP/s")
+        lines.append(head)
+        for r in rows:
+            spread = f"{r['ms_per_batch']:.1f} ({r['ms_min']:.0f}-{r['ms_max']:.0f})"
+            lines.append(f"{r['path']:<19} {r['img_per_s']:>8.2f} {spread:>19} {_fmt(r['x_timm'], '.2f'):>7} "
+                         f"{_fmt(r['x_eager'], '.2f'):>8} {r['roofline']:>7.0%} {r['max_abs_diff']:>9.1e} "
+                         f"{_fmt(r['peak_mb'], '.0f'):>8}")
+    if result.training:
+        lines.append("\ntraining step (forward, backward, AdamW)")
+        lines.append(f"{'model':<14} {'path':<8} {'batch':>5} {'img/s':>8} {'ms (min-max)':>21} {'x timm':>7} "
+                     f"{'peak MB':>8}")
+        for r in result.training:
+            spread = f"{r['ms_per_step']:.0f} ({r['ms_min']:.0f}-{r['ms_max']:.0f})"
+            lines.append(f"{r['model']:<14} {r['path']:<8} {r['batch']:>5} {r['img_per_s']:>8.2f} {spread:>21} "
+                         f"{_fmt(r['x_timm'], '.2f'):>7} {_fmt(r['peak_mb'], '.0f'):>8}")
+    for s in result.skipped:
+        lines.append(f"skipped: {s}")
+    m = result.machine
+    lines.append(f"\n{result.date}, {m.get('cpu')}, {m.get('threads')} threads, torch {m.get('torch')}, "
+                 f"load average {m.get('loadavg')}")
+    return "\n".join(lines).lstrip("\n")
+
+
+def save_json(result: BenchResult, path: str | os.PathLike[str]) -> Path:
+    """Write the result as JSON (atomically)."""
+    return atomic_write_text(path, result.to_json())
+
+
+def smoke_config(**changes: Any) -> BenchConfig:
+    """:data:`SMOKE` with some fields changed."""
+    return replace(SMOKE, **changes)
+
+
+def parse_ints(values: Sequence[str] | None) -> tuple[int, ...] | None:
+    """``["1", "16"]`` or ``["1,16"]`` -> ``(1, 16)``."""
+    if not values:
+        return None
+    return tuple(int(v) for item in values for v in str(item).split(",") if v)

@@ -1,0 +1,78 @@
+"""``pvtv2 bench``: throughput of every path (ours, timm, Hugging Face) in one interleaved run, with ratios."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The benchmark's flags (shared with ``scripts/benchmark.py``); unset flags keep the defaults / smoke preset."""
+    p.add_argument("--models", nargs="+", default=None, help="registered names (default: pvt_v2_b0 pvt_v2_b2)")
+    p.add_argument("--sizes", nargs="+", default=None, help="square input sides (default: 224)")
+    p.add_argument("--batches", nargs="+", default=None, help="batch sizes (default: 1 16)")
+    p.add_argument("--paths", nargs="+", default=None, help="inference paths: pvtv2 pvtv2-plain pvtv2-compile "
+                   "pvtv2-onnxruntime timm timm-compile timm-onnxruntime hf (default: all but timm-compile)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: PyTorch's)")
+    p.add_argument("--repeats", type=int, default=None, help="timed interleaved rounds (default: 7)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed rounds first (default: 2)")
+    p.add_argument("--device", default=None, help="cpu (default) or cuda")
+    p.add_argument("--train-models", nargs="*", default=None,
+                   help="models whose training step is compared with timm's (default: pvt_v2_b0; none: no flag value)")
+    p.add_argument("--train-batch", type=int, default=None, help="training batch (default: 32)")
+    p.add_argument("--train-size", type=int, default=None, help="training input side (default: 224)")
+    p.add_argument("--train-repeats", type=int, default=None, help="timed training steps per path (default: 5)")
+    p.add_argument("--depths", type=int, nargs=4, default=None, help="override the models' depths")
+    p.add_argument("--smoke", action="store_true", help="tiny sizes, one repeat: checks that the benchmark runs")
+    p.add_argument("--json", default="bench.json", help="where to write the results (default: bench.json)")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="benchmark eager/compile/onnxruntime against timm and Hugging Face (interleaved, medians, roofline)",
+        description="Measure this project's inference paths beside timm and Hugging Face transformers in one "
+        "interleaved run (warm-up, medians, spread), the machine's matmul GFLOP/s and each path's fraction of it, "
+        "the training step against timm, and peak memory. Prints a table and writes JSON.",
+    )
+    add_arguments(p)
+    p.set_defaults(func=run_bench)
+
+
+def config_from_args(args: argparse.Namespace):  # -> BenchConfig (imported lazily)
+    """The :class:`~pvtv2.bench.BenchConfig` the flags describe."""
+    from dataclasses import replace
+
+    from ..bench import SMOKE, BenchConfig
+    from ..bench.run import parse_ints
+
+    cfg = SMOKE if args.smoke else BenchConfig()
+    changes = {
+        "models": tuple(args.models) if args.models else None,
+        "sizes": parse_ints(args.sizes),
+        "batches": parse_ints(args.batches),
+        "paths": tuple(args.paths) if args.paths else None,
+        "threads": args.threads,
+        "repeats": args.repeats,
+        "warmup": args.warmup,
+        "device": args.device,
+        "train_models": tuple(args.train_models) if args.train_models is not None else None,
+        "train_batch": args.train_batch,
+        "train_size": args.train_size,
+        "train_repeats": args.train_repeats,
+        "depths": tuple(args.depths) if args.depths else None,
+    }
+    return replace(cfg, **{k: v for k, v in changes.items() if v is not None})
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from ..bench import run_benchmark, save_json
+    from ..models import model_info
+
+    cfg = config_from_args(args)
+    for name in (*cfg.models, *cfg.train_models):
+        model_info(name)  # unknown names fail before anything is measured
+    result = run_benchmark(cfg)
+    print(result.table())
+    if args.json:
+        print(f"wrote {save_json(result, args.json)}")
+    return 0

@@ -1,0 +1,85 @@
+"""``pvtv2 export``: a model to ONNX (dynamic batch, height and width), checked in onnxruntime on the spot."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export a model to ONNX and check it against PyTorch in onnxruntime",
+        description="Export MODEL to ONNX with dynamic batch, height and width, then run onnxruntime and PyTorch on "
+        "random inputs at two sizes and print the largest difference.",
+    )
+    p.add_argument("model", help="registered model name (see 'pvtv2 models')")
+    p.add_argument("--weights", default=None, help="checkpoint path (any supported format) or 'official'; "
+                   "default: random weights")
+    p.add_argument("--format", default="onnx", choices=["onnx"], help="export format")
+    p.add_argument("-o", "--output", default=None, help="output file (default: MODEL.onnx)")
+    p.add_argument("--input-size", type=int, nargs=2, default=(224, 224), metavar=("H", "W"),
+                   help="size of the traced example input (the file accepts any size >= 32)")
+    p.add_argument("--backbone", action="store_true", help="export the four stage maps (stage1..stage4) instead of "
+                   "the logits")
+    p.add_argument("--num-classes", type=int, default=None, help="head size (default: the checkpoint's, else 1000)")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset")
+    p.add_argument("--atol", type=float, default=1e-4, help="largest accepted onnxruntime-PyTorch difference")
+    p.add_argument("--no-check", action="store_true", help="skip the onnxruntime check")
+    p.set_defaults(func=run_export)
+
+
+def _check_sizes(h: int, w: int) -> tuple[tuple[int, int], ...]:
+    """The traced size and one that is a multiple of neither 7 nor 32 (where exports usually break)."""
+    other = (200, 328) if (h, w) != (200, 328) else (97, 161)
+    return ((h, w), other)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    import logging
+
+    import torch
+
+    from ..errors import PVTError
+    from ..export import check_onnx, export_onnx
+    from ..models import create_model, model_info
+
+    log = logging.getLogger("pvtv2.export")
+    model_info(args.model)  # unknown names fail here, with the list of known ones
+    if min(args.input_size) < 32:
+        raise PVTError(f"--input-size {args.input_size[0]} {args.input_size[1]}: PVT needs at least 32 px per side")
+    num_classes = 0 if args.backbone else args.num_classes
+    if num_classes is None:
+        head = _head_size(args.weights)
+        num_classes = 1000 if head is None else head
+    args.backbone = args.backbone or num_classes == 0  # a checkpoint without a head is a backbone
+    if args.weights is None:
+        log.warning("no --weights given: exporting randomly initialised weights")
+    model = create_model(args.model, num_classes=num_classes, weights=args.weights).eval()
+    out = args.output or f"{args.model}{'_backbone' if args.backbone else ''}.onnx"
+    path = export_onnx(model, out, backbone=args.backbone, input_size=tuple(args.input_size), opset=args.opset)
+    outputs = "stage1..stage4 (strides 4, 8, 16, 32)" if args.backbone else f"logits ({num_classes} classes)"
+    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MB): input 'images' (batch, 3, height, width), "
+          f"output {outputs}")
+    if args.no_check:
+        return 0
+    with torch.no_grad():
+        report = check_onnx(path, model, backbone=args.backbone, sizes=_check_sizes(*args.input_size))
+    print(report)
+    if report.max_abs_diff > args.atol:
+        raise PVTError(f"onnxruntime differs from PyTorch by {report.max_abs_diff:.2e} > --atol {args.atol:g}; "
+                       "please report this with the command you ran")
+    return 0
+
+
+def _head_size(weights: str | None) -> int | None:
+    """Classes of a checkpoint's head: 0 when it has none, None when unknown (official weights, no checkpoint)."""
+    if weights is None or weights == "official":
+        return None
+    from ..weights import convert, detect_format, read_checkpoint, unwrap_state_dict
+
+    sd = unwrap_state_dict(read_checkpoint(weights), where=weights)
+    fmt = detect_format(sd)
+    if fmt is None:
+        return None
+    head = convert(sd, fmt, "pvtv2").get("head.weight")
+    return int(head.shape[0]) if head is not None else 0

@@ -1,0 +1,62 @@
+"""The benchmark in its smoke mode (tiny sizes, one repeat), so that ``pvtv2 bench`` cannot rot. No timing asserts."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from pvtv2.bench import SMOKE, PATHS
+from pvtv2.bench.measure import gemm_call, interleaved, peak_memory_mb
+from pvtv2.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_smoke_run_writes_table_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "bench.json"
+    # onnxruntime's path is prepare(model, "onnxruntime"), covered by test_runtime; leave its export out of here
+    assert main(["bench", "--smoke", "--paths", "pvtv2", "pvtv2-plain", "timm", "hf", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "x timm" in text and "roofline" in text and "training step" in text
+    data = json.loads(out.read_text())
+    rows = data["inference"]
+    assert {r["batch"] for r in rows} == set(SMOKE.batches) and {r["size"] for r in rows} == {64}
+    paths = {r["path"] for r in rows}
+    assert {"pvtv2", "pvtv2-plain"} <= paths
+    for r in rows:
+        assert r["img_per_s"] > 0 and 0 < r["roofline"] and r["gmacs_per_image"] > 0
+        assert r["max_abs_diff"] < 1e-4, r  # every path computes the same logits
+    if "timm" in paths:
+        assert all(r["x_timm"] is not None for r in rows)
+        assert {r["path"] for r in data["training"]} == {"pvtv2", "timm"}
+    assert data["machine"]["threads"] == torch.get_num_threads()
+    assert data["config"]["depths"] == [1, 1, 1, 1]
+
+
+def test_bench_rejects_unknown_names(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "--smoke", "--paths", "tensorrt", "--json", ""]) == 2
+    assert "unknown bench path" in capsys.readouterr().err
+    assert main(["bench", "--smoke", "--models", "pvt_v9", "--json", ""]) == 2
+    assert "unknown model 'pvt_v9'" in capsys.readouterr().err
+
+
+def test_measuring_tools() -> None:
+    calls = {"a": lambda: torch.ones(10).sum(), "b": lambda: torch.zeros(10).sum()}
+    t = interleaved(calls, repeats=3, warmup=1, device=torch.device("cpu"))
+    assert set(t) == {"a", "b"} and all(len(v.seconds) == 3 and v.median > 0 for v in t.values())
+    fn, flops = gemm_call(64)
+    assert flops == 2 * 64**3 and fn().shape == (64, 64)
+    mb = peak_memory_mb(lambda: torch.ones(64, 2**20).sum(), torch.device("cpu"))  # 256 MB, freed at once
+    assert mb is None or mb >= 0
+    assert set(SMOKE.paths) <= set(PATHS)
+
+
+def test_script_is_the_same_benchmark() -> None:
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--help"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "--smoke" in out.stdout and "--batches" in out.stdout

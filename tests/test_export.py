@@ -1,0 +1,107 @@
+"""ONNX export: dynamic batch/height/width, linear-SRA pooling at any size, onnxruntime parity, the CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pvtv2 import create_model
+from pvtv2.cli import main
+from pvtv2.errors import PVTError
+from pvtv2.export import check_onnx, export_spec, onnx_bytes, onnx_session
+from pvtv2.layers import attention
+from pvtv2.layers.attention import adaptive_avg_pool_tokens
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+# 224 (a multiple of 7 and 32), then sizes that are multiples of neither: the classic export failures
+SIZES = ((224, 224), (200, 328), (97, 161))
+
+
+@pytest.mark.parametrize("h, w", [(56, 56), (3, 5), (7, 7), (13, 29), (50, 8), (1, 1)])
+def test_matmul_pooling_equals_adaptive_avg_pool(h: int, w: int) -> None:
+    x = torch.randn(2, h, w, 6)  # (B, H, W, C) tokens
+    ref = F.adaptive_avg_pool2d(x.permute(0, 3, 1, 2), 7).permute(0, 2, 3, 1)
+    out = adaptive_avg_pool_tokens(x, 7)
+    assert out.shape == ref.shape == (2, 7, 7, 6)
+    assert (out - ref).abs().max().item() < 1e-6
+
+
+def test_traced_linear_sra_path_equals_eager(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = create_model("pvt_v2_b2_li", num_classes=5, depths=(1, 1, 1, 1)).eval()
+    x = torch.randn(2, 3, 97, 161)
+    with torch.no_grad():
+        ref = model(x)
+        monkeypatch.setattr(attention, "tracing", lambda: True)  # the matmul pooling the exporters see
+        assert (model(x) - ref).abs().max().item() < 1e-5
+
+
+# B0's logits are checked at full depth through the CLI below (one export per model keeps this file fast).
+@pytest.mark.parametrize("name, backbone", [("pvt_v2_b2_li", True)])  # the four stage maps of B2-Li
+def test_onnx_matches_pytorch_at_any_size(name: str, backbone: bool) -> None:
+    model = create_model(name, num_classes=0 if backbone else 1000, depths=(1, 1, 1, 1)).eval()
+    data = onnx_bytes(model, backbone=backbone)
+    session = onnx_session(data)
+    inputs = session.get_inputs()
+    assert [i.name for i in inputs] == ["images"] and inputs[0].shape == ["batch", 3, "height", "width"]
+    names = [o.name for o in session.get_outputs()]
+    assert names == (["stage1", "stage2", "stage3", "stage4"] if backbone else ["logits"])
+    report = check_onnx(session, model, backbone=backbone, sizes=SIZES, batch=2)
+    assert set(report.per_size) == set(SIZES)
+    assert report.max_abs_diff < 1e-4, report
+    out = session.run(None, {"images": torch.randn(1, 3, 33, 70).numpy()})  # batch 1, odd size
+    expected = [(1, c, -(-33 // s), -(-70 // s)) for c, s in zip(model.cfg.embed_dims, (4, 8, 16, 32))]
+    assert [o.shape for o in out] == (expected if backbone else [(1, 1000)])
+
+
+def test_cli_exports_full_depth_b0_and_checks_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    torch.manual_seed(0)
+    ckpt = tmp_path / "b0.pth"
+    model = create_model("pvt_v2_b0", num_classes=10).eval()
+    torch.save(model.state_dict(), ckpt)
+    out = tmp_path / "b0.onnx"
+    assert main(["export", "pvt_v2_b0", "--weights", str(ckpt), "--format", "onnx", "-o", str(out),
+                 "--input-size", "224", "224"]) == 0
+    text = capsys.readouterr().out
+    assert out.is_file() and "logits (10 classes)" in text  # head size read from the checkpoint
+    diff = float(text.split("max abs difference ")[1].split()[0])
+    assert diff < 1e-4 and "224x224" in text and "200x328" in text
+    report = check_onnx(out, model, sizes=((97, 161),), batch=3)  # the third size, another batch
+    assert report.max_abs_diff < 1e-4, report
+
+
+def test_cli_export_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["export", "pvt_v2_b9", "-o", str(tmp_path / "x.onnx")]) == 2
+    assert "unknown model 'pvt_v2_b9'" in capsys.readouterr().err
+    assert main(["export", "pvt_v2_b0", "--input-size", "16", "224", "-o", str(tmp_path / "x.onnx")]) == 2
+    assert "at least 32 px" in capsys.readouterr().err
+    with pytest.raises(PVTError, match="no ONNX file"):
+        onnx_session(tmp_path / "missing.onnx")
+
+
+def test_missing_onnxruntime_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import builtins
+
+    real_import = builtins.__import__
+
+    def fake_import(name: str, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if name == "onnxruntime":
+            raise ImportError("No module named 'onnxruntime'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", fake_import)
+    with pytest.raises(PVTError, match=r"pip install 'pvtv2\[deploy\]'"):
+        onnx_session(b"")
+
+
+def test_export_spec_kinds() -> None:
+    model = create_model("pvt_v2_b0", depths=(1, 1, 1, 1))
+    assert export_spec(model).output_names == ("logits",)
+    assert export_spec(model, backbone=True).output_names == ("stage1", "stage2", "stage3", "stage4")
+    assert export_spec(create_model("pvt_v2_b0", num_classes=0, depths=(1, 1, 1, 1))).output_names[0] == "stage1"
+    seg_like = torch.nn.Conv2d(3, 4, 1)  # any images -> tensor module exports as is
+    assert export_spec(seg_like).output_names == ("output",)
