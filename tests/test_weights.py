@@ -209,3 +209,15 @@ def test_models_command(capsys: pytest.CaptureFixture) -> None:
     out = capsys.readouterr().out
     assert "pvt_v2_b2_li" in out and "22.55" in out and "82.1" in out and "pvt_v1" not in out
     assert cli(["models", "nothing*"]) == 2
+
+
+def test_backbone_of_our_own_dense_models_loads_into_a_classifier() -> None:
+    from pvtv2.detection import retinanet
+    from pvtv2.segmentation import semantic_fpn
+
+    for dense in (retinanet(backbone="pvt_v2_b0", num_classes=3, backbone_overrides=SMALL),
+                  semantic_fpn(create_model("pvt_v2_b0", num_classes=0, **SMALL), num_classes=3)):
+        classifier = create_model("pvt_v2_b0", num_classes=0, **SMALL)
+        assert load_weights(classifier, {"model": dense.state_dict()}).format == "pvtv2"
+        ref = next(v for k, v in dense.state_dict().items() if k.endswith("stages.2.blocks.0.attn.kv.weight"))
+        assert torch.equal(classifier.stages[2].blocks[0].attn.kv.weight, ref)

@@ -149,7 +149,6 @@ def mmdet_to_pvtv2(sd: StateDict) -> StateDict:
     sd = _rename(
         sd,
         [
-            (r"^backbone\.", ""),
             (r"^layers\.(\d)\.0\.projection\.", r"stages.\1.patch_embed.proj."),
             (r"^layers\.(\d)\.0\.norm\.", r"stages.\1.patch_embed.norm."),
             (r"^layers\.(\d)\.1\.(\d+)\.", r"stages.\1.blocks.\2."),
@@ -231,7 +230,7 @@ def detect_format(sd: StateDict) -> str | None:
         return "timm"
     if keys & {"encoder.layers.0.patch_embedding.proj.weight", "pvt_v2.encoder.layers.0.patch_embedding.proj.weight"}:
         return "hf"
-    if keys & {"layers.0.0.projection.weight", "backbone.layers.0.0.projection.weight"}:
+    if "layers.0.0.projection.weight" in keys:
         return "mmdet"
     return None
 

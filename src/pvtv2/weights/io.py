@@ -63,7 +63,7 @@ def _first_line(e: BaseException) -> str:
 
 def unwrap_state_dict(obj: Any, *, where: str = "checkpoint") -> StateDict:
     """Find the state dict inside a training checkpoint (``{"model": ...}``, ``{"state_dict": ...}``), drop
-    DDP/compile prefixes, and keep only a detector's ``backbone.`` entries."""
+    DDP/compile prefixes, and keep only the backbone's entries of a detector or segmentor."""
     while isinstance(obj, dict) and not _is_state_dict(obj):
         inner = next((obj[k] for k in _WRAPPERS if isinstance(obj.get(k), dict)), None)
         if inner is None:
@@ -78,11 +78,34 @@ def unwrap_state_dict(obj: Any, *, where: str = "checkpoint") -> StateDict:
     for prefix in _PREFIXES:
         if all(k.startswith(prefix) for k in sd):
             sd = {k[len(prefix) :]: v for k, v in sd.items()}
-    if any(k.startswith("backbone.") for k in sd) and not all(k.startswith("backbone.") for k in sd):
-        backbone = {k[len("backbone.") :]: v for k, v in sd.items() if k.startswith("backbone.")}
-        log.info("using the %d backbone tensors of a detector/segmentor checkpoint (%d others left out)",
-                 len(backbone), len(sd) - len(backbone))
-        sd = backbone
+    return _backbone_part(sd)
+
+
+# Keys that only the stage-1 patch embedding has, one per format; pvtv2's first (timm's is a suffix of it).
+_ANCHORS = (
+    "stages.0.patch_embed.proj.weight",
+    "pvt_v2.encoder.layers.0.patch_embedding.proj.weight",
+    "encoder.layers.0.patch_embedding.proj.weight",
+    "patch_embed1.proj.weight",
+    "patch_embed.proj.weight",
+    "layers.0.0.projection.weight",
+)
+
+
+def _backbone_part(sd: StateDict) -> StateDict:
+    """The backbone's tensors of a bigger model (a detector's ``backbone.``, our detectors'
+    ``backbone.body.model.``, a segmentor's ``backbone.model.``...), found by the stage-1 embedding key."""
+    if detect_format(sd) is not None:
+        return sd
+    for anchor in _ANCHORS:
+        for key in sd:
+            if key.endswith("." + anchor):
+                prefix = key[: -len(anchor)]
+                part = {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
+                if detect_format(part) is not None:
+                    log.info("using the %d backbone tensors under %r (%d others left out)",
+                             len(part), prefix, len(sd) - len(part))
+                    return part
     return sd
 
 
