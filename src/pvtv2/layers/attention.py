@@ -119,10 +119,8 @@ class SpatialReductionAttention(nn.Module):
         B, C = x.shape[0], x.shape[-1]
         heads, d = self.num_heads, self.head_dim
         fast = fused.use_fused(x, self)
-        q = fused.linear(x, self.q) if fast else self.q(x)
-        q = q.reshape(B, -1, heads, d).transpose(1, 2)  # (B, ..., C) -> (B, heads, N, d)
-        kv_in = self.reduce(x)
-        kv = fused.linear(kv_in, self.kv) if fast else self.kv(kv_in)
+        q = fused.any_linear(x, self.q).reshape(B, -1, heads, d).transpose(1, 2)  # (B, ..., C) -> (B, heads, N, d)
+        kv = fused.any_linear(self.reduce(x), self.kv)
         kv = kv.reshape(B, -1, 2, heads, d)  # (B, Nk, 2C) -> (B, Nk, 2, heads, d)
         k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)  # -> 2 x (B, heads, Nk, d)
         drop = self.attn_drop if self.training else 0.0
@@ -130,5 +128,5 @@ class SpatialReductionAttention(nn.Module):
         o = o.transpose(1, 2).reshape(x.shape)  # -> (B, N, heads, d) -> x's shape
         if fast:
             return fused.linear(o, self.proj, residual=residual)
-        o = self.proj_drop(self.proj(o))
+        o = self.proj_drop(fused.any_linear(o, self.proj))
         return o if residual is None else residual + o

@@ -36,12 +36,15 @@ class ConvFFN(nn.Module):
         """``(B, H, W, C) -> (B, H, W, C)``; ``residual`` is added to the output (inside fc2 on the fused path)."""
         if fused.use_fused(x, self):
             return self._forward_fused(x, residual)
-        x = self.relu(self.fc1(x))  # (B, H, W, C) -> (B, H, W, E)
+        if fused.use_onednn(x):  # oneDNN matmuls, autograd included
+            x = fused.linear(x, self.fc1, "relu" if isinstance(self.relu, nn.ReLU) else "none")
+        else:
+            x = self.relu(self.fc1(x))  # (B, H, W, C) -> (B, H, W, E)
         if self.dwconv is not None:
             # (B, H, W, E) -> NCHW view in channels_last layout -> conv -> back to (B, H, W, E), no copies
             x = self.dwconv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         x = self.drop(self.act(x))
-        x = self.drop(self.fc2(x))  # (B, H, W, E) -> (B, H, W, C)
+        x = self.drop(fused.any_linear(x, self.fc2))  # (B, H, W, E) -> (B, H, W, C)
         return x if residual is None else residual + x
 
     def _forward_fused(self, x: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -54,12 +55,68 @@ def use_fused(x: torch.Tensor, module: nn.Module) -> bool:
     )
 
 
+def use_onednn(x: torch.Tensor) -> bool:
+    """Whether linear layers may run on oneDNN on ``x`` (training too): CPU float32, no autocast, not tracing."""
+    return (
+        _ENABLED
+        and _MKLDNN
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and not torch.is_autocast_enabled("cpu")
+        and not tracing()
+    )
+
+
 def linear(x: torch.Tensor, layer: nn.Linear, act: str = "none", residual: torch.Tensor | None = None) -> torch.Tensor:
-    """``act(layer(x))`` (act: ``"none"`` or ``"relu"``), or ``residual + layer(x)``, in one oneDNN matmul."""
+    """``act(layer(x))`` (act: ``"none"`` or ``"relu"``), or ``residual + layer(x)``, in one oneDNN matmul.
+
+    With autograd on, the backward pass is :class:`_OneDNNLinear`'s (``residual`` is then added outside).
+    """
     x = x.contiguous()
+    if torch.is_grad_enabled() and (x.requires_grad or layer.weight.requires_grad):
+        y = _OneDNNLinear.apply(x, layer.weight, layer.bias, act == "relu")
+        return y if residual is None else residual + y
     if residual is not None:
         return torch.ops.mkldnn._linear_pointwise(x, residual.contiguous(), layer.weight, layer.bias, "add")
     return torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, act, [], "")
+
+
+def any_linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
+    """``layer(x)``, on oneDNN when :func:`use_onednn` allows it (training included)."""
+    return linear(x, layer) if use_onednn(x) else layer(x)
+
+
+class _OneDNNLinear(torch.autograd.Function):
+    """``[relu](x @ W^T + b)`` whose forward and input gradient run on oneDNN.
+
+    PyTorch's CPU ``addmm`` first copies the bias into the output, then runs the matmul over it: for PVT's
+    skinny layers (32-64 input channels, tens of thousands of tokens) that copy and MKL's handling of a small inner
+    dimension cost as much as the arithmetic. oneDNN adds the bias (and the ReLU) while writing the output. The
+    weight gradient stays ``g^T @ x`` (the same reduction as PyTorch's).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, relu: bool) -> torch.Tensor:
+        y = torch.ops.mkldnn._linear_pointwise(x, weight, bias, "relu" if relu else "none", [], "")
+        ctx.save_for_backward(x, weight, y if relu else None)
+        ctx.has_bias = bias is not None
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, weight, y = ctx.saved_tensors
+        if y is not None:
+            grad = torch.ops.aten.threshold_backward(grad, y, 0)  # ReLU: pass where the output is positive
+        g = grad.reshape(-1, weight.shape[0]).contiguous()  # (..., N) -> (M, N)
+        gx = gw = gb = None
+        if ctx.needs_input_grad[0]:  # (M, N) @ (N, K) as a oneDNN "linear" with the (K, N) weight
+            gx = torch.ops.mkldnn._linear_pointwise(g, weight.t().contiguous(), None, "none", [], "").view(x.shape)
+        if ctx.needs_input_grad[1]:
+            gw = g.t().mm(x.reshape(-1, weight.shape[1]))  # (N, M) @ (M, K)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            gb = g.sum(0)
+        return gx, gw, gb, None
 
 
 def conv_gelu(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
