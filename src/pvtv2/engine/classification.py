@@ -53,6 +53,8 @@ class TrainResult:
 def setup_process(cfg: ClassificationConfig) -> DistEnv:
     """torchrun set-up, CPU threads (cores shared between this node's processes), flush-to-zero, seed."""
     env = init_distributed(cfg.device)
+    if not env.is_main:  # one voice: ranks > 0 only report problems
+        logging.getLogger("pvtv2").setLevel(logging.WARNING)
     if env.device.type == "cpu":
         local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
