@@ -193,8 +193,9 @@ def _train(cfg: ClassificationConfig, env: DistEnv, out: Any, resume: Any, progr
                       "elapsed_seconds": time.perf_counter() - t_start}
             if val_ema:
                 record.update(test_top1_ema=val_ema["top1"], test_top5_ema=val_ema["top5"])
-            if data.skipped_train or val["skipped"]:
-                record.update(skipped_images_train=data.skipped_train, skipped_images_test=val["skipped"])
+            skipped = int(reduce_sum(torch.tensor(float(data.skipped_train), device=env.device)).item())  # all ranks
+            if skipped or val["skipped"]:
+                record.update(skipped_images_train=skipped, skipped_images_test=val["skipped"])
             metrics.log(record)
             metrics.plot({"loss": ["train_loss", "test_loss"], "test accuracy (%)": ["test_top1", "test_top5"]},
                          title=f"{cfg.model} on {data.name}")
@@ -202,7 +203,7 @@ def _train(cfg: ClassificationConfig, env: DistEnv, out: Any, resume: Any, progr
                 log.info("epoch %d/%d: train loss %.4f | test loss %.4f, top-1 %.2f%%, top-5 %.2f%%%s | %.0fs "
                          "(%.1f min so far)%s", epoch + 1, cfg.epochs, train_stats["train_loss"], val["loss"],
                          val["top1"], val["top5"], f", EMA top-1 {val_ema['top1']:.2f}%" if val_ema else "",
-                         record["epoch_seconds"], record["elapsed_seconds"] / 60, _skipped_note(data, val))
+                         record["epoch_seconds"], record["elapsed_seconds"] / 60, _skipped_note(skipped, val))
             if cfg.max_steps is not None and state.step >= cfg.max_steps:
                 break
     if stopped_mid_epoch or math.isnan(result_top1):  # max_steps inside an epoch (or nothing left): evaluate
@@ -227,8 +228,8 @@ def _new_run_name() -> str:
     return str(RunDir.create(None, main=False).path)
 
 
-def _skipped_note(data: ClassificationData, val: dict[str, Any]) -> str:
-    n = data.skipped_train + int(val["skipped"])
+def _skipped_note(skipped_train: int, val: dict[str, Any]) -> str:
+    n = skipped_train + int(val["skipped"])
     return f" | {n} unreadable image(s) skipped" if n else ""
 
 
@@ -277,6 +278,7 @@ def _train_epoch(cfg: ClassificationConfig, env: DistEnv, data: ClassificationDa
             raise Interrupted(msg)
         if cfg.ckpt_every and state.step % cfg.ckpt_every == 0:
             save(last, state)
+            guard.last_checkpoint = last
         if (i + 1) % cfg.log_every == 0 or i + 1 == data.steps_per_epoch:
             now = time.perf_counter()
             bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{stepper.lr:.2e}",
