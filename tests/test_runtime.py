@@ -60,6 +60,21 @@ def test_fused_path_stays_off_under_autograd_and_training() -> None:
     assert x.grad is not None and torch.isfinite(x.grad).all()
 
 
+@pytest.mark.parametrize("name", ["pvt_v2_b0", "pvt_v2_b2_li"])
+def test_onednn_training_path_gives_the_plain_gradients(name: str) -> None:
+    model = create_model(name, num_classes=5, depths=(1, 1, 1, 1), drop_path_rate=0.0)
+    x = torch.randn(2, 3, 64, 96, requires_grad=True)
+    grads = []
+    for enabled in (True, False):
+        model.zero_grad()
+        x.grad = None
+        with fused_kernels(enabled):
+            model(x).square().sum().backward()
+        grads.append([x.grad.clone()] + [p.grad.clone() for p in model.parameters()])
+    for a, b in zip(*grads):
+        assert (a - b).abs().max().item() <= 1e-5 * (1 + b.abs().max().item())
+
+
 @pytest.mark.parametrize("backbone", [False, True])
 def test_torch_backend(backbone: bool) -> None:
     model = create_model("pvt_v2_b0", num_classes=0 if backbone else 10, depths=(1, 1, 1, 1))

@@ -34,7 +34,7 @@ def _sync(device: torch.device) -> None:
 
 
 def interleaved(
-    calls: dict[str, Callable[[], object]], repeats: int, warmup: int, device: torch.device
+    calls: dict[str, Callable[[], object]], repeats: int, warmup: int, device: torch.device, prime: bool = True
 ) -> dict[str, Timing]:
     """Time every call once per round, round after round, so that all paths see the same machine load.
 
@@ -43,6 +43,8 @@ def interleaved(
         repeats: timed rounds; report medians over them.
         warmup: untimed rounds first (allocator, caches, lazy initialisation, JIT).
         device: synchronised around each call on CUDA.
+        prime: run each call once, untimed, right before its timed call, so that it finds its own weights in
+            cache as it would in a serving loop rather than the previous path's (matters at batch 1).
     """
     for _ in range(warmup):
         for fn in calls.values():
@@ -50,6 +52,8 @@ def interleaved(
     out = {name: Timing() for name in calls}
     for _ in range(repeats):
         for name, fn in calls.items():
+            if prime:
+                fn()
             _sync(device)
             t = time.perf_counter()
             fn()
@@ -58,11 +62,19 @@ def interleaved(
     return out
 
 
-def gemm_call(n: int = 2048, device: torch.device | str = "cpu") -> tuple[Callable[[], object], float]:
-    """A square float32 matmul to time beside the models, and its FLOPs (``2 n^3``): the machine's roofline."""
+def gemm_calls(n: int = 2048, device: torch.device | str = "cpu") -> dict[str, tuple[Callable[[], object], float]]:
+    """Square float32 matmuls to time beside the models, with their FLOPs (``2 n^3``): the machine's roofline.
+
+    Both BLAS back-ends PyTorch has on CPU are measured (``torch.mm`` goes to MKL/OpenBLAS, ``mkldnn`` to oneDNN,
+    which can be much faster, e.g. MKL on AMD CPUs); the roofline is the faster of the two.
+    """
     a = torch.randn(n, n, device=device)
     b = torch.randn(n, n, device=device)
-    return (lambda: torch.mm(a, b)), 2.0 * n**3
+    calls: dict[str, tuple[Callable[[], object], float]] = {"sgemm": ((lambda: torch.mm(a, b)), 2.0 * n**3)}
+    if torch.device(device).type == "cpu" and torch.backends.mkldnn.is_available():
+        bt = b.t().contiguous()
+        calls["sgemm-onednn"] = ((lambda: torch.ops.mkldnn._linear_pointwise(a, bt, None, "none", [], "")), 2.0 * n**3)
+    return calls
 
 
 # --- peak memory ---------------------------------------------------------------------------------------------

@@ -22,6 +22,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-size", type=int, default=None, help="training input side (default: 224)")
     p.add_argument("--train-repeats", type=int, default=None, help="timed training steps per path (default: 5)")
     p.add_argument("--depths", type=int, nargs=4, default=None, help="override the models' depths")
+    p.add_argument("--no-tune-malloc", action="store_true", help="keep glibc's default large-allocation behaviour "
+                   "(default: recycle freed memory, see pvtv2.runtime.tune_cpu_allocator)")
     p.add_argument("--smoke", action="store_true", help="tiny sizes, one repeat: checks that the benchmark runs")
     p.add_argument("--json", default="bench.json", help="where to write the results (default: bench.json)")
 
@@ -60,6 +62,7 @@ def config_from_args(args: argparse.Namespace):  # -> BenchConfig (imported lazi
         "train_size": args.train_size,
         "train_repeats": args.train_repeats,
         "depths": tuple(args.depths) if args.depths else None,
+        "tune_malloc": False if args.no_tune_malloc else None,
     }
     return replace(cfg, **{k: v for k, v in changes.items() if v is not None})
 

@@ -28,5 +28,7 @@ class OverlapPatchEmbed(nn.Module):
         self.norm = nn.LayerNorm(embed_dim, eps=norm_eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.proj(x)  # (B, Cin, H, W) -> (B, C, h, w)
+        # channels_last in, channels_last out: the permute below is then free (no-op for stages 2-4, whose input
+        # already is a channels_last view; for the image it is a cheap 3-channel copy that saves a C-channel one)
+        x = self.proj(x.contiguous(memory_format=torch.channels_last))  # (B, Cin, H, W) -> (B, C, h, w)
         return self.norm(x.permute(0, 2, 3, 1))  # -> (B, h, w, C); free when x is channels_last

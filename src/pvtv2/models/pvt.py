@@ -80,14 +80,10 @@ class PVTStage(nn.Module):
                 cls = cls + self.pos_embed[:, :1]
             x = torch.cat([cls, x.reshape(B, h * w, C)], dim=1)  # (B, 1 + h*w, C)
         x = self.pos_drop(x)
-        if fused.use_fused(x, self) and len(self.blocks):
-            chunk = fused.batch_chunk(x, self.blocks[0].mlp.fc1.out_features)
-            if chunk < B:  # a few images at a time, so the FFN's hidden tensor stays in cache
-                x = torch.cat([self._run_blocks(c) for c in x.split(chunk)])
-            else:
-                x = self._run_blocks(x)
-        else:
-            x = self._run_blocks(x)
+        chunk = B
+        if len(self.blocks) and fused.use_fused(x, self):  # CPU inference: a few images at a time, so that the
+            chunk = fused.batch_chunk(x, self.blocks[0].mlp.fc1.out_features)  # FFN's hidden tensor stays in cache
+        x = torch.cat([self._run_blocks(c) for c in x.split(chunk)]) if chunk < B else self._run_blocks(x)
         x = self.norm(x)
         if self.cls_token is None:
             return x, None
