@@ -48,7 +48,8 @@ def _main(capsys, *args: str) -> tuple[int, str, str]:
 
 
 def _env() -> dict[str, str]:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PVTV2_OFFLINE="1")
+    # passive OpenMP waits: spinning threads make a busy machine many times slower (see docs/classification.md)
+    env = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE", PVTV2_OFFLINE="1")
     env.pop("PYTEST_XDIST_WORKER", None)
     return env
 

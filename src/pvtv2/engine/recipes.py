@@ -27,7 +27,7 @@ class ClassificationConfig:
     input_size: int = 32  # training and evaluation side (Fashion-MNIST's 28 px are zero-padded)
     resize: int | None = None  # fashion_mnist: rescale the 28 px images to this side first (then pad)
     crop_pct: float = 0.875  # folder evaluation: resize to input_size / crop_pct, center-crop input_size
-    crop_pad: int = 2  # fashion_mnist: random-crop translation in pixels
+    crop_pad: int = 0  # fashion_mnist: random-crop translation in pixels (0: none; it slows a 10-epoch run down)
     hflip: bool = True  # fashion_mnist: random horizontal flip
     aug: AugmentConfig = field(default_factory=lambda: AugmentConfig(auto_augment=None, color_jitter=0.0, reprob=0.0,
                                                                      mixup=0.0, cutmix=0.0))
@@ -41,10 +41,10 @@ class ClassificationConfig:
     weights: str | None = None  # fine-tune from a checkpoint path or "official"
     ignore_head: bool | None = None  # None: drop the checkpoint's head when its class count differs
     # --- optimisation ---
-    epochs: int = 4
+    epochs: int = 12
     batch_size: int = 128  # GLOBAL batch (split evenly across processes)
     lr: float | None = None  # absolute peak lr; None: base_lr * batch_size / 512
-    base_lr: float = 4e-3
+    base_lr: float = 8e-3  # fashion_mnist: 2e-3 at batch 128
     weight_decay: float = 0.05
     warmup_epochs: float = 0.3
     warmup_lr: float = 1e-5
