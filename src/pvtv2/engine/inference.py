@@ -2,8 +2,8 @@
 
 >>> clf = load_classifier(checkpoint="runs/fm/best.pth")             # the run's model, classes, preprocessing
 >>> clf = load_classifier(weights="official", model="pvt_v2_b2")      # ImageNet-1K names, 256/224 bicubic
->>> predict(clf, ["cat.jpg"])[0][:2]                                  # [("tabby", 0.61), ("tiger cat", 0.22)]
->>> evaluate_folder(clf, "imagenet/val")                              # {"top1": 82.0, "top5": 96.0, ...}
+>>> predict(clf, ["cat.jpg"])[0][:2]                                  # top-2 (ImageNet name, probability) pairs
+>>> evaluate_folder(clf, "imagenet/val")                              # {"top1": ..., "top5": ..., "n": ..., ...}
 """
 
 from __future__ import annotations
