@@ -116,7 +116,9 @@ def test_backend_choice_and_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     model = create_model("pvt_v2_b0", num_classes=3, **TINY)
     with pytest.raises(PVTError, match="unknown backend 'tensorrt'"):
         prepare(model, "tensorrt")
-    assert runtime._FASTEST["cpu"] in runtime.BACKENDS and runtime._FASTEST["cuda"] in runtime.BACKENDS
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert runtime._measured_best(cpu, 1) == "onnxruntime" and runtime._measured_best(cpu, 16) == "torch"
+    assert runtime._measured_best(cpu, None) == "torch" and runtime._measured_best(cuda, 1) == "compile"
     monkeypatch.setattr(runtime, "_available", lambda backend, dev: backend == "torch")  # as if ORT were missing
     run = fastest(model, device="cpu")
     assert run.backend == "torch"  # type: ignore[attr-defined]

@@ -137,8 +137,18 @@ def tune_cpu_allocator(mmap_threshold: int = 1 << 30, trim_threshold: int = 2**3
         return False
 
 
-# Best backend per device type, from ``pvtv2 bench`` (docs/speed.md); ``fastest(measure=True)`` re-measures.
-_FASTEST = {"cpu": "torch", "cuda": "compile"}
+def _measured_best(dev: torch.device, batch: int | None) -> str:
+    """The backend ``pvtv2 bench`` found fastest (docs/speed.md); ``fastest(measure=True)`` re-measures.
+
+    CPU: onnxruntime for single images (1.1-1.2x eager), eager with the fused kernels for batches (1.3-2x
+    onnxruntime). CUDA: torch.compile.
+    """
+    if dev.type == "cuda":
+        return "compile"
+    if dev.type == "cpu" and batch == 1:
+        return "onnxruntime"
+    return "torch"
+
 
 
 def _available(backend: str, dev: torch.device) -> bool:
@@ -167,13 +177,14 @@ def fastest(
         device: target device (default: where the model is).
         example_input: a typical batch (also what ``measure`` times).
         measure: time every available backend on ``example_input`` and keep the fastest, instead of the choice
-            that ``pvtv2 bench`` measured (eager with the fused CPU kernels on CPU, torch.compile on CUDA).
+            that ``pvtv2 bench`` measured (CPU: onnxruntime for batch 1, else eager with the fused kernels;
+            CUDA: torch.compile).
         repeats: timed runs per backend when measuring (median).
         backbone: return the four stage maps instead of the logits.
     """
     dev = _device_of(model, device)
     if not measure:
-        choice = _FASTEST.get(dev.type, "torch")
+        choice = _measured_best(dev, None if example_input is None else example_input.shape[0])
         choice = choice if _available(choice, dev) else "torch"
         return prepare(model, choice, example_input=example_input, device=dev, backbone=backbone)
     x = example_input if example_input is not None else torch.randn(2, 3, 224, 224)
