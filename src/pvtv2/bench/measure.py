@@ -73,7 +73,7 @@ def gemm_calls(n: int = 2048, device: torch.device | str = "cpu") -> dict[str, t
     calls: dict[str, tuple[Callable[[], object], float]] = {"sgemm": ((lambda: torch.mm(a, b)), 2.0 * n**3)}
     if torch.device(device).type == "cpu" and torch.backends.mkldnn.is_available():
         bt = b.t().contiguous()
-        calls["sgemm-onednn"] = ((lambda: torch.ops.mkldnn._linear_pointwise(a, bt, None, "none", [], "")), 2.0 * n**3)
+        calls["sgemm-onednn"] = ((lambda: torch.ops.mkldnn._linear_pointwise.default(a, bt, None, "none", [], "")), 2.0 * n**3)
     return calls
 
 

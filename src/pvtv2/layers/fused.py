@@ -25,6 +25,12 @@ _ENABLED = os.environ.get("PVTV2_FUSED", "1") != "0"
 # cache budget of one chunk of images (bytes of the FFN's hidden tensor); default 8 MiB per thread
 _CHUNK_BYTES = int(os.environ.get("PVTV2_CHUNK_BYTES", 0)) or None
 _MKLDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+# The overloads themselves, not the packets: a packet tries its overloads in turn, and a failed try formats an error
+# message with the repr of every argument (weights included), which cost 4% of B0's time at batch 16.
+if _MKLDNN:
+    _LINEAR = torch.ops.mkldnn._linear_pointwise.default  # (x, W, b, unary, scalars, algorithm)
+    _LINEAR_ADD = torch.ops.mkldnn._linear_pointwise.binary  # (x, other, W, b, "add")
+    _CONV = torch.ops.mkldnn._convolution_pointwise.default
 
 
 def tracing() -> bool:
@@ -78,8 +84,8 @@ def linear(x: torch.Tensor, layer: nn.Linear, act: str = "none", residual: torch
         y = _OneDNNLinear.apply(x, layer.weight, layer.bias, act == "relu")
         return y if residual is None else residual + y
     if residual is not None:
-        return torch.ops.mkldnn._linear_pointwise(x, residual.contiguous(), layer.weight, layer.bias, "add")
-    return torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, act, [], "")
+        return _LINEAR_ADD(x, residual.contiguous(), layer.weight, layer.bias, "add")
+    return _LINEAR(x, layer.weight, layer.bias, act, [], "")
 
 
 def any_linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
@@ -98,7 +104,7 @@ class _OneDNNLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, relu: bool) -> torch.Tensor:
-        y = torch.ops.mkldnn._linear_pointwise(x, weight, bias, "relu" if relu else "none", [], "")
+        y = _LINEAR(x, weight, bias, "relu" if relu else "none", [], "")
         ctx.save_for_backward(x, weight, y if relu else None)
         ctx.has_bias = bias is not None
         return y
@@ -112,7 +118,7 @@ class _OneDNNLinear(torch.autograd.Function):
         g = grad.reshape(-1, weight.shape[0]).contiguous()  # (..., N) -> (M, N)
         gx = gw = gb = None
         if ctx.needs_input_grad[0]:  # (M, N) @ (N, K) as a oneDNN "linear" with the (K, N) weight
-            gx = torch.ops.mkldnn._linear_pointwise(g, weight.t().contiguous(), None, "none", [], "").view(x.shape)
+            gx = _LINEAR(g, weight.t().contiguous(), None, "none", [], "").view(x.shape)
         if ctx.needs_input_grad[1]:
             gw = g.t().mm(x.reshape(-1, weight.shape[1]))  # (N, M) @ (M, K)
         if ctx.has_bias and ctx.needs_input_grad[2]:
@@ -124,7 +130,7 @@ def conv_gelu(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     """``gelu(conv(x))`` (exact erf GELU) in one oneDNN convolution; keeps ``x``'s channels_last layout."""
     if isinstance(conv.padding, str):  # "same"/"valid": let PyTorch resolve the padding
         return F.gelu(conv(x))
-    return torch.ops.mkldnn._convolution_pointwise(
+    return _CONV(
         x, conv.weight, conv.bias, list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups,
         "gelu", [], "none",
     )
