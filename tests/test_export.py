@@ -105,3 +105,60 @@ def test_export_spec_kinds() -> None:
     assert export_spec(create_model("pvt_v2_b0", num_classes=0, depths=(1, 1, 1, 1))).output_names[0] == "stage1"
     seg_like = torch.nn.Conv2d(3, 4, 1)  # any images -> tensor module exports as is
     assert export_spec(seg_like).output_names == ("output",)
+
+
+TINY = {"depths": (1, 1, 1, 1)}
+
+
+@pytest.mark.parametrize("arch, outputs", [
+    ("retinanet", ["cls_logits", "bbox_regression"]),
+    ("mask_rcnn", ["p2", "p3", "p4", "p5", "p6"] + [f"objectness_{i}" for i in range(5)]
+     + [f"rpn_deltas_{i}" for i in range(5)]),
+])
+def test_cli_exports_a_detection_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str], arch: str,
+                                            outputs: list[str]) -> None:
+    from pvtv2.detection.export import DenseDetector
+    from pvtv2.detection.inference import build_from_meta, detector_meta, save_detector
+
+    meta = detector_meta(arch, backbone="pvt_v2_b0", class_names=["bg", "a", "b"], min_size=64, max_size=96,
+                         backbone_overrides=TINY)
+    detector = build_from_meta(meta).eval()
+    ckpt = save_detector(detector, meta, tmp_path / "det.pth")
+    assert main(["export", "--checkpoint", str(ckpt), "-o", str(tmp_path / "det.onnx"), "--input-size", "96", "128"]) == 0
+    text = capsys.readouterr().out
+    assert float(text.split("max abs difference ")[1].split()[0]) < 1e-4 and "200x328" in text
+    session = onnx_session(tmp_path / "det.onnx")
+    assert [o.name for o in session.get_outputs()] == outputs
+    x = torch.randn(1, 3, 160, 96)  # another size, batch 1
+    with torch.no_grad():
+        expected = DenseDetector(detector)(x)
+    got = session.run(None, {"images": x.numpy()})
+    assert [tuple(g.shape) for g in got] == [tuple(e.shape) for e in expected]
+    if arch == "retinanet":  # 9 anchors per location on P3-P7, 2 foreground classes + background label 0
+        locations = sum(-(-160 // s) * -(-96 // s) for s in (8, 16, 32, 64, 128))
+        assert got[0].shape == (1, 9 * locations, 3)
+
+
+def test_cli_exports_a_segmentation_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from pvtv2.segmentation import save_segmentor, semantic_fpn
+    from pvtv2.segmentation.datasets import DatasetMeta
+
+    model = semantic_fpn(create_model("pvt_v2_b0", num_classes=0, **TINY), num_classes=4).eval()
+    ckpt = save_segmentor(model, DatasetMeta(4, ("a", "b", "c", "d")), tmp_path / "seg.pth")
+    assert main(["export", "--checkpoint", str(ckpt), "-o", str(tmp_path / "seg.onnx"), "--input-size", "64", "96"]) == 0
+    text = capsys.readouterr().out
+    assert "logits (4 classes" in text and float(text.split("max abs difference ")[1].split()[0]) < 1e-4
+    out = onnx_session(tmp_path / "seg.onnx").run(None, {"images": torch.randn(2, 3, 97, 161).numpy()})
+    assert out[0].shape == (2, 4, 97, 161)  # logits at the input size, any size
+
+
+def test_cli_export_checkpoint_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    text_file = tmp_path / "notes.txt"
+    text_file.write_text("not a checkpoint")
+    assert main(["export", "--checkpoint", str(text_file)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a PyTorch checkpoint" in err
+    assert main(["export", "pvt_v2_b0", "--checkpoint", str(text_file)]) == 2
+    assert "not both" in capsys.readouterr().err
+    assert main(["export"]) == 2
+    assert "name a MODEL" in capsys.readouterr().err

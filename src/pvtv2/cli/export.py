@@ -9,10 +9,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "export",
         help="export a model to ONNX and check it against PyTorch in onnxruntime",
-        description="Export MODEL to ONNX with dynamic batch, height and width, then run onnxruntime and PyTorch on "
-        "random inputs at two sizes and print the largest difference.",
+        description="Export MODEL (a classifier or backbone), or the detector or segmentor of a --checkpoint, to ONNX "
+        "with dynamic batch, height and width, then run onnxruntime and PyTorch on random inputs at two sizes and "
+        "print the largest difference.",
     )
-    p.add_argument("model", help="registered model name (see 'pvtv2 models')")
+    p.add_argument("model", nargs="?", help="registered model name (see 'pvtv2 models'); not with --checkpoint")
+    p.add_argument("--checkpoint", default=None, help="a checkpoint of 'pvtv2 det train' (exports backbone, FPN and "
+                   "heads without post-processing) or 'pvtv2 seg train' (exports the logits map)")
     p.add_argument("--weights", default=None, help="checkpoint path (any supported format) or 'official'; "
                    "default: random weights")
     p.add_argument("--format", default="onnx", choices=["onnx"], help="export format")
@@ -37,16 +40,22 @@ def _check_sizes(h: int, w: int) -> tuple[tuple[int, int], ...]:
 def run_export(args: argparse.Namespace) -> int:
     import logging
 
-    import torch
-
     from ..errors import PVTError
-    from ..export import check_onnx, export_onnx
+    from ..export import export_onnx
     from ..models import create_model, model_info
 
     log = logging.getLogger("pvtv2.export")
-    model_info(args.model)  # unknown names fail here, with the list of known ones
     if min(args.input_size) < 32:
         raise PVTError(f"--input-size {args.input_size[0]} {args.input_size[1]}: PVT needs at least 32 px per side")
+    if args.checkpoint is not None:
+        if args.model is not None or args.weights is not None:
+            raise PVTError("give either MODEL [--weights W] (a classifier) or --checkpoint CKPT (a detector or "
+                           "segmentor), not both")
+        return _export_task_model(args)
+    if args.model is None:
+        raise PVTError("name a MODEL to export (see 'pvtv2 models') or pass --checkpoint of a detection or "
+                       "segmentation run")
+    model_info(args.model)  # unknown names fail here, with the list of known ones
     num_classes = 0 if args.backbone else args.num_classes
     if num_classes is None:
         head = _head_size(args.weights)
@@ -60,6 +69,16 @@ def run_export(args: argparse.Namespace) -> int:
     outputs = "stage1..stage4 (strides 4, 8, 16, 32)" if args.backbone else f"logits ({num_classes} classes)"
     print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MB): input 'images' (batch, 3, height, width), "
           f"output {outputs}")
+    return _check(args, path, model)
+
+
+def _check(args: argparse.Namespace, path: object, model: object) -> int:
+    """Compare onnxruntime with PyTorch at the traced size and one that is a multiple of neither 7 nor 32."""
+    import torch
+
+    from ..errors import PVTError
+    from ..export import check_onnx
+
     if args.no_check:
         return 0
     with torch.no_grad():
@@ -69,6 +88,40 @@ def run_export(args: argparse.Namespace) -> int:
         raise PVTError(f"onnxruntime differs from PyTorch by {report.max_abs_diff:.2e} > --atol {args.atol:g}; "
                        "please report this with the command you ran")
     return 0
+
+
+def _export_task_model(args: argparse.Namespace) -> int:
+    """A detection or segmentation checkpoint: rebuild its model and export what ONNX can carry of it."""
+    from pathlib import Path
+
+    from ..errors import CheckpointError, PVTError
+    from ..export import export_onnx
+
+    if args.backbone:
+        raise PVTError("--backbone is for classifiers: 'pvtv2 export MODEL --weights CKPT --backbone' exports the "
+                       "backbone of any checkpoint, a detection or segmentation one included")
+    try:
+        from ..segmentation import load_segmentor
+
+        model, _ = load_segmentor(args.checkpoint)
+        what = f"logits ({model.num_classes} classes, at the input size)"
+    except CheckpointError as seg_error:
+        from ..detection.export import DenseDetector
+        from ..detection.inference import load_detector
+
+        try:
+            detector, meta = load_detector(args.checkpoint)
+        except CheckpointError:
+            raise CheckpointError(f"{seg_error}; nor is it a detection checkpoint (for a classifier: pvtv2 export "
+                                  "MODEL --weights CKPT)") from None
+        model = DenseDetector(detector)
+        what = (f"{', '.join(model.output_names())} of {meta['arch']} (input: ImageNet-normalised images; anchors, "
+                "decoding and NMS are not in the file)")
+    model.eval()
+    out = args.output or f"{Path(args.checkpoint).stem}.onnx"
+    path = export_onnx(model, out, input_size=tuple(args.input_size), opset=args.opset)
+    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MB): input 'images' (batch, 3, height, width), output {what}")
+    return _check(args, path, model)
 
 
 def _head_size(weights: str | None) -> int | None:

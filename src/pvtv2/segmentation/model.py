@@ -18,6 +18,7 @@ from torch import nn
 from torchvision.ops import FeaturePyramidNetwork
 
 from ..errors import CheckpointError
+from ..export import ExportSpec, export_spec
 from ..models import PVTConfig, PyramidVisionTransformer, create_model
 from .head import SemanticFPNHead
 
@@ -81,6 +82,10 @@ class SemanticFPN(nn.Module):
         """``(B, 3, H, W)`` -> logits ``(B, num_classes, H, W)``."""
         logits = self.forward_logits(x)
         return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+    def export_spec(self, backbone: bool = False) -> ExportSpec:
+        """The :func:`pvtv2.export.export_spec` hook: images -> ``logits`` at the input size (or the stage maps)."""
+        return export_spec(self.backbone, backbone=True) if backbone else ExportSpec(self, ("logits",))
 
 
 def semantic_fpn(

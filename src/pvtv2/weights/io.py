@@ -44,16 +44,24 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
             warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4": the error below says what matters
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "Weights only load failed" in str(e):
+        # a real pickle (zip of torch.save, or a raw pickle: protocol opcode 0x80) that the safe unpickler refused,
+        # not a file that merely fails to parse (a text file, an image...)
+        if "Weights only load failed" in str(e) and (zipfile.is_zipfile(path) or _starts_with(path, b"\x80")):
             raise CheckpointError(
                 f"refused to load {path}: it holds Python objects other than tensors, which could run code; "
                 "pvtv2 loads weights only. If you trust the file, re-save its state_dict with torch.save"
             ) from None
-        raise CheckpointError(f"{path} is not a PyTorch checkpoint ({_first_line(e)})") from None
+        why = "not a zip or pickle file of tensors" if "Weights only load failed" in str(e) else _first_line(e)
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint ({why})") from None
     except Exception as e:  # the unpickler fails in many ways on files that are not checkpoints
         if zipfile.is_zipfile(path) or "zip archive" in str(e):
             raise CheckpointError(f"could not read checkpoint {path} (truncated or corrupt?): {_first_line(e)}") from None
         raise CheckpointError(f"{path} is not a PyTorch checkpoint (not a zip or pickle file of tensors)") from None
+
+
+def _starts_with(path: Path, magic: bytes) -> bool:
+    with open(path, "rb") as f:
+        return f.read(len(magic)) == magic
 
 
 def _first_line(e: BaseException) -> str:
