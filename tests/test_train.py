@@ -242,6 +242,11 @@ def test_eval_and_predict_with_a_run_checkpoint(folder_run, imagenet_folder, tmp
     lines = [ln for ln in stdout.splitlines() if ln.strip().startswith(("1.", "2.", "3."))]
     assert len(lines) == 3 and all(any(s in ln for s in ["n0", "n1"]) for ln in lines)
     assert vis.read_bytes()[:4] == b"\x89PNG"
+    good, bad = str(imagenet_folder / "val/n02123045/cmyk.JPEG"), str(next(imagenet_folder.rglob("truncated.JPEG")))
+    code, stdout, stderr = _main(capsys, "predict", "--checkpoint", str(out / "best.pth"), bad, good)
+    assert code == 0 and f"skipped {bad}" in stderr and good in stdout and bad not in stdout  # the others still answered
+    code, _, stderr = _main(capsys, "predict", "--checkpoint", str(out / "best.pth"), bad, good, "--on-bad-image", "error")
+    assert code == 2 and stderr.startswith("error: ") and "truncated.JPEG" in stderr
 
 
 def test_predict_and_eval_with_1000_class_weights_use_imagenet_names(imagenet_folder, tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 # Flags that map one-to-one onto ClassificationConfig fields (flag dest -> field); None means "recipe default".
 _FIELDS = ("dataset", "data_dir", "model", "epochs", "batch_size", "lr", "base_lr", "weight_decay", "warmup_epochs",
@@ -79,6 +80,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--save-vis", help="write a PNG of the images with their top-k bars")
     p.add_argument("--json", help="also write the predictions as JSON")
+    p.add_argument("--on-bad-image", choices=["skip", "error"], default="skip",
+                   help="unreadable images: skip them with a warning (default), or stop at the first")
     p.set_defaults(func=run_predict)
 
 
@@ -168,8 +171,23 @@ def run_predict(args: argparse.Namespace) -> int:
     from .._io import atomic_write_text
     from ..engine.inference import predict, save_visualisation
 
+    from ..data.images import BadImage, load_image
+    from ..errors import DataError
+
+    images = []
+    for path in args.images:  # check every file first: one bad file must not cost the others their answer
+        try:
+            load_image(path)
+            images.append(path)
+        except BadImage as e:
+            if args.on_bad_image == "error":
+                raise
+            print(f"warning: skipped {e}", file=sys.stderr)
+    if not images:
+        raise DataError(f"none of the {len(args.images)} image(s) could be read; nothing to predict")
+    args.images = images
     clf = _load(args)
-    preds = predict(clf, args.images, topk=args.topk, backend=args.backend, device=args.device)
+    preds = predict(clf, images, topk=args.topk, backend=args.backend, device=args.device)
     for path, pred in zip(args.images, preds):
         print(path)
         for rank, (name, prob) in enumerate(pred, 1):
