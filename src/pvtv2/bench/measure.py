@@ -7,8 +7,8 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
-from typing import Any
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -74,7 +74,8 @@ def gemm_calls(n: int = 2048, device: torch.device | str = "cpu") -> dict[str, t
     calls: dict[str, tuple[Callable[[], object], float]] = {"sgemm": ((lambda: torch.mm(a, b)), 2.0 * n**3)}
     if torch.device(device).type == "cpu" and torch.backends.mkldnn.is_available():
         bt = b.t().contiguous()
-        calls["sgemm-onednn"] = ((lambda: torch.ops.mkldnn._linear_pointwise.default(a, bt, None, "none", [], "")), 2.0 * n**3)
+        onednn = torch.ops.mkldnn._linear_pointwise.default
+        calls["sgemm-onednn"] = ((lambda: onednn(a, bt, None, "none", [], "")), 2.0 * n**3)
     return calls
 
 

@@ -169,9 +169,8 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def run_predict(args: argparse.Namespace) -> int:
     from .._io import atomic_write_text
-    from ..engine.inference import predict, save_visualisation
-
     from ..data.images import BadImage, load_image
+    from ..engine.inference import predict, save_visualisation
     from ..errors import DataError
 
     images = []
