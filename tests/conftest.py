@@ -8,7 +8,7 @@ import sys
 # libgomp's threads spin while they wait for each other; on a CI machine shared with other jobs that turns each of
 # the thousands of small operators into a wait for a descheduled thread (measured: 60-90x slower steps). A short spin
 # costs little when idle. Must be set before torch (and with it libgomp) is loaded.
-if "torch" not in sys.modules:
+if "torch" not in sys.modules and "OMP_WAIT_POLICY" not in os.environ:
     os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
 import pytest  # noqa: E402
