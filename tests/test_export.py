@@ -162,3 +162,14 @@ def test_cli_export_checkpoint_errors(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "not both" in capsys.readouterr().err
     assert main(["export"]) == 2
     assert "name a MODEL" in capsys.readouterr().err
+
+
+def test_ort_spinning_switch() -> None:
+    from pvtv2.export.onnx import ort_spinning
+
+    data = onnx_bytes(create_model("pvt_v2_b0", depths=(1, 1, 1, 1)).eval(), input_size=(64, 64))
+    key = "session.intra_op.allow_spinning"
+    assert onnx_session(data).get_session_options().get_session_config_entry(key) == "1"  # onnxruntime's default
+    with ort_spinning(False):  # what pvtv2 bench uses, so that interleaved paths do not wait for spinning threads
+        assert onnx_session(data).get_session_options().get_session_config_entry(key) == "0"
+    assert onnx_session(data).get_session_options().get_session_config_entry(key) == "1"

@@ -15,9 +15,10 @@ import torch
 
 from .._io import atomic_write_text
 from ..errors import PVTError
+from ..export.onnx import ort_spinning
 from ..models import create_model
-from .measure import exact_rss_accounting, gemm_calls, gmacs, interleaved, machine, peak_memory_mb
 from ..runtime import tune_cpu_allocator
+from .measure import exact_rss_accounting, gemm_calls, gmacs, interleaved, machine, peak_memory_mb
 from .paths import DEFAULT_PATHS, PATHS, TRAIN_PATHS
 
 log = logging.getLogger(__name__)
@@ -117,8 +118,10 @@ def run_benchmark(cfg: BenchConfig = BenchConfig(), progress: bool = True) -> Be
     say = log.info if progress else log.debug
     gemm = gemm_calls(cfg.gemm_n, device)
     memory: list[tuple[dict[str, Any], Any]] = []  # (result row, one call): measured after every timing
-    for name in cfg.models:
-        memory += _inference(name, cfg, device, gemm, result, say)
+    result.machine["ort_spinning"] = False
+    with ort_spinning(False):  # spinning onnxruntime threads would hold the cores while the next path is timed
+        for name in cfg.models:
+            memory += _inference(name, cfg, device, gemm, result, say)
     for name in cfg.train_models:
         memory += _training(name, cfg, device, result, say)
     if device.type == "cpu":
@@ -258,7 +261,8 @@ def format_tables(result: BenchResult) -> str:
         lines.append(f"skipped: {s}")
     m = result.machine
     lines.append(f"\n{result.date}, {m.get('cpu')}, {m.get('threads')} threads, torch {m.get('torch')}, "
-                 f"malloc tuned: {m.get('malloc_tuned', False)}, load average {m.get('loadavg')}")
+                 f"malloc tuned: {m.get('malloc_tuned', False)}, onnxruntime spinning: {m.get('ort_spinning', True)}, "
+                 f"load average {m.get('loadavg')}")
     return "\n".join(lines).lstrip("\n")
 
 

@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backbone", action="store_true", help="export the four stage maps (stage1..stage4) instead of "
                    "the logits")
     p.add_argument("--num-classes", type=int, default=None, help="head size (default: the checkpoint's, else 1000)")
-    p.add_argument("--opset", type=int, default=18, help="ONNX opset")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: 20; 18 for onnxruntime < 1.17)")
     p.add_argument("--atol", type=float, default=1e-4, help="largest accepted onnxruntime-PyTorch difference")
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime check")
     p.set_defaults(func=run_export)
@@ -42,6 +42,7 @@ def run_export(args: argparse.Namespace) -> int:
 
     from ..errors import PVTError
     from ..export import export_onnx
+    from ..export.onnx import DEFAULT_OPSET
     from ..models import create_model, model_info
 
     log = logging.getLogger("pvtv2.export")
@@ -65,7 +66,8 @@ def run_export(args: argparse.Namespace) -> int:
         log.warning("no --weights given: exporting randomly initialised weights")
     model = create_model(args.model, num_classes=num_classes, weights=args.weights).eval()
     out = args.output or f"{args.model}{'_backbone' if args.backbone else ''}.onnx"
-    path = export_onnx(model, out, backbone=args.backbone, input_size=tuple(args.input_size), opset=args.opset)
+    path = export_onnx(model, out, backbone=args.backbone, input_size=tuple(args.input_size),
+                       opset=args.opset or DEFAULT_OPSET)
     outputs = "stage1..stage4 (strides 4, 8, 16, 32)" if args.backbone else f"logits ({num_classes} classes)"
     print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MB): input 'images' (batch, 3, height, width), "
           f"output {outputs}")
@@ -96,6 +98,7 @@ def _export_task_model(args: argparse.Namespace) -> int:
 
     from ..errors import CheckpointError, PVTError
     from ..export import export_onnx
+    from ..export.onnx import DEFAULT_OPSET
 
     if args.backbone:
         raise PVTError("--backbone is for classifiers: 'pvtv2 export MODEL --weights CKPT --backbone' exports the "
@@ -119,7 +122,7 @@ def _export_task_model(args: argparse.Namespace) -> int:
                 "decoding and NMS are not in the file)")
     model.eval()
     out = args.output or f"{Path(args.checkpoint).stem}.onnx"
-    path = export_onnx(model, out, input_size=tuple(args.input_size), opset=args.opset)
+    path = export_onnx(model, out, input_size=tuple(args.input_size), opset=args.opset or DEFAULT_OPSET)
     print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MB): input 'images' (batch, 3, height, width), output {what}")
     return _check(args, path, model)
 

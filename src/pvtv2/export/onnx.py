@@ -23,8 +23,26 @@ from .._io import atomic_write
 from ..errors import PVTError
 from .spec import ExportSpec, export_spec
 
-DEFAULT_OPSET = 18
+DEFAULT_OPSET = 20  # 20 has a Gelu operator (onnxruntime >= 1.17); 18 spells it with Erf, Mul, Div, Add
 CHECK_SIZES: tuple[tuple[int, int], ...] = ((224, 224), (200, 328))
+_ORT_SPIN = True
+
+
+@contextlib.contextmanager
+def ort_spinning(enabled: bool) -> Iterator[None]:
+    """Whether sessions made inside the block let onnxruntime's threads spin after a run (its default).
+
+    Spinning lowers onnxruntime's own latency a little, but the spinning threads hold the cores for a while after each
+    run, so whatever runs next on them waits: measured on B0 at batch 1 (2 threads), an eager PyTorch call right after
+    an onnxruntime call took 16.8 ms instead of 8.5. ``pvtv2 bench`` turns it off so that interleaved paths do not
+    slow each other down.
+    """
+    global _ORT_SPIN
+    before, _ORT_SPIN = _ORT_SPIN, enabled
+    try:
+        yield
+    finally:
+        _ORT_SPIN = before
 
 
 def _require_onnxruntime() -> Any:
@@ -148,6 +166,7 @@ def onnx_session(
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.intra_op_num_threads = threads or torch.get_num_threads()
     opts.log_severity_level = 3  # errors only
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if _ORT_SPIN else "0")
     providers = ["CPUExecutionProvider"]
     if device is not None and torch.device(device).type == "cuda":
         if "CUDAExecutionProvider" not in ort.get_available_providers():

@@ -39,7 +39,7 @@ class ConvFFN(nn.Module):
         if fused.use_onednn(x):  # oneDNN matmuls, autograd included
             x = fused.linear(x, self.fc1, "relu" if isinstance(self.relu, nn.ReLU) else "none")
         else:
-            x = self.relu(self.fc1(x))  # (B, H, W, C) -> (B, H, W, E)
+            x = self.relu(fused.any_linear(x, self.fc1))  # (B, H, W, C) -> (B, H, W, E)
         if self.dwconv is not None:
             # (B, H, W, E) -> NCHW view in channels_last layout -> conv -> back to (B, H, W, E), no copies
             x = self.dwconv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)

@@ -89,8 +89,16 @@ def linear(x: torch.Tensor, layer: nn.Linear, act: str = "none", residual: torch
 
 
 def any_linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
-    """``layer(x)``, on oneDNN when :func:`use_onednn` allows it (training included)."""
-    return linear(x, layer) if use_onednn(x) else layer(x)
+    """``layer(x)``, on oneDNN when :func:`use_onednn` allows it (training included).
+
+    While a graph is traced (ONNX export, torch.compile) the tokens are flattened to 2-D first: an exported 2-D
+    linear is one ``Gemm`` with its bias, where a 3-D/4-D one is ``MatMul`` + ``Add`` that onnxruntime does not fuse.
+    """
+    if use_onednn(x):
+        return linear(x, layer)
+    if x.dim() > 2 and tracing():
+        return layer(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], layer.out_features)  # (..., C) -> (..., E)
+    return layer(x)
 
 
 class _OneDNNLinear(torch.autograd.Function):
