@@ -140,8 +140,8 @@ def tune_cpu_allocator(mmap_threshold: int = 1 << 30, trim_threshold: int = 2**3
 def _measured_best(dev: torch.device, batch: int | None) -> str:
     """The backend ``pvtv2 bench`` found fastest (docs/speed.md); ``fastest(measure=True)`` re-measures.
 
-    CPU: onnxruntime for single images (1.1-1.2x eager), eager with the fused kernels for batches (1.3-2x
-    onnxruntime). CUDA: torch.compile.
+    CPU: onnxruntime for single images (0.93-1.19x eager, steadier on a busy machine), eager with the fused kernels
+    for batches (1.3-1.4x onnxruntime). CUDA: torch.compile.
     """
     if dev.type == "cuda":
         return "compile"
