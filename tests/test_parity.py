@@ -36,24 +36,10 @@ def test_same_logits_and_features_as_timm(name: str, images: dict) -> None:
 
 
 def _hf_model(name: str, depths: tuple[int, ...]):
-    transformers = pytest.importorskip("transformers")
-    cfg = create_model(name, num_classes=10, depths=depths).cfg
-    hf_cfg = transformers.PvtV2Config(
-        hidden_sizes=list(cfg.embed_dims),
-        depths=list(cfg.depths),
-        num_attention_heads=list(cfg.num_heads),
-        mlp_ratios=list(cfg.mlp_ratios),
-        sr_ratios=list(cfg.sr_ratios),
-        linear_attention=cfg.attn_mode == "linear",
-        num_labels=10,
-    )
-    hf = transformers.PvtV2ForImageClassification(hf_cfg).eval()
-    # HF uses eps 1e-6 in every LayerNorm; the released code (and pvtv2) use 1e-5 in the patch embeddings and the
-    # spatial-reduction norms. Align them so the comparison tests the weight conversion, not the epsilon.
-    for mod_name, mod in hf.named_modules():
-        if isinstance(mod, torch.nn.LayerNorm) and mod_name.endswith(("patch_embedding.layer_norm", "attention.layer_norm")):
-            mod.eps = 1e-5
-    return hf
+    pytest.importorskip("transformers")
+    from pvtv2.bench.peers import hf_classifier  # HF's model with the release's LayerNorm eps (see there)
+
+    return hf_classifier(create_model(name, num_classes=10, depths=depths).cfg, 10).eval()
 
 
 @pytest.mark.parametrize("name, depths", [("pvt_v2_b0", (2, 2, 2, 2)), ("pvt_v2_b2_li", (1, 1, 2, 1))])

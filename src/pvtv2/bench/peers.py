@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ..models import PyramidVisionTransformer
+from ..models import PVTConfig, PyramidVisionTransformer
 
 log = logging.getLogger(__name__)
 
@@ -40,16 +40,13 @@ class HFLogits(nn.Module):
         return self.hf(pixel_values=x).logits
 
 
-def hf_model(model: PyramidVisionTransformer) -> nn.Module | None:
-    """Hugging Face transformers' PVT v2 with an equivalent config and ``model``'s weights (None if unavailable)."""
-    try:
-        import transformers
-    except ImportError:
-        return None
-    cfg = model.cfg
-    if cfg.pos_embed or not cfg.overlap_patch_embed or not cfg.conv_ffn or model.num_classes == 0:
-        return None
-    from ..weights import convert
+def hf_classifier(cfg: PVTConfig, num_classes: int) -> nn.Module:
+    """A randomly initialised ``transformers.PvtV2ForImageClassification`` equivalent to ``cfg``.
+
+    HF uses eps 1e-6 in every LayerNorm, the released code 1e-5 in the patch embeddings and spatial reductions; they
+    are aligned so that comparisons measure arithmetic and weight conversion, not a different epsilon.
+    """
+    import transformers
 
     hf_cfg = transformers.PvtV2Config(
         hidden_sizes=list(cfg.embed_dims),
@@ -59,14 +56,27 @@ def hf_model(model: PyramidVisionTransformer) -> nn.Module | None:
         sr_ratios=list(cfg.sr_ratios),
         linear_attention=cfg.attn_mode == "linear",
         drop_path_rate=cfg.drop_path_rate,
-        num_labels=model.num_classes,
+        num_labels=num_classes,
     )
     hf = transformers.PvtV2ForImageClassification(hf_cfg)
-    # HF uses eps 1e-6 in every LayerNorm, the released code 1e-5 in the patch embeddings and reductions: align them
-    # so that the benchmark's difference column measures arithmetic, not a different epsilon.
     for name, mod in hf.named_modules():
         if isinstance(mod, nn.LayerNorm) and name.endswith(("patch_embedding.layer_norm", "attention.layer_norm")):
             mod.eps = 1e-5
+    return hf
+
+
+def hf_model(model: PyramidVisionTransformer) -> nn.Module | None:
+    """Hugging Face transformers' PVT v2 with an equivalent config and ``model``'s weights (None if unavailable)."""
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        return None
+    cfg = model.cfg
+    if cfg.pos_embed or not cfg.overlap_patch_embed or not cfg.conv_ffn or model.num_classes == 0:
+        return None
+    from ..weights import convert
+
+    hf = hf_classifier(cfg, model.num_classes)
     hf.load_state_dict(convert(model.state_dict(), "pvtv2", "hf"), strict=True)
     return HFLogits(hf).to(next(model.parameters()).device)
 
