@@ -57,11 +57,10 @@ def test_measuring_tools() -> None:
     assert set(t) == {"a", "b"} and all(len(v.seconds) == 3 and v.median > 0 for v in t.values())
     gemms = gemm_calls(64)
     assert "sgemm" in gemms
-    a = torch.randn(64, 64)
     for fn, flops in gemms.values():
         assert flops == 2 * 64**3 and fn().shape == (64, 64)
     mb = peak_memory_mb(lambda: torch.ones(64, 2**20).sum(), torch.device("cpu"))  # 256 MB, freed at once
-    assert mb is None or mb >= 0
+    assert mb is None or mb > 200  # the 256 MB tensor shows, also after freed memory was recycled before
     assert set(SMOKE.paths) <= set(PATHS)
 
 

@@ -112,6 +112,17 @@ def _onnxruntime(model: nn.Module, dev: torch.device, example: torch.Tensor | No
     return Runner("onnxruntime", run, dev, model)
 
 
+def _glibc() -> Any:
+    """The C library when it is glibc (``mallopt``/``malloc_trim`` exist), else None."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+    return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+
+
 def tune_cpu_allocator(mmap_threshold: int = 1 << 30, trim_threshold: int = 2**31 - 1) -> bool:
     """Let glibc keep and reuse freed memory for large tensors (process-wide; Linux/glibc only).
 
@@ -125,16 +136,18 @@ def tune_cpu_allocator(mmap_threshold: int = 1 << 30, trim_threshold: int = 2**3
         mmap_threshold: allocations below this come from the heap (``M_MMAP_THRESHOLD``).
         trim_threshold: free memory the heap keeps before returning any (``M_TRIM_THRESHOLD``).
     """
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3
-        return bool(libc.mallopt(m_mmap_threshold, mmap_threshold)) and bool(
-            libc.mallopt(m_trim_threshold, trim_threshold)
-        )
-    except (OSError, AttributeError):
+    libc = _glibc()
+    if libc is None:
         return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return bool(libc.mallopt(m_mmap_threshold, mmap_threshold)) and bool(libc.mallopt(m_trim_threshold, trim_threshold))
+
+
+def release_free_memory() -> None:
+    """Hand the heap's free pages back to the kernel (glibc ``malloc_trim``); a no-op elsewhere."""
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
 def _measured_best(dev: torch.device, batch: int | None) -> str:
@@ -148,7 +161,6 @@ def _measured_best(dev: torch.device, batch: int | None) -> str:
     if dev.type == "cpu" and batch == 1:
         return "onnxruntime"
     return "torch"
-
 
 
 def _available(backend: str, dev: torch.device) -> bool:

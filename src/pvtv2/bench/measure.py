@@ -8,10 +8,11 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import nn
+
+from ..runtime import release_free_memory, tune_cpu_allocator
 
 
 @dataclass
@@ -101,31 +102,10 @@ def _reset_peak_rss() -> bool:
         return False
 
 
-def _libc() -> Any:
-    try:
-        import ctypes
-
-        return ctypes.CDLL("libc.so.6")
-    except OSError:
-        return None
-
-
 def exact_rss_accounting() -> bool:
-    """Make freed memory leave the process at once (glibc: fixed 128 KiB mmap threshold), so that the resident set
-    measures live tensors. Call after the timings: it costs page faults on every large allocation."""
-    libc = _libc()
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    try:
-        return bool(libc.mallopt(m_mmap_threshold, 128 * 1024)) and bool(libc.mallopt(m_trim_threshold, 0))
-    except AttributeError:
-        return False
-
-
-def _release_free_heap() -> None:
-    """Hand the heap's free pages back to the kernel (glibc ``malloc_trim``), so that re-using them shows in RSS."""
-    libc = _libc()
-    if libc is not None and hasattr(libc, "malloc_trim"):
-        libc.malloc_trim(0)
+    """Make freed memory leave the process at once (glibc: fixed 128 KiB mmap threshold, no trim threshold), so that
+    the resident set measures live tensors. Call after the timings: it costs page faults on every large allocation."""
+    return tune_cpu_allocator(mmap_threshold=128 * 1024, trim_threshold=0)
 
 
 def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> float | None:
@@ -142,7 +122,7 @@ def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> float | No
         fn()
         torch.cuda.synchronize(device)
         return (torch.cuda.max_memory_allocated(device) - base) / 2**20
-    _release_free_heap()  # memory freed by earlier calls would otherwise be re-used unseen
+    release_free_memory()  # memory freed by earlier calls would otherwise be re-used unseen
     before = _status_kib("VmRSS")
     if before is None or not _reset_peak_rss():
         return None

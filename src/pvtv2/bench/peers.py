@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from collections.abc import Callable
 
@@ -67,9 +68,7 @@ def hf_classifier(cfg: PVTConfig, num_classes: int) -> nn.Module:
 
 def hf_model(model: PyramidVisionTransformer) -> nn.Module | None:
     """Hugging Face transformers' PVT v2 with an equivalent config and ``model``'s weights (None if unavailable)."""
-    try:
-        import transformers  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("transformers") is None:
         return None
     cfg = model.cfg
     if cfg.pos_embed or not cfg.overlap_patch_embed or not cfg.conv_ffn or model.num_classes == 0:

@@ -84,7 +84,7 @@ def run_flops(args: argparse.Namespace) -> int:
     if args.scaling:
         return _scaling(args, attn)
     if args.table6:
-        from ..analysis.tables import format_table, table6_rows, write_csv
+        from ..analysis.tables import format_table, table6_rows
 
         rows = table6_rows(attn)
         print(format_table(rows, TABLE6_COLUMNS))

@@ -116,7 +116,7 @@ class SpatialReductionAttention(nn.Module):
 
         ``residual`` (same shape as ``x``) is added to the output, inside the projection on the fused CPU path.
         """
-        B, C = x.shape[0], x.shape[-1]
+        B = x.shape[0]
         heads, d = self.num_heads, self.head_dim
         fast = fused.use_fused(x, self)
         q = fused.any_linear(x, self.q).reshape(B, -1, heads, d).transpose(1, 2)  # (B, ..., C) -> (B, heads, N, d)

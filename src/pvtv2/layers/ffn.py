@@ -36,10 +36,7 @@ class ConvFFN(nn.Module):
         """``(B, H, W, C) -> (B, H, W, C)``; ``residual`` is added to the output (inside fc2 on the fused path)."""
         if fused.use_fused(x, self):
             return self._forward_fused(x, residual)
-        if fused.use_onednn(x):  # oneDNN matmuls, autograd included
-            x = fused.linear(x, self.fc1, "relu" if isinstance(self.relu, nn.ReLU) else "none")
-        else:
-            x = self.relu(fused.any_linear(x, self.fc1))  # (B, H, W, C) -> (B, H, W, E)
+        x = fused.any_linear(x, self.fc1, self._fc1_act)  # (B, H, W, C) -> (B, H, W, E)
         if self.dwconv is not None:
             # (B, H, W, E) -> NCHW view in channels_last layout -> conv -> back to (B, H, W, E), no copies
             x = self.dwconv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
@@ -47,14 +44,16 @@ class ConvFFN(nn.Module):
         x = self.drop(fused.any_linear(x, self.fc2))  # (B, H, W, E) -> (B, H, W, C)
         return x if residual is None else residual + x
 
+    @property
+    def _fc1_act(self) -> str:
+        return "relu" if isinstance(self.relu, nn.ReLU) else "none"
+
     def _forward_fused(self, x: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
         """Inference on CPU: fc1(+ReLU), dwconv+GELU and fc2(+residual) as three oneDNN kernels."""
-        x = fused.linear(x, self.fc1, "relu" if isinstance(self.relu, nn.ReLU) else "none")  # (B, H, W, E)
+        x = fused.linear(x, self.fc1, self._fc1_act)  # (B, H, W, E)
         if self.dwconv is not None and isinstance(self.act, nn.GELU) and self.act.approximate == "none":
             x = fused.conv_gelu(x.permute(0, 3, 1, 2), self.dwconv).permute(0, 2, 3, 1)  # channels_last view
         else:
             x = self.dwconv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1) if self.dwconv is not None else x
             x = self.act(x)
-        if residual is None:
-            return fused.linear(x, self.fc2)
         return fused.linear(x, self.fc2, residual=residual)  # (B, H, W, E) -> (B, H, W, C), + residual

@@ -88,17 +88,20 @@ def linear(x: torch.Tensor, layer: nn.Linear, act: str = "none", residual: torch
     return _LINEAR(x, layer.weight, layer.bias, act, [], "")
 
 
-def any_linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
-    """``layer(x)``, on oneDNN when :func:`use_onednn` allows it (training included).
+def any_linear(x: torch.Tensor, layer: nn.Linear, act: str = "none") -> torch.Tensor:
+    """``act(layer(x))`` (act: ``"none"`` or ``"relu"``), on oneDNN when :func:`use_onednn` allows it (training
+    included).
 
     While a graph is traced (ONNX export, torch.compile) the tokens are flattened to 2-D first: an exported 2-D
     linear is one ``Gemm`` with its bias, where a 3-D/4-D one is ``MatMul`` + ``Add`` that onnxruntime does not fuse.
     """
     if use_onednn(x):
-        return linear(x, layer)
+        return linear(x, layer, act)
     if x.dim() > 2 and tracing():
-        return layer(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], layer.out_features)  # (..., C) -> (..., E)
-    return layer(x)
+        y = layer(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], layer.out_features)  # (..., C) -> (..., E)
+    else:
+        y = layer(x)
+    return F.relu(y) if act == "relu" else y
 
 
 class _OneDNNLinear(torch.autograd.Function):
