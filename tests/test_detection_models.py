@@ -8,7 +8,9 @@ import pytest
 import torch
 
 import pvtv2
-from pvtv2.detection import PVTBackbone, PVTWithFPN, build_detector, complexity_rows, fcos, mask_rcnn, retinanet
+from pvtv2.detection import DETECTORS, PVTWithFPN, build_detector, complexity_rows, fcos, mask_rcnn, retinanet
+from pvtv2.errors import PVTError
+from pvtv2.models.backbone import PVTBackbone
 from pvtv2.detection.inference import build_from_meta, detector_meta, load_detector, save_detector
 
 TINY = {"depths": (1, 1, 1, 1)}
@@ -140,8 +142,30 @@ def test_backbone_weights_from_a_detection_checkpoint(tmp_path: Path) -> None:
 
 
 def test_build_detector_rejects_unknown_arch() -> None:
-    with pytest.raises(ValueError, match="retinanet, mask_rcnn, fcos"):
+    with pytest.raises(PVTError, match="retinanet"):
         build_detector("yolo")
+
+
+@pytest.mark.parametrize("arch", sorted(DETECTORS))
+def test_every_registered_detector_counts_object_classes_only(arch: str) -> None:
+    """``num_classes`` = K object classes, labels 1..K in targets and outputs (mmdet's count)."""
+    spec = DETECTORS[arch]
+    few = {"rpn_post_nms_top_n_train": 64, "rpn_post_nms_top_n_test": 32, "box_batch_size_per_image": 32,
+           "box_detections_per_img": 10} if spec.masks else {}
+    model = spec.build(backbone="pvt_v2_b0", num_classes=2, backbone_overrides=TINY, score_thresh=0.0, **SIZES,
+                       **few)
+    images, targets = _batch(masks=spec.masks)
+    model.train()
+    assert all(torch.isfinite(v) for v in model(images, targets).values())  # label 2 = the last class
+    model.eval()
+    with torch.no_grad():
+        out = model(images)
+        dense = spec.dense(model, torch.rand(1, 3, 64, 96))
+    labels = torch.cat([o["labels"] for o in out])
+    assert len(labels) and labels.min() >= 1 and labels.max() <= 2
+    assert dense and all(isinstance(v, torch.Tensor) for v in dense.values())
+    if "cls_logits" in dense:
+        assert dense["cls_logits"].shape[-1] == 2
 
 
 def test_complexity_rows_match_the_paper_for_b0() -> None:

@@ -131,19 +131,19 @@ def test_cli_exports_a_detection_checkpoint(tmp_path: Path, capsys: pytest.Captu
     assert [o.name for o in session.get_outputs()] == outputs
     x = torch.randn(1, 3, 160, 96)  # another size, batch 1
     with torch.no_grad():
-        expected = DenseDetector(detector)(x)
+        expected = DenseDetector(detector, arch)(x)
     got = session.run(None, {"images": x.numpy()})
     assert [tuple(g.shape) for g in got] == [tuple(e.shape) for e in expected]
-    if arch == "retinanet":  # 9 anchors per location on P3-P7, 2 foreground classes + background label 0
+    if arch == "retinanet":  # 9 anchors per location on P3-P7, 2 object classes
         locations = sum(-(-160 // s) * -(-96 // s) for s in (8, 16, 32, 64, 128))
-        assert got[0].shape == (1, 9 * locations, 3)
+        assert got[0].shape == (1, 9 * locations, 2)
 
 
 def test_cli_exports_a_segmentation_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from pvtv2.segmentation import save_segmentor, semantic_fpn
     from pvtv2.segmentation.datasets import DatasetMeta
 
-    model = semantic_fpn(create_model("pvt_v2_b0", num_classes=0, **TINY), num_classes=4).eval()
+    model = semantic_fpn(backbone="pvt_v2_b0", num_classes=4, backbone_overrides=TINY).eval()
     ckpt = save_segmentor(model, DatasetMeta(4, ("a", "b", "c", "d")), tmp_path / "seg.pth")
     assert main(["export", "--checkpoint", str(ckpt), "-o", str(tmp_path / "seg.onnx"), "--input-size", "64", "96"]) == 0
     text = capsys.readouterr().out

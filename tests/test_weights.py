@@ -216,7 +216,7 @@ def test_backbone_of_our_own_dense_models_loads_into_a_classifier() -> None:
     from pvtv2.segmentation import semantic_fpn
 
     for dense in (retinanet(backbone="pvt_v2_b0", num_classes=3, backbone_overrides=SMALL),
-                  semantic_fpn(create_model("pvt_v2_b0", num_classes=0, **SMALL), num_classes=3)):
+                  semantic_fpn(backbone="pvt_v2_b0", num_classes=3, backbone_overrides=SMALL)):
         classifier = create_model("pvt_v2_b0", num_classes=0, **SMALL)
         assert load_weights(classifier, {"model": dense.state_dict()}).format == "pvtv2"
         ref = next(v for k, v in dense.state_dict().items() if k.endswith("stages.2.blocks.0.attn.kv.weight"))

@@ -1,4 +1,4 @@
-"""The published cost figures, as data: the released code's GFLOPs, the paper's Tables 2 and 6 (SPEC sections 2-3).
+"""The published figures, as data: the released code's GFLOPs at 224x224, the paper's Tables 2 and 6, PVT v1's top-1.
 
 "GFLOPs" everywhere here are GMACs in mmcv's convention plus the attention products (see :mod:`.counting`).
 """
@@ -50,6 +50,10 @@ TABLE2: dict[str, PaperRow] = {
     "pvt_v2_b5": PaperRow(83.8, 82.0, 11.8),
 }
 
+# PVT v1 (Wang et al., 2021, Table 2 of that paper): ImageNet-1K top-1 at 224.
+PVT_V1_TOP1: dict[str, float] = {"pvt_v1_tiny": 75.1, "pvt_v1_small": 79.8, "pvt_v1_medium": 81.2,
+                                 "pvt_v1_large": 81.7}
+
 # Table 6: the ablation path. Top-1 is ImageNet at 224; params / GFLOPs are the paper's RetinaNet 1x at 1280x800.
 TABLE6: dict[str, PaperRow] = {
     "pvt_v1_small": PaperRow(79.8, 34.2, 285.8, "PVT v1-Small"),
@@ -61,3 +65,9 @@ TABLE6_DETECTION_SIZE = (800, 1280)  # (H, W) of the paper's detection GFLOPs
 
 # Figure 4: the paper's stated order of GFLOPs growth with input scale, fastest first.
 FIGURE4_ORDER: tuple[str, ...] = ("vit_small_16", "vit_small_32", "pvt_v1_small", "resnet50", "pvt_v2_b2_li")
+
+
+def published_top1(name: str) -> float | None:
+    """The ImageNet-1K top-1 the papers give for ``name`` (Table 2, Table 6, or PVT v1's), or ``None``."""
+    row = TABLE2.get(name) or TABLE6.get(name)
+    return row.top1 if row is not None else PVT_V1_TOP1.get(name)

@@ -13,7 +13,8 @@ from typing import Any
 import torch
 
 from .._io import atomic_write_text
-from ..models import create_model, list_models, model_info
+from ..models import create_model, list_models
+from ..weights.release import release
 from .complexity import Complexity, complexity
 from .paper import RELEASED_GFLOPS, RELEASED_GFLOPS_NO_MATMUL, TABLE2, TABLE6, TABLE6_DETECTION_SIZE
 
@@ -89,7 +90,7 @@ def table6_rows(attn_matmul: bool = True) -> list[Row]:
                 "paper_top1": paper.top1,
                 "paper_retinanet_params_m": paper.params_m,
                 "paper_retinanet_gflops": paper.gflops,
-                "released_top1": model_info(name).top1,
+                "released_top1": rel.top1 if (rel := release(name)) else None,
             }
         )
     return rows

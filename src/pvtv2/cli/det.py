@@ -10,7 +10,6 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-_ARCHS = ("retinanet", "mask_rcnn", "fcos")
 
 
 def _override(text: str) -> tuple[str, Any]:
@@ -42,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t = dsub.add_parser("train", help="train a detector (torchrun for several processes)")
     _data_args(t, required=False)
     _data_args(t, "val-", required=False)
-    t.add_argument("--arch", choices=_ARCHS, default="retinanet")
+    t.add_argument("--arch", default="retinanet", help="detector (pvtv2.detection.DETECTORS)")
     t.add_argument("--backbone", default="pvt_v2_b0", help="registered PVT name (pvtv2 models)")
     t.add_argument("--backbone-weights", default=None, metavar="PATH",
                    help="'official' or a checkpoint in any format (default: random init)")

@@ -117,7 +117,7 @@ def _export_task_model(args: argparse.Namespace) -> int:
         except CheckpointError:
             raise CheckpointError(f"{seg_error}; nor is it a detection checkpoint (for a classifier: pvtv2 export "
                                   "MODEL --weights CKPT)") from None
-        model = DenseDetector(detector)
+        model = DenseDetector(detector, meta["arch"])
         what = (f"{', '.join(model.output_names())} of {meta['arch']} (input: ImageNet-normalised images; anchors, "
                 "decoding and NMS are not in the file)")
     model.eval()

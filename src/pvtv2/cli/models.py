@@ -23,11 +23,13 @@ def model_rows(pattern: str = "*") -> list[dict[str, object]]:
     import torch
 
     from ..analysis import complexity
+    from ..analysis.paper import published_top1
     from ..models import create_model, list_models, model_info
+    from ..weights.release import release
 
     rows = []
     for name in list_models(pattern):
-        info = model_info(name)
+        info, rel = model_info(name), release(name)
         with torch.device("meta"):
             model = create_model(name)
         rows.append(
@@ -35,8 +37,8 @@ def model_rows(pattern: str = "*") -> list[dict[str, object]]:
                 "name": name,
                 "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
                 "gflops": complexity(model, (224, 224)).gflops,  # paper convention, meta device: no compute
-                "top1": info.top1 if info.top1 is not None else info.paper_top1,
-                "url": info.weights_url or "-",
+                "top1": rel.top1 if rel is not None else published_top1(name),
+                "url": rel.url if rel is not None else "-",
                 "description": info.description,
             }
         )

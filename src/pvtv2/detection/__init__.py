@@ -1,10 +1,11 @@
 """Object detection and instance segmentation with PVT backbones, on torchvision's maintained detectors.
 
 >>> from pvtv2.detection import retinanet
->>> model = retinanet(backbone="pvt_v2_b0", num_classes=81, backbone_weights="pvt_v2_b0.pth")
+>>> model = retinanet(backbone="pvt_v2_b0", num_classes=80, backbone_weights="pvt_v2_b0.pth")
 
-- :mod:`.backbone`: the adapter (``feature_info`` + ``forward_features`` -> FPN maps), frozen stages, norm_eval.
-- :mod:`.models`: ``retinanet``, ``mask_rcnn``, ``fcos`` builders.
+- :mod:`.registry`: one :class:`DetectorSpec` per architecture (builder, learning rate, masks, dense outputs);
+  :mod:`.detectors`: one module per detector (RetinaNet, Mask R-CNN, FCOS), each registering itself.
+- :mod:`.fpn`: the FPN on the backbone adapter (:mod:`pvtv2.models.backbone`); :mod:`.anchors`, :mod:`.labels`.
 - :mod:`.data`: COCO JSON / VOC XML annotations, checked once; :mod:`.dataset`: tv_tensors samples (no models).
 - :mod:`.recipes`: the ``1x`` and ``3x`` recipes and their transforms v2 pipelines.
 - :mod:`.evaluate`: COCO AP through pycocotools; :mod:`.visualize`: drawn detections.
@@ -12,23 +13,24 @@
 - :mod:`.complexity`: params and GFLOPs at 1280x800 beside the paper's Tables 3 and 6.
 """
 
-from .backbone import PVTBackbone, PVTWithFPN
 from .complexity import complexity_rows
 from .data import DetectionData, load_coco, load_voc, open_dataset
 from .dataset import DetectionDataset
 from .evaluate import evaluate
 from .inference import detect, load_detector
-from .models import ARCHITECTURES, build_detector, fcos, mask_rcnn, retinanet
+from .detectors import fcos, mask_rcnn, retinanet
+from .fpn import PVTWithFPN, pvt_fpn
+from .registry import DETECTORS, DetectorSpec, build_detector, get_detector, register
 from .recipes import RECIPES, DetectionRecipe, get_recipe
 from .train import DetTrainConfig, train
 
 __all__ = [
-    "ARCHITECTURES",
+    "DETECTORS",
     "DetTrainConfig",
     "DetectionData",
     "DetectionDataset",
     "DetectionRecipe",
-    "PVTBackbone",
+    "DetectorSpec",
     "PVTWithFPN",
     "RECIPES",
     "build_detector",
@@ -36,12 +38,15 @@ __all__ = [
     "detect",
     "evaluate",
     "fcos",
+    "get_detector",
     "get_recipe",
     "load_coco",
     "load_detector",
     "load_voc",
     "mask_rcnn",
     "open_dataset",
+    "pvt_fpn",
+    "register",
     "retinanet",
     "train",
 ]

@@ -4,7 +4,7 @@ What is counted is the dense forward pass the released numbers come from (mmdet'
 ``forward_dummy``): backbone + FPN + heads on one 800x1280 image, without anchors, box decoding or NMS.
 RetinaNet: classification and box subnets on P3-P7. Mask R-CNN: RPN head on P2-P6, then the box head on 1000
 RoIs and the mask head on 100 RoIs, as ``forward_dummy`` does (RoIAlign itself is not counted, as in mmcv).
-COCO's 80 classes: RetinaNet ``num_classes=80`` (sigmoid, no background, as mmdet), Mask R-CNN 81.
+COCO's 80 classes (the R-CNN predictors add a background class, as mmdet's do).
 GFLOPs are MACs in mmcv's convention plus the attention products (:mod:`pvtv2.analysis`).
 """
 
@@ -15,16 +15,14 @@ from typing import Any
 
 import torch
 from torch import nn
-from torchvision.models.detection import FCOS, MaskRCNN, RetinaNet
 
 from ..models import list_models
-from .models import build_detector
+from .registry import DetectorSpec, get_detector
 
 INPUT_SIZE = (800, 1280)  # (H, W): the paper's "1280x800"
-BOX_ROIS, MASK_ROIS = 1000, 100  # mmdet's forward_dummy
 TABLE6_MODELS = ("pvt_v1_small", "pvt_v1_small_ope", "pvt_v1_small_ope_cffn", "pvt_v1_small_ope_cffn_lsra")
 
-# SPEC section 3, Table 3 (#P in M; the paper gives no GFLOPs there) and Table 6 (RetinaNet #P / GFLOPs).
+# The paper's Table 3 (#P in M; it gives no GFLOPs there) and Table 6 (RetinaNet #P / GFLOPs at 1280x800).
 PAPER: dict[tuple[str, str], tuple[float | None, float | None]] = {
     ("pvt_v2_b0", "retinanet"): (13.0, None),
     ("pvt_v2_b1", "retinanet"): (23.8, None),
@@ -44,43 +42,33 @@ NOTES = {
 }
 
 
-class DenseForward(nn.Module):
-    """A detector's backbone + neck + heads without post-processing: what the FLOPs count runs.
+class CostForward(nn.Module):
+    """A detector's forward pass as the paper's GFLOPs count it (its registry record's ``cost_forward``).
 
     Args:
-        detector: a torchvision RetinaNet, FCOS or Mask R-CNN (its weights are used, not copied).
+        detector: a detector built by :mod:`pvtv2.detection` (its weights are used, not copied).
+        spec: its registry record.
     """
 
-    def __init__(self, detector: nn.Module) -> None:
+    def __init__(self, detector: nn.Module, spec: DetectorSpec) -> None:
         super().__init__()
         self.detector = detector
+        self.spec = spec
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """``(1, 3, H, W)`` normalised image -> the heads' raw outputs."""
-        det = self.detector
-        feats = det.backbone(images)  # OrderedDict of (1, 256, H/s, W/s) maps
-        if isinstance(det, (RetinaNet, FCOS)):
-            return list(det.head(list(feats.values())).values())
-        if isinstance(det, MaskRCNN):
-            objectness, deltas = det.rpn.head(list(feats.values()))
-            channels = det.backbone.out_channels
-            # RoIAlign outputs for forward_dummy's proposals (RoIAlign is not counted): (R, C, 7, 7), (R, C, 14, 14)
-            box_feats = images.new_zeros(BOX_ROIS, channels, *det.roi_heads.box_roi_pool.output_size)
-            scores, boxes = det.roi_heads.box_predictor(det.roi_heads.box_head(box_feats))
-            mask_feats = images.new_zeros(MASK_ROIS, channels, *det.roi_heads.mask_roi_pool.output_size)
-            masks = det.roi_heads.mask_predictor(det.roi_heads.mask_head(mask_feats))
-            return [*objectness, *deltas, scores, boxes, masks]
-        raise TypeError(f"cannot count {type(det).__name__}: expected RetinaNet, FCOS or MaskRCNN")
+        """``(1, 3, H, W)`` normalised image -> the raw outputs."""
+        return list(self.spec.cost_forward(self.detector, images).values())
 
 
 def detector_complexity(arch: str, backbone: str, input_size: Sequence[int] = INPUT_SIZE) -> Any:
-    """:func:`pvtv2.analysis.complexity` of ``arch`` on ``backbone`` (built on the meta device: no memory)."""
+    """:func:`pvtv2.analysis.complexity` of ``arch`` on ``backbone`` with COCO's 80 classes (built on the meta
+    device: no memory)."""
     from ..analysis import complexity
 
-    num_classes = 80 if arch in ("retinanet", "fcos") else 81
+    spec = get_detector(arch)
     with torch.device("meta"):
-        det = build_detector(arch, backbone=backbone, num_classes=num_classes)
-    return complexity(DenseForward(det), tuple(input_size))
+        det = spec.build(backbone=backbone, num_classes=80)
+    return complexity(CostForward(det, spec), tuple(input_size))
 
 
 def complexity_rows(models: list[str] | None = None) -> list[dict[str, Any]]:

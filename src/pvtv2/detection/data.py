@@ -81,8 +81,8 @@ class DetectionData:
 
     @property
     def num_classes(self) -> int:
-        """``K + 1``: what the torchvision builders take."""
-        return len(self.categories) + 1
+        """``K``, the object classes (labels 1..K): what the detector builders take."""
+        return len(self.categories)
 
     def label_to_category(self) -> dict[int, int]:
         """Training label -> the dataset's category id (for COCO results)."""

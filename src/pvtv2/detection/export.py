@@ -1,4 +1,4 @@
-"""What of a torchvision detector goes into ONNX: the dense network (backbone, FPN, heads), not the post-processing.
+"""What of a detector goes into ONNX: the dense network (backbone, FPN, heads), not the post-processing.
 
 Anchor decoding, score thresholds, NMS and RoI heads depend on the data (how many boxes survive), which ONNX
 graphs with a dynamic image size do not carry well; deployments run those steps in their own code (or use
@@ -10,43 +10,33 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torchvision.models.detection import FCOS, MaskRCNN, RetinaNet
 
 from ..export import ExportSpec
+from .registry import DetectorSpec, get_detector
 
 
 class DenseDetector(nn.Module):
-    """``(B, 3, H, W)`` normalised images -> a torchvision detector's raw dense outputs.
-
-    RetinaNet: ``cls_logits`` ``(B, A, K)`` and ``bbox_regression`` ``(B, A, 4)`` over all anchors of P3-P7 (level
-    by level, as torchvision orders them); FCOS adds ``bbox_ctrness`` ``(B, A, 1)``. Mask R-CNN: the FPN maps
-    ``p2``..``p6`` and the RPN's ``objectness_i`` / ``rpn_deltas_i`` per level (the RoI heads need proposals).
+    """``(B, 3, H, W)`` normalised images -> a detector's raw dense outputs, as its registry record names them
+    (:attr:`DetectorSpec.dense`; e.g. RetinaNet's ``cls_logits`` and ``bbox_regression`` over all anchors).
 
     Args:
-        detector: a torchvision RetinaNet, FCOS or Mask R-CNN built by :mod:`pvtv2.detection` (weights shared).
+        detector: a detector built by :mod:`pvtv2.detection` (weights shared, not copied).
+        arch: its registered name (``load_detector`` returns it in the checkpoint's description).
     """
 
-    def __init__(self, detector: nn.Module) -> None:
+    def __init__(self, detector: nn.Module, arch: str) -> None:
         super().__init__()
-        if not isinstance(detector, (RetinaNet, FCOS, MaskRCNN)):
-            raise TypeError(f"cannot export {type(detector).__name__}: expected RetinaNet, FCOS or MaskRCNN")
         self.detector = detector
+        self.spec: DetectorSpec = get_detector(arch)
 
     def output_names(self) -> tuple[str, ...]:
-        det = self.detector
-        if isinstance(det, MaskRCNN):
-            maps = tuple(f"p{s.bit_length() - 1}" for s in det.backbone.strides)  # stride 4 -> p2 ... 64 -> p6
-            levels = range(len(maps))
-            return maps + tuple(f"objectness_{i}" for i in levels) + tuple(f"rpn_deltas_{i}" for i in levels)
-        return ("cls_logits", "bbox_regression") + (("bbox_ctrness",) if isinstance(det, FCOS) else ())
+        """The names of the outputs, from one small forward pass."""
+        param = next(self.detector.parameters())
+        with torch.no_grad():
+            return tuple(self.spec.dense(self.detector, param.new_zeros(1, 3, 64, 64)))
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        det = self.detector
-        feats = list(det.backbone(images).values())  # FPN maps, (B, 256, H/s, W/s)
-        if isinstance(det, MaskRCNN):
-            objectness, deltas = det.rpn.head(feats)  # per level: (B, A, h, w), (B, 4A, h, w)
-            return (*feats, *objectness, *deltas)
-        return tuple(det.head(feats).values())
+        return tuple(self.spec.dense(self.detector, images).values())
 
     def export_spec(self, backbone: bool = False) -> ExportSpec:
         """The :func:`pvtv2.export.export_spec` hook."""

@@ -16,7 +16,7 @@ from torch import nn
 
 from ..errors import CheckpointError, DataError
 from ..weights import read_checkpoint
-from .models import build_detector
+from .registry import build_detector
 
 _BUILD_KEYS = ("backbone", "num_classes", "stages", "backbone_overrides")
 
@@ -32,9 +32,10 @@ def detector_meta(
     backbone_overrides: dict[str, Any] | None = None,
     options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The description a checkpoint stores to rebuild its detector (plain values only); ``options`` are
-    torchvision constructor arguments (``score_thresh``, ``box_batch_size_per_image``...)."""
-    meta: dict[str, Any] = {"arch": arch, "backbone": backbone, "num_classes": len(class_names),
+    """The description a checkpoint stores to rebuild its detector (plain values only). ``class_names`` are
+    indexed by label (index 0 = background, so ``num_classes`` is one less); ``options`` are constructor
+    arguments (``score_thresh``, ``box_batch_size_per_image``...)."""
+    meta: dict[str, Any] = {"arch": arch, "backbone": backbone, "num_classes": len(class_names) - 1,
                             "class_names": list(class_names), "min_size": int(min_size), "max_size": int(max_size)}
     if stages is not None:
         meta["stages"] = [int(s) for s in stages]

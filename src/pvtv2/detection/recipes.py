@@ -27,17 +27,11 @@ class DetectionRecipe:
     epochs: int
     milestones: tuple[int, ...]  # epochs after which the lr is multiplied by 0.1
     weight_decay: float
-    lr: tuple[tuple[str, float], ...] = (("retinanet", 1e-4), ("mask_rcnn", 2e-4), ("fcos", 1e-4))
     batch_size: int = 16  # total images per step the learning rates belong to
     warmup_iters: int = 500  # mmdet's linear warm-up ...
     warmup_ratio: float = 0.001  # ... from lr * warmup_ratio
     flip_prob: float = 0.5
     clip_grad: float | None = None
-
-    def base_lr(self, arch: str, batch_size: int | None = None) -> float:
-        """The recipe's AdamW learning rate for ``arch``, scaled linearly to ``batch_size`` total images."""
-        lr = dict(self.lr)[arch]
-        return lr * (batch_size or self.batch_size) / self.batch_size
 
     def replace(self, **changes: Any) -> DetectionRecipe:
         """A copy with some fields changed (e.g. small sizes for a CPU run)."""

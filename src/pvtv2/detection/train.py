@@ -43,7 +43,7 @@ from .data import open_dataset
 from .dataset import DetectionDataset, collate
 from .evaluate import evaluate
 from .inference import detector_meta
-from .models import ARCHITECTURES, build_detector
+from .registry import build_detector, get_detector
 from .recipes import eval_transforms, get_recipe, train_transforms
 
 log = logging.getLogger(__name__)
@@ -147,8 +147,7 @@ def train(cfg: DetTrainConfig) -> dict[str, Any]:
         DataError: unusable data (one line). TrainingError: NaN loss, mismatched resume.
         Interrupted: Ctrl-C/SIGTERM after a resumable checkpoint was written.
     """
-    if cfg.arch not in ARCHITECTURES:
-        raise TrainingError(f"unknown detector {cfg.arch!r}; choose one of {', '.join(ARCHITECTURES)}")
+    get_detector(cfg.arch)  # an unknown name fails here, listing the known ones
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     env = init_distributed(cfg.device)
@@ -167,7 +166,7 @@ def _train(cfg: DetTrainConfig, env: DistEnv) -> dict[str, Any]:
     data = open_dataset(cfg.data, split=cfg.split, images=cfg.images, strict=cfg.strict_data)
     log.info("train: %s", data.summary())
     seeded = _SeededTransforms(train_transforms(recipe), cfg.seed)
-    train_set = DetectionDataset(data, seeded, with_masks=cfg.arch == "mask_rcnn", drop_empty=True)
+    train_set = DetectionDataset(data, seeded, with_masks=get_detector(cfg.arch).masks, drop_empty=True)
     val_set = None
     if cfg.val_data:
         val = open_dataset(cfg.val_data, split=cfg.val_split, images=cfg.val_images, strict=cfg.strict_data)
@@ -195,7 +194,7 @@ def _train(cfg: DetTrainConfig, env: DistEnv) -> dict[str, Any]:
     epochs = math.ceil(total / steps_per_epoch)
     milestones = [round(m / recipe.epochs * total) for m in recipe.milestones]
     warmup = cfg.warmup_iters if cfg.warmup_iters is not None else min(recipe.warmup_iters, total // 5)
-    lr = cfg.lr or recipe.base_lr(cfg.arch, cfg.batch_size * env.world_size)
+    lr = cfg.lr or get_detector(cfg.arch).lr * cfg.batch_size * env.world_size / recipe.batch_size
     wd = cfg.weight_decay if cfg.weight_decay is not None else recipe.weight_decay
     # The released mmdet configs decay every parameter (no paramwise_cfg), unlike the ImageNet recipe.
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=wd, eps=1e-8)

@@ -33,7 +33,7 @@ from .guards import InterruptGuard, Interrupted
 from .loop import Stepper
 from .metrics import MetricsLogger, RunDir
 from .optim import LRSchedule, create_optimizer
-from .recipes import ClassificationConfig
+from .recipes import CLIP_GRAD, ClassificationConfig
 
 log = logging.getLogger(__name__)
 
@@ -92,9 +92,7 @@ def build_model(cfg: ClassificationConfig, num_classes: int) -> nn.Module:
 
 
 def _clip_grad(cfg: ClassificationConfig) -> float | None:
-    from ..models import model_info
-
-    clip = cfg.clip_grad if cfg.clip_grad is not None else model_info(cfg.model).clip_grad
+    clip = cfg.clip_grad if cfg.clip_grad is not None else CLIP_GRAD.get(cfg.model)
     return clip or None
 
 

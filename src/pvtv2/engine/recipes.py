@@ -2,7 +2,7 @@
 
 - ``fashion_mnist`` (what ``pvtv2 train`` runs with no arguments): PVT v2-B0 from scratch on Fashion-MNIST at
   32 px, sized to reach >= 90% test top-1 in minutes on a 2-core CPU.
-- ``imagenet``: the released ImageNet-1K recipe (SPEC section 4) for ImageFolder data (``DIR/train``, ``DIR/val``).
+- ``imagenet``: the released ImageNet-1K recipe (the authors' DeiT-based ``classification/main.py`` settings) for ImageFolder data (``DIR/train``, ``DIR/val``).
 """
 
 from __future__ import annotations
@@ -83,6 +83,9 @@ class ClassificationConfig:
     def peak_lr(self) -> float:
         return self.lr if self.lr is not None else self.base_lr * self.batch_size / 512
 
+
+# Gradient clipping of the released ImageNet recipe, per variant (the released B3-B5 configs: --clip-grad 1.0).
+CLIP_GRAD: dict[str, float] = {"pvt_v2_b3": 1.0, "pvt_v2_b4": 1.0, "pvt_v2_b5": 1.0}
 
 FASHION_MNIST = ClassificationConfig()
 

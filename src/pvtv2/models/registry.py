@@ -12,56 +12,43 @@ from ..errors import UnknownModelError
 from .config import PVTConfig
 from .pvt import PyramidVisionTransformer
 
-RELEASE_URL = "https://github.com/whai362/PVT/releases/download/v2/{name}.pth"
-
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """A registered variant and what is known about it (released figures are data, not code)."""
+    """A registered variant: its architecture (a :class:`PVTConfig` row) and a one-line description.
+
+    Released weights and their accuracy are in :mod:`pvtv2.weights.release`, training recipes (drop path, gradient
+    clipping per variant) in :mod:`pvtv2.classification.recipes`.
+    """
 
     name: str
     cfg: PVTConfig
     description: str
-    clip_grad: float | None = None  # gradient-clipping norm of the released ImageNet recipe
-    weights_url: str | None = None  # authors' release (1000-class ImageNet head)
-    top1: float | None = None  # released ImageNet-1K top-1 at 224
-    paper_top1: float | None = None  # the paper's figure (Table 2 / Table 6), where it differs or the only one
 
 
 V2 = PVTConfig()  # B2
 V1 = V2.replace(overlap_patch_embed=False, conv_ffn=False, pos_embed=True, cls_token=True, stage_norms=False)
 
-
-def _released(name: str, cfg: PVTConfig, description: str, top1: float, **extra: Any) -> ModelInfo:
-    """A variant the authors released ImageNet weights for."""
-    return ModelInfo(name, cfg, description, weights_url=RELEASE_URL.format(name=name), top1=top1, **extra)
-
-
 _ROWS: list[ModelInfo] = [
-    _released("pvt_v2_b0", V2.replace(embed_dims=(32, 64, 160, 256), depths=(2, 2, 2, 2)), "PVT v2-B0", 70.5),
-    _released("pvt_v2_b1", V2.replace(depths=(2, 2, 2, 2)), "PVT v2-B1", 78.7),
-    _released("pvt_v2_b2", V2, "PVT v2-B2", 82.0),
-    _released("pvt_v2_b2_li", V2.replace(attn_mode="linear"), "PVT v2-B2 with linear SRA", 82.1),
-    _released("pvt_v2_b3", V2.replace(depths=(3, 4, 18, 3), drop_path_rate=0.3), "PVT v2-B3", 83.1,
-              clip_grad=1.0, paper_top1=83.2),
-    _released("pvt_v2_b4", V2.replace(depths=(3, 8, 27, 3), drop_path_rate=0.3), "PVT v2-B4", 83.6, clip_grad=1.0),
-    _released("pvt_v2_b5", V2.replace(depths=(3, 6, 40, 3), mlp_ratios=(4, 4, 4, 4), drop_path_rate=0.3),
-              "PVT v2-B5", 83.8, clip_grad=1.0),
-    ModelInfo("pvt_v1_tiny", V1.replace(depths=(2, 2, 2, 2)), "PVT v1-Tiny", paper_top1=75.1),
-    ModelInfo("pvt_v1_small", V1, "PVT v1-Small (Table 6 row 1)", paper_top1=79.8),
-    ModelInfo("pvt_v1_medium", V1.replace(depths=(3, 4, 18, 3), drop_path_rate=0.3), "PVT v1-Medium",
-              paper_top1=81.2),
-    ModelInfo("pvt_v1_large", V1.replace(depths=(3, 8, 27, 3), drop_path_rate=0.3), "PVT v1-Large",
-              paper_top1=81.7),
+    ModelInfo("pvt_v2_b0", V2.replace(embed_dims=(32, 64, 160, 256), depths=(2, 2, 2, 2)), "PVT v2-B0"),
+    ModelInfo("pvt_v2_b1", V2.replace(depths=(2, 2, 2, 2)), "PVT v2-B1"),
+    ModelInfo("pvt_v2_b2", V2, "PVT v2-B2"),
+    ModelInfo("pvt_v2_b2_li", V2.replace(attn_mode="linear"), "PVT v2-B2 with linear SRA"),
+    ModelInfo("pvt_v2_b3", V2.replace(depths=(3, 4, 18, 3), drop_path_rate=0.3), "PVT v2-B3"),
+    ModelInfo("pvt_v2_b4", V2.replace(depths=(3, 8, 27, 3), drop_path_rate=0.3), "PVT v2-B4"),
+    ModelInfo("pvt_v2_b5", V2.replace(depths=(3, 6, 40, 3), mlp_ratios=(4, 4, 4, 4), drop_path_rate=0.3), "PVT v2-B5"),
+    ModelInfo("pvt_v1_tiny", V1.replace(depths=(2, 2, 2, 2)), "PVT v1-Tiny"),
+    ModelInfo("pvt_v1_small", V1, "PVT v1-Small (Table 6 row 1)"),
+    ModelInfo("pvt_v1_medium", V1.replace(depths=(3, 4, 18, 3), drop_path_rate=0.3), "PVT v1-Medium"),
+    ModelInfo("pvt_v1_large", V1.replace(depths=(3, 8, 27, 3), drop_path_rate=0.3), "PVT v1-Large"),
     # Table 6: PVT v1-Small, then each v2 design added in turn.
     # The +OPE row drops v1's position embeddings: with them, RetinaNet on it has 35.29 M parameters; without them
     # exactly the paper's 34.9 M (and 288.6 GFLOPs either way), so the overlapping, zero-padded convolutions carry
     # position from this row on.
     ModelInfo("pvt_v1_small_ope", V1.replace(overlap_patch_embed=True, pos_embed=False),
-              "PVT v1-Small + overlapping patch embedding", paper_top1=81.1),
-    ModelInfo("pvt_v1_small_ope_cffn", V2, "+ convolutional FFN (= PVT v2-B2)", paper_top1=82.0),
-    ModelInfo("pvt_v1_small_ope_cffn_lsra", V2.replace(attn_mode="linear"), "+ linear SRA (= PVT v2-B2-Li)",
-              paper_top1=82.1),
+              "PVT v1-Small + overlapping patch embedding"),
+    ModelInfo("pvt_v1_small_ope_cffn", V2, "+ convolutional FFN (= PVT v2-B2)"),
+    ModelInfo("pvt_v1_small_ope_cffn_lsra", V2.replace(attn_mode="linear"), "+ linear SRA (= PVT v2-B2-Li)"),
 ]
 
 _REGISTRY: dict[str, ModelInfo] = {row.name: row for row in _ROWS}

@@ -1,6 +1,6 @@
 """Semantic segmentation with Semantic FPN on the PVT backbone (paper Table 5).
 
->>> model = pvtv2.segmentation.semantic_fpn("pvt_v2_b0", num_classes=150)
+>>> model = pvtv2.segmentation.semantic_fpn(backbone="pvt_v2_b0", num_classes=150)
 >>> logits = model(torch.randn(1, 3, 512, 512))  # (1, 150, 512, 512)
 
 Data (:mod:`.datasets`, :mod:`.transforms`) never imports model code; training builds on :mod:`pvtv2.engine`.

@@ -43,7 +43,7 @@ def complexity_rows(models: list[str] | None = None) -> list[dict[str, Any]]:
     rows = []
     for name in models or list(PAPER_TABLE5):
         with torch.device("meta"):
-            model = semantic_fpn(name, num_classes=150)
+            model = semantic_fpn(backbone=name, num_classes=150)
         c = complexity(model, INPUT_SIZE)
         paper = PAPER_TABLE5.get(name)
         note = "mmcv MACs + attention products; interpolation not counted"

@@ -130,7 +130,7 @@ def train(cfg: SegTrainConfig) -> dict[str, Any]:
         if val_ds.meta.num_classes != meta.num_classes:
             raise DataError(f"validation set has {val_ds.meta.num_classes} classes, training set {meta.num_classes}")
 
-    model = semantic_fpn(cfg.model, meta.num_classes, backbone_weights=cfg.backbone_weights)
+    model = semantic_fpn(backbone=cfg.model, num_classes=meta.num_classes, backbone_weights=cfg.backbone_weights)
     if env.distributed and env.device.type == "cuda":  # SyncBN as released (PyTorch has it on GPUs only)
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(env.device)

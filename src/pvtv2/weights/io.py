@@ -231,12 +231,12 @@ def save_weights(
 
 def released_state_dict(name: str) -> StateDict:
     """The authors' released ImageNet weights of ``name``, from torch.hub's cache or downloaded into it."""
-    from ..models.registry import list_models, model_info
+    from .release import RELEASES, release
 
-    url = model_info(name).weights_url
-    if url is None:
-        released = [n for n in list_models() if model_info(n).weights_url]
-        raise CheckpointError(f"no released weights for {name}; the authors released {', '.join(released)}")
+    rel = release(name)
+    if rel is None:
+        raise CheckpointError(f"no released weights for {name}; the authors released {', '.join(RELEASES)}")
+    url = rel.url
     dst = Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
     if not dst.is_file():
         try:

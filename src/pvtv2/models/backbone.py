@@ -1,8 +1,8 @@
-"""The PVT backbone as torchvision's detectors expect it: an ``OrderedDict`` of FPN maps with ``out_channels``.
+"""The one backbone adapter of the dense tasks: selected stage maps of a PVT, with frozen stages and frozen norms.
 
-:class:`PVTBackbone` reads ``model.feature_info`` and calls ``model.forward_features``; it never re-implements the
-network. :class:`PVTWithFPN` adds torchvision's :class:`~torchvision.ops.FeaturePyramidNetwork` on chosen stages
-with an extra-level block (P6/P7 or max-pool), the way ``BackboneWithFPN`` does for ResNets.
+Detection and segmentation both build their backbone with :func:`pvt_backbone`; necks and heads depend only on
+``out_channels_list`` and ``strides`` (detectron2's backbone contract). :class:`PVTBackbone` reads
+``model.feature_info`` and calls ``model.forward_features``; it never re-implements the network.
 """
 
 from __future__ import annotations
@@ -10,12 +10,16 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Sequence
 
+import os
+from typing import Any
+
 import torch
 from torch import nn
-from torchvision.ops import FeaturePyramidNetwork
-from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, LastLevelMaxPool, LastLevelP6P7
 
-from ..models import PyramidVisionTransformer
+from .pvt import PyramidVisionTransformer
+
+NUM_STAGES = 4
+WeightsSource = str | os.PathLike[str] | dict[str, torch.Tensor] | None
 
 
 class PVTBackbone(nn.Module):
@@ -80,48 +84,34 @@ class PVTBackbone(nn.Module):
         return OrderedDict((str(k), feats[s].contiguous()) for k, s in enumerate(self.stages))
 
 
-class PVTWithFPN(nn.Module):
-    """PVT stages -> FPN (+ extra levels): the ``backbone`` of torchvision's RetinaNet, FCOS and Mask R-CNN.
+def pvt_backbone(
+    name: str,
+    *,
+    stages: Sequence[int] = (0, 1, 2, 3),
+    weights: WeightsSource = None,
+    trainable_stages: int | None = None,
+    norm_eval: bool = False,
+    overrides: dict[str, Any] | None = None,
+) -> PVTBackbone:
+    """A registered PVT without its head, as the backbone of a dense task (drop-path 0.1 unless overridden: the
+    value of every released detection and segmentation config).
 
     Args:
-        body: the stage selector.
-        out_channels: FPN width (256 in every released config).
-        extra: ``"p6p7_input"`` (RetinaNet: P6 = conv(C5), P7 = conv(relu(P6)), mmdet ``add_extra_convs='on_input'``),
-            ``"p6p7"`` (the same from P5, torchvision's FCOS), ``"maxpool"`` (Mask R-CNN's P6) or ``None``.
+        name: registered model name (``pvtv2.list_models()``).
+        stages: stage indices (0..3) whose maps are returned.
+        weights: ``"official"``, or a checkpoint path / state dict in any format :func:`pvtv2.load_weights` reads
+            (a classifier's, or the backbone part of a detector's or segmentor's checkpoint).
+        trainable_stages: how many of the last stages train (torchvision's ``trainable_backbone_layers``);
+            ``None`` = all 4 (the released configs), 0 = a fixed feature extractor.
+        norm_eval: freeze the LayerNorms of the trainable stages.
+        overrides: :class:`pvtv2.PVTConfig` fields to change (``{"depths": (1, 1, 1, 1)}``).
     """
+    from .registry import create_model
 
-    def __init__(self, body: PVTBackbone, out_channels: int = 256, extra: str | None = "maxpool") -> None:
-        super().__init__()
-        block: ExtraFPNBlock | None
-        if extra == "maxpool":
-            block = LastLevelMaxPool()
-        elif extra in ("p6p7_input", "p6p7"):
-            c5 = body.out_channels_list[-1]
-            block = LastLevelP6P7(c5 if extra == "p6p7_input" else out_channels, out_channels)
-            # torchvision switches to P5 whenever C5 already has out_channels (PVT v2-B0: 256); keep the input.
-            block.use_P5 = extra == "p6p7"
-        elif extra is None:
-            block = None
-        else:
-            raise ValueError(f"extra must be 'p6p7_input', 'p6p7', 'maxpool' or None, got {extra!r}")
-        self.body = body
-        self.fpn = FeaturePyramidNetwork(body.out_channels_list, out_channels, extra_blocks=block)
-        self.out_channels = out_channels
-        self.extra = extra
-
-    @property
-    def num_levels(self) -> int:
-        """How many maps the forward pass returns."""
-        return len(self.body.stages) + {"maxpool": 1, "p6p7_input": 2, "p6p7": 2, None: 0}[self.extra]
-
-    @property
-    def strides(self) -> list[int]:
-        """Stride of each returned map."""
-        s = list(self.body.strides)
-        while len(s) < self.num_levels:
-            s.append(s[-1] * 2)
-        return s
-
-    def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
-        """``(B, 3, H, W)`` -> ``num_levels`` maps ``(B, out_channels, H/s, W/s)``."""
-        return self.fpn(self.body(x))
+    trainable = NUM_STAGES if trainable_stages is None else trainable_stages
+    if not 0 <= trainable <= NUM_STAGES:
+        raise ValueError(f"trainable_stages must be in 0..{NUM_STAGES}, got {trainable_stages}")
+    cfg = {"drop_path_rate": 0.1, **(overrides or {})}
+    cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}
+    model = create_model(name, num_classes=0, weights=weights, ignore_head=True, **cfg)
+    return PVTBackbone(model, stages, frozen_stages=NUM_STAGES - trainable, norm_eval=norm_eval)

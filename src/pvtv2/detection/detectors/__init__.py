@@ -1,0 +1,11 @@
+"""One module per detector architecture; importing this package registers them all (:mod:`..registry`).
+
+To add a detector: write ``<name>.py`` here with its builder (the shared keyword-only signature of
+:mod:`pvtv2.detection.registry`) ending in ``register(DetectorSpec(...))``, and add its import below.
+"""
+
+from .fcos import fcos
+from .mask_rcnn import mask_rcnn
+from .retinanet import retinanet
+
+__all__ = ["fcos", "mask_rcnn", "retinanet"]

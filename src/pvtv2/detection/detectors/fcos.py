@@ -1,0 +1,53 @@
+"""FCOS (torchvision's) on a PVT: FPN on all four stages plus a max-pool level (strides 4-64), one anchor point per
+location; ``stages=(1, 2, 3)`` gives torchvision's own wiring (P3-P5 + P6/P7 from P5, strides 8-128)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from torchvision.models.detection import FCOS
+
+from ...models.backbone import WeightsSource
+from ..anchors import point_anchors
+from ..fpn import pvt_fpn
+from ..labels import ForegroundLabels
+from ..registry import DetectorSpec, register
+from .retinanet import one_stage_dense
+
+
+class PVTFCOS(ForegroundLabels, FCOS):
+    """torchvision's FCOS with ``num_classes`` = object classes (labels 1..K, see :mod:`.labels`)."""
+
+
+def fcos(
+    *,
+    backbone: str = "pvt_v2_b0",
+    num_classes: int = 80,
+    backbone_weights: WeightsSource = None,
+    trainable_stages: int | None = None,
+    norm_eval: bool = False,
+    backbone_overrides: dict[str, Any] | None = None,
+    stages: Sequence[int] = (0, 1, 2, 3),
+    **kwargs: Any,
+) -> FCOS:
+    """FCOS on a PVT.
+
+    Args:
+        backbone: registered PVT name.
+        num_classes: object classes (COCO: 80); labels 1..K.
+        backbone_weights, trainable_stages, norm_eval, backbone_overrides: see
+            :func:`pvtv2.models.backbone.pvt_backbone`.
+        stages: stages feeding the FPN.
+        **kwargs: passed to :class:`torchvision.models.detection.FCOS`.
+    """
+    extra = "maxpool" if 0 in stages else "p6p7"
+    fpn = pvt_fpn(backbone, stages=stages, extra=extra, backbone_weights=backbone_weights,
+                  trainable_stages=trainable_stages, norm_eval=norm_eval, backbone_overrides=backbone_overrides)
+    # One anchor point per location whose size is the level's stride: FCOS's regression ranges follow from it.
+    kwargs.setdefault("anchor_generator", point_anchors(fpn.strides))
+    return PVTFCOS(fpn, num_classes, **kwargs)
+
+
+register(DetectorSpec("fcos", fcos, lr=1e-4, dense=one_stage_dense,
+                      description="FCOS (Tian et al. 2019), anchor-free"))
