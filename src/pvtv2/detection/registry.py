@@ -38,6 +38,8 @@ class DetectorSpec:
             decoding, NMS or RoI sampling, in a fixed order: what ONNX export carries.
         cost: ``(model, images) -> {name: tensor}``: the forward pass the paper's GFLOPs count (mmdet's
             ``forward_dummy``, e.g. R-CNN heads on a fixed number of RoIs); ``None``: ``dense``.
+        from_mmdet: ``(mmdet state dict, our model) -> our state dict``: reads a checkpoint of the released
+            mmdet 2.x detector of this kind (class order, background index, key names); ``None``: not supported.
         description: one line for ``--help`` and the docs.
     """
 
@@ -47,6 +49,7 @@ class DetectorSpec:
     dense: DenseForward
     masks: bool = False
     cost: DenseForward | None = None
+    from_mmdet: Callable[[dict[str, torch.Tensor], nn.Module], dict[str, torch.Tensor]] | None = None
     description: str = ""
 
     def cost_forward(self, model: nn.Module, images: torch.Tensor) -> dict[str, torch.Tensor]:
