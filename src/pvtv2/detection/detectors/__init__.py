@@ -4,8 +4,9 @@ To add a detector: write ``<name>.py`` here with its builder (the shared keyword
 :mod:`pvtv2.detection.registry`) ending in ``register(DetectorSpec(...))``, and add its import below.
 """
 
+from .cascade_mask_rcnn import cascade_mask_rcnn
 from .fcos import fcos
 from .mask_rcnn import mask_rcnn
 from .retinanet import retinanet
 
-__all__ = ["fcos", "mask_rcnn", "retinanet"]
+__all__ = ["cascade_mask_rcnn", "fcos", "mask_rcnn", "retinanet"]
