@@ -33,23 +33,57 @@ upsampling is off by default (``upsample=True`` counts every interpolation); ``n
 calls are counted (mmcv sees modules only). Operators torch knows but no rule here covers (fp8 ``_scaled_mm``,
 backend convolutions called directly, backward kernels, ``flex_attention``) fall back to torch's own formula
 halved (FLOPs -> MACs). Everything else (element-wise arithmetic, GELU, softmax, ``mean``) counts 0.
+
+mmcv only sees modules of the types it has a hook for. Work a model does elsewhere (in a module's own ``forward``,
+or inside a module type mmcv does not know, such as ``nn.MultiheadAttention`` or ``nn.SyncBatchNorm``) is missing
+from the released figures; :func:`unseen_by_mmcv` leaves such parts out of a count (category ``"unseen"``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
+from torch import nn
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils.flop_counter import flop_registry as TORCH_FORMULAS
 
 aten = torch.ops.aten
 
 # Categories whose count a switch can turn off; the others are always counted.
-CATEGORIES = ("conv", "linear", "attention", "norm", "pool", "activation", "upsample", "other")
+CATEGORIES = ("conv", "linear", "attention", "norm", "pool", "activation", "upsample", "other", "unseen")
+# Whether the operators running now are seen (top of the stack; empty: seen). See unseen_by_mmcv.
+_SEEN: list[bool] = []
+
+
+@contextlib.contextmanager
+def unseen_by_mmcv(modules: Iterable[nn.Module]) -> Iterator[None]:
+    """While active, the operators each of ``modules`` runs itself (outside its sub-modules, which stay counted)
+    are tallied as ``"unseen"`` and not counted, as mmcv's module hooks miss them: the products of two
+    activations in a module's ``forward``, or all of a module type mmcv has no hook for
+    (``nn.MultiheadAttention``, whose projections never run as modules; ``nn.SyncBatchNorm``)."""
+    handles, depth = [], len(_SEEN)
+
+    def push(seen: bool) -> Callable[..., None]:
+        return lambda *args: _SEEN.append(seen)
+
+    def pop(*args: Any) -> None:
+        _SEEN.pop()
+
+    for module in modules:
+        handles += [module.register_forward_pre_hook(push(False)), module.register_forward_hook(pop)]
+        for child in module.children():
+            handles += [child.register_forward_pre_hook(push(True)), child.register_forward_hook(pop)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+        del _SEEN[depth:]  # balanced already, unless the forward pass raised
 
 
 def _packets(*names: str) -> list[Any]:
@@ -125,7 +159,7 @@ class MMCVRules:
 
     def __init__(self, weights: Iterable[torch.Tensor], attn_matmul: bool = True, upsample: bool = False) -> None:
         self._weights = {StorageWeakRef(t.untyped_storage()) for t in weights}
-        self.counted = {c: True for c in CATEGORIES} | {"attention": attn_matmul, "upsample": upsample}
+        self.counted = {c: True for c in CATEGORIES} | {"attention": attn_matmul, "upsample": upsample, "unseen": False}
         self.by_category: dict[str, int] = defaultdict(int)
 
     def mapping(self) -> dict[Any, Callable[..., int]]:
@@ -220,6 +254,7 @@ class MMCVRules:
             result = fn(*args, out_val=out_val, **kw)  # (category, MACs), or a list of them for fused kernels
             counted = 0
             for category, macs in [result] if isinstance(result, tuple) else result:
+                category = category if not _SEEN or _SEEN[-1] else "unseen"
                 self.by_category[category] += int(macs)
                 counted += int(macs) if self.counted[category] else 0
             return counted

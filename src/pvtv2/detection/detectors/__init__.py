@@ -8,5 +8,6 @@ from .cascade_mask_rcnn import cascade_mask_rcnn
 from .fcos import fcos
 from .mask_rcnn import mask_rcnn
 from .retinanet import retinanet
+from .sparse_rcnn import sparse_rcnn
 
-__all__ = ["cascade_mask_rcnn", "fcos", "mask_rcnn", "retinanet"]
+__all__ = ["cascade_mask_rcnn", "fcos", "mask_rcnn", "retinanet", "sparse_rcnn"]
