@@ -58,6 +58,16 @@ def valid_anchors(size: Sequence[int], stride: int, num_base: int, pad_shape: Se
     return valid.view(-1, 1).expand(-1, num_base).reshape(-1)
 
 
+def inside_image(anchors: torch.Tensor, image_size: Sequence[int], border: int) -> torch.Tensor:
+    """``(N,)`` bool: the anchor lies within the image grown by ``border`` pixels (right and bottom edges
+    exclusive, as mmdet's ``anchor_inside_flags``); a negative ``border`` admits every anchor."""
+    if border < 0:
+        return torch.ones_like(anchors[:, 0], dtype=torch.bool)
+    h, w = image_size[0], image_size[1]
+    return (anchors[:, 0] >= -border) & (anchors[:, 1] >= -border) & (anchors[:, 2] < w + border) & \
+        (anchors[:, 3] < h + border)
+
+
 def padded_shape(image_size: Sequence[int]) -> tuple[int, int]:
     """An image's size padded up to a multiple of 32 (mmdet's per-image ``pad_shape``)."""
     return tuple(-(-int(s) // SIZE_DIVISOR) * SIZE_DIVISOR for s in image_size[:2])  # type: ignore[return-value]
@@ -79,6 +89,9 @@ class ProposalNetwork(nn.Module):
         nms_thresh: IoU of the per-level NMS.
         batch_size_per_image, positive_fraction: the anchor sampler.
         fg_iou_thresh, bg_iou_thresh: max-IoU assignment thresholds (low-quality matches from ``bg_iou_thresh``).
+        allowed_border: anchors reaching more than this many pixels outside the image take no part in the loss
+            (Cascade's config: 0; negative: every anchor, as mmdet's Mask R-CNN config).
+        smooth_l1_beta: of the box loss (Cascade's config: 1/9; 0: L1, as mmdet's Mask R-CNN config).
     """
 
     def __init__(
@@ -95,6 +108,8 @@ class ProposalNetwork(nn.Module):
         positive_fraction: float = 0.5,
         fg_iou_thresh: float = 0.7,
         bg_iou_thresh: float = 0.3,
+        allowed_border: int = 0,
+        smooth_l1_beta: float = 1.0 / 9.0,
     ) -> None:
         super().__init__()
         self.strides = tuple(strides)
@@ -109,6 +124,8 @@ class ProposalNetwork(nn.Module):
         self.positive_fraction = positive_fraction
         self.fg_iou_thresh = fg_iou_thresh
         self.bg_iou_thresh = bg_iou_thresh
+        self.allowed_border = allowed_border
+        self.smooth_l1_beta = smooth_l1_beta
 
     def _mode(self) -> str:
         return "training" if self.training else "testing"
@@ -173,9 +190,7 @@ class ProposalNetwork(nn.Module):
             pad = padded_shape(size)
             valid = torch.cat([valid_anchors(f.shape[-2:], s, num_base, pad, flat_anchors.device)
                                for f, s in zip(objectness, self.strides)])
-            inside = valid & (flat_anchors[:, 0] >= 0) & (flat_anchors[:, 1] >= 0) & \
-                (flat_anchors[:, 2] < size[1]) & (flat_anchors[:, 3] < size[0])
-            idx = inside.nonzero().view(-1)
+            idx = (valid & inside_image(flat_anchors, size, self.allowed_border)).nonzero().view(-1)
             gt = target["boxes"]
             assigned = assign_max_iou(flat_anchors[idx], gt, pos_iou=self.fg_iou_thresh, neg_iou=self.bg_iou_thresh,
                                       min_pos_iou=self.bg_iou_thresh, match_low_quality=True)
@@ -199,6 +214,6 @@ class ProposalNetwork(nn.Module):
         reg = torch.cat([d.permute(0, 2, 3, 1).reshape(d.size(0), -1, 4) for d in deltas], dim=1)  # (B, N, 4)
         # per image, the anchors are level by level: (B, N) matches the order of flat_anchors
         bce = F.binary_cross_entropy_with_logits(logits, torch.stack(labels), reduction="none")
-        l1 = F.smooth_l1_loss(reg, torch.stack(box_t), beta=1.0 / 9.0, reduction="none")
+        l1 = F.smooth_l1_loss(reg, torch.stack(box_t), beta=self.smooth_l1_beta, reduction="none")
         return {"loss_rpn_cls": (bce * torch.stack(label_w)).sum() / num_samples,
                 "loss_rpn_bbox": (l1 * torch.stack(box_w)).sum() / num_samples}

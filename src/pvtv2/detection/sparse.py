@@ -107,7 +107,7 @@ class DIIHead(nn.Module):
     def __init__(self, num_classes: int, channels: int = 256, num_heads: int = 8, ffn_channels: int = 2048,
                  num_cls_fcs: int = 1, num_reg_fcs: int = 3, dropout: float = 0.0) -> None:
         super().__init__()
-        self.attention = nn.MultiheadAttention(channels, num_heads, dropout=dropout, batch_first=True)
+        self.attention = nn.MultiheadAttention(channels, num_heads, dropout=dropout)  # (N, B, C) as mmcv's
         self.attention_norm = nn.LayerNorm(channels)
         self.instance_interactive_conv = DynamicConv(channels)
         self.instance_interactive_conv_dropout = nn.Dropout(dropout)
@@ -128,8 +128,9 @@ class DIIHead(nn.Module):
 
     def forward(self, roi_feats: torch.Tensor, obj: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         b, n, c = obj.shape
-        obj = self.attention_norm(obj + self.attention(obj, obj, obj, need_weights=False)[0])  # (B, N, C)
-        x = obj.reshape(b * n, c)
+        obj = obj.permute(1, 0, 2)  # (B, N, C) -> (N, B, C): mmdet's layout, the same rounding
+        obj = self.attention_norm(obj + self.attention(obj, obj, obj)[0])  # weights computed, as mmcv's call does
+        x = obj.permute(1, 0, 2).reshape(b * n, c)  # (N, B, C) -> (B*N, C)
         x = self.instance_interactive_conv_norm(
             x + self.instance_interactive_conv_dropout(self.instance_interactive_conv(x, roi_feats)))
         x = self.ffn_norm(x + self.ffn(x))  # (B*N, C)

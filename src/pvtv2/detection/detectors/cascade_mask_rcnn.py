@@ -9,6 +9,7 @@ RPN, RoI pooling, heads and mask pasting are mmdet's (:mod:`..rpn`, :mod:`..roi`
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,6 +22,7 @@ from ...models.backbone import WeightsSource
 from ..cascade import CascadeRoIHeads
 from ..fpn import pvt_fpn
 from ..masks import PastingTransform
+from ..mmdet_keys import backbone_from_mmdet, fpn_from_mmdet
 from ..registry import DetectorSpec, register
 from ..rpn import ProposalNetwork
 from .mask_rcnn import BOX_ROIS, MASK_ROIS
@@ -105,5 +107,40 @@ def _cost(model: nn.Module, images: torch.Tensor) -> dict[str, torch.Tensor]:
     return out
 
 
+# mmdet's names of the RPN and RoI heads -> ours (after the ``rpn_head.`` / ``roi_head.`` prefix)
+_HEAD_KEYS = (
+    (r"rpn_head\.rpn_conv\.", "rpn.head.conv.0.0."),
+    (r"rpn_head\.rpn_cls\.", "rpn.head.cls_logits."),
+    (r"rpn_head\.rpn_reg\.", "rpn.head.bbox_pred."),
+    (r"roi_head\.bbox_head\.(\d+)\.shared_convs\.(\d+)\.conv\.", r"roi_heads.box_head.\1.trunk.\2.0."),
+    (r"roi_head\.bbox_head\.(\d+)\.shared_convs\.(\d+)\.bn\.", r"roi_heads.box_head.\1.trunk.\2.1."),
+    (r"roi_head\.bbox_head\.(\d+)\.shared_fcs\.0\.", r"roi_heads.box_head.\1.trunk.5."),  # after 4 convs, Flatten
+    (r"roi_head\.bbox_head\.(\d+)\.fc_(cls|reg)\.", r"roi_heads.box_head.\1.fc_\2."),
+    (r"roi_head\.mask_head\.(\d+)\.convs\.(\d+)\.conv\.", r"roi_heads.mask_head.\1.0.\2.0."),
+    (r"roi_head\.mask_head\.(\d+)\.upsample\.", r"roi_heads.mask_head.\1.1.conv5_mask."),
+    (r"roi_head\.mask_head\.(\d+)\.conv_logits\.", r"roi_heads.mask_head.\1.1.mask_fcn_logits."),
+)
+
+
+def rename_heads(sd: dict[str, torch.Tensor], rules: Sequence[tuple[str, str]]) -> dict[str, torch.Tensor]:
+    """The tensors of ``sd`` whose names match one of ``rules`` (``(pattern, replacement)``, applied to the start
+    of the name), renamed."""
+    out = {}
+    for key, value in sd.items():
+        for pattern, repl in rules:
+            new, n = re.subn("^" + pattern, repl, key)
+            if n:
+                out[new] = value
+                break
+    return out
+
+
+def _from_mmdet(sd: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """A released mmdet Cascade Mask R-CNN state dict -> ours (the layers have mmdet's shapes: no reordering)."""
+    return {**backbone_from_mmdet(sd, model), **fpn_from_mmdet(sd, len(model.backbone.body.out_channels_list)),
+            **rename_heads(sd, _HEAD_KEYS)}
+
+
 register(DetectorSpec("cascade_mask_rcnn", cascade_mask_rcnn, lr=1e-4, dense=rpn_dense, cost=_cost, masks=True,
+                      from_mmdet=_from_mmdet,
                       description="Cascade Mask R-CNN (Cai & Vasconcelos 2019), paper Table 4; boxes and masks"))

@@ -23,7 +23,8 @@ from ...models.backbone import WeightsSource
 from ..fpn import pvt_fpn
 from ..registry import DetectorSpec, register
 from ..sparse import DynamicConv, ProposalEmbedding, SparseRoIHeads
-from .cascade_mask_rcnn import IMAGENET_MEAN, IMAGENET_STD
+from ..mmdet_keys import backbone_from_mmdet, fpn_from_mmdet
+from .cascade_mask_rcnn import IMAGENET_MEAN, IMAGENET_STD, rename_heads
 
 COST_IMAGE_SHAPE = (800, 1333)  # mmdet's forward_dummy decodes the proposals for this image size
 
@@ -94,5 +95,21 @@ def _cost(model: nn.Module, images: torch.Tensor) -> dict[str, torch.Tensor]:
     return out
 
 
-register(DetectorSpec("sparse_rcnn", sparse_rcnn, lr=2.5e-5, dense=_dense, cost=_cost,
+# mmdet's names of the proposals and DII heads -> ours (mmcv's MultiheadAttention and FFN wrap torch's layers)
+_HEAD_KEYS = (
+    (r"rpn_head\.", "rpn."),
+    (r"roi_head\.bbox_head\.(\d+)\.attention\.attn\.", r"roi_heads.box_head.\1.attention."),
+    (r"roi_head\.bbox_head\.(\d+)\.ffn\.layers\.0\.0\.", r"roi_heads.box_head.\1.ffn.0."),
+    (r"roi_head\.bbox_head\.(\d+)\.ffn\.layers\.1\.", r"roi_heads.box_head.\1.ffn.3."),
+    (r"roi_head\.bbox_head\.", "roi_heads.box_head."),
+)
+
+
+def _from_mmdet(sd: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """A released mmdet Sparse R-CNN state dict -> ours."""
+    return {**backbone_from_mmdet(sd, model), **fpn_from_mmdet(sd, len(model.backbone.body.out_channels_list)),
+            **rename_heads(sd, _HEAD_KEYS)}
+
+
+register(DetectorSpec("sparse_rcnn", sparse_rcnn, lr=2.5e-5, dense=_dense, cost=_cost, from_mmdet=_from_mmdet,
                       description="Sparse R-CNN (Sun et al. 2021), 300 learned proposals; paper Table 4"))
