@@ -1,0 +1,298 @@
+"""Cascade Mask R-CNN and Sparse R-CNN equal to the released detectors themselves, with mmdet 2.13 as the oracle.
+
+Each released config (whai362/PVT ``detection/configs/cascade_mask_rcnn_pvt_v2_b2_fpn_3x_mstrain_fp16.py`` on its
+``_base_/models/cascade_mask_rcnn_pvtv2_b2_fpn.py``, and ``sparse_rcnn_pvt_v2_b2_fpn_300_proposals_crop_mstrain_
+480-800_3x_coco.py``) is written below as a dict with our PVT as the backbone (``mmdet_oracle.PVTOracle``); mmdet
+builds and seeds it, our converter (``DetectorSpec.from_mmdet``) copies its weights into ours, and both run on
+the same normalised photos: the raw outputs of every stage, the final detections (boxes, scores, labels, masks)
+at two sizes, and the training losses of a two-image batch (mmdet's random samplers draw the same samples: our
+``torch.randperm`` calls come in its order) agree. The backbone is a one-block-per-stage B0 and the RoI counts are
+small (R-CNN heads cost 0.1-0.5 GMAC per RoI); SyncBN is BN (one process); random weights give no box above
+0.05, so the score threshold is 0.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+import mmdet_oracle as O
+from pvtv2.detection import build_detector, get_detector
+
+TINY = {"depths": [1, 1, 1, 1], "drop_path_rate": 0.0}
+NAME = "pvt_v2_b0"
+SIZES = [(224, 320), (250, 347)]
+CASCADE_RPN_TEST, CASCADE_RPN_TRAIN, CASCADE_DETS, SPARSE_PROPOSALS = 20, 40, 10, 50
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# --- the released configs, as dicts --------------------------------------------------------------------------------
+def _roi_extractor(size: int, sampling_ratio: int) -> dict[str, Any]:
+    return {"type": "SingleRoIExtractor", "out_channels": 256, "featmap_strides": [4, 8, 16, 32],
+            "roi_layer": {"type": "RoIAlign", "output_size": size, "sampling_ratio": sampling_ratio}}
+
+
+def cascade_config(backbone: dict[str, Any], in_channels: list[int], *, rpn_test: int = 1000, rpn_train: int = 2000,
+                   dets: int = 100, score_thr: float = 0.05) -> dict[str, Any]:
+    """``cascade_mask_rcnn_pvt_v2_b2_fpn_3x_mstrain_fp16.py``: three ``ConvFCBBoxHead`` stages (4 convs with BN, one
+    FC, class-specific GIoU), three FCN mask heads; SmoothL1 (1/9) RPN on anchors inside the image."""
+    def box_head(stds: tuple[float, ...]) -> dict[str, Any]:
+        return {"type": "ConvFCBBoxHead", "num_shared_convs": 4, "num_shared_fcs": 1, "in_channels": 256,
+                "conv_out_channels": 256, "fc_out_channels": 1024, "roi_feat_size": 7, "num_classes": 80,
+                "bbox_coder": O.delta_coder(stds), "reg_class_agnostic": False, "reg_decoded_bbox": True,
+                "norm_cfg": {"type": "BN", "requires_grad": True},
+                "loss_cls": {"type": "CrossEntropyLoss", "use_sigmoid": False, "loss_weight": 1.0},
+                "loss_bbox": {"type": "GIoULoss", "loss_weight": 10.0}}
+
+    def assigner(pos: float, neg: float, min_pos: float, low_quality: bool) -> dict[str, Any]:
+        return {"type": "MaxIoUAssigner", "pos_iou_thr": pos, "neg_iou_thr": neg, "min_pos_iou": min_pos,
+                "match_low_quality": low_quality, "ignore_iof_thr": -1}
+
+    def sampler(num: int, fraction: float, add_gt: bool) -> dict[str, Any]:
+        return {"type": "RandomSampler", "num": num, "pos_fraction": fraction, "neg_pos_ub": -1,
+                "add_gt_as_proposals": add_gt}
+
+    def rpn_nms(pre: int, post: int) -> dict[str, Any]:
+        return {"nms_pre": pre, "max_per_img": post, "nms": {"type": "nms", "iou_threshold": 0.7}, "min_bbox_size": 0}
+
+    stds = [(0.1, 0.1, 0.2, 0.2), (0.05, 0.05, 0.1, 0.1), (0.033, 0.033, 0.067, 0.067)]
+    return {"model": {
+        "type": "CascadeRCNN", "backbone": backbone, "neck": O.fpn_neck(in_channels),
+        "rpn_head": {"type": "RPNHead", "in_channels": 256, "feat_channels": 256,
+                     "anchor_generator": {"type": "AnchorGenerator", "scales": [8], "ratios": [0.5, 1.0, 2.0],
+                                          "strides": [4, 8, 16, 32, 64]},
+                     "bbox_coder": O.delta_coder(),
+                     "loss_cls": {"type": "CrossEntropyLoss", "use_sigmoid": True, "loss_weight": 1.0},
+                     "loss_bbox": {"type": "SmoothL1Loss", "beta": 1.0 / 9.0, "loss_weight": 1.0}},
+        "roi_head": {"type": "CascadeRoIHead", "num_stages": 3, "stage_loss_weights": [1, 0.5, 0.25],
+                     "bbox_roi_extractor": _roi_extractor(7, 0), "bbox_head": [box_head(s) for s in stds],
+                     "mask_roi_extractor": _roi_extractor(14, 0),
+                     "mask_head": {"type": "FCNMaskHead", "num_convs": 4, "in_channels": 256,
+                                   "conv_out_channels": 256, "num_classes": 80,
+                                   "loss_mask": {"type": "CrossEntropyLoss", "use_mask": True, "loss_weight": 1.0}}},
+        "train_cfg": {
+            "rpn": {"assigner": assigner(0.7, 0.3, 0.3, True), "sampler": sampler(256, 0.5, False),
+                    "allowed_border": 0, "pos_weight": -1, "debug": False},
+            "rpn_proposal": rpn_nms(2000, rpn_train),
+            "rcnn": [{"assigner": assigner(iou, iou, iou, False), "sampler": sampler(512, 0.25, True),
+                      "mask_size": 28, "pos_weight": -1, "debug": False} for iou in (0.5, 0.6, 0.7)]},
+        "test_cfg": {"rpn": rpn_nms(1000, rpn_test),
+                     "rcnn": {"score_thr": score_thr, "nms": {"type": "nms", "iou_threshold": 0.5},
+                              "max_per_img": dets, "mask_thr_binary": 0.5}},
+    }, "data": {"test": {"pipeline": O.detection_pipeline()}}}
+
+
+def sparse_config(backbone: dict[str, Any], in_channels: list[int], *, num_proposals: int = 300) -> dict[str, Any]:
+    """``sparse_rcnn_pvt_v2_b2_fpn_300_proposals_crop_mstrain_480-800_3x_coco.py``: FPN P2-P5, learned proposals,
+    six ``DIIHead`` stages, Hungarian matching on focal 2 + L1 5 + GIoU 2."""
+    head = {"type": "DIIHead", "num_classes": 80, "num_ffn_fcs": 2, "num_heads": 8, "num_cls_fcs": 1,
+            "num_reg_fcs": 3, "feedforward_channels": 2048, "in_channels": 256, "dropout": 0.0,
+            "ffn_act_cfg": {"type": "ReLU", "inplace": True},
+            "dynamic_conv_cfg": {"type": "DynamicConv", "in_channels": 256, "feat_channels": 64, "out_channels": 256,
+                                 "input_feat_shape": 7, "act_cfg": {"type": "ReLU", "inplace": True},
+                                 "norm_cfg": {"type": "LN"}},
+            "loss_bbox": {"type": "L1Loss", "loss_weight": 5.0}, "loss_iou": {"type": "GIoULoss", "loss_weight": 2.0},
+            "loss_cls": {"type": "FocalLoss", "use_sigmoid": True, "gamma": 2.0, "alpha": 0.25, "loss_weight": 2.0},
+            "bbox_coder": {"type": "DeltaXYWHBBoxCoder", "clip_border": False, "target_means": [0.0] * 4,
+                           "target_stds": [0.5, 0.5, 1.0, 1.0]}}
+    assigner = {"type": "HungarianAssigner", "cls_cost": {"type": "FocalLossCost", "weight": 2.0},
+                "reg_cost": {"type": "BBoxL1Cost", "weight": 5.0},
+                "iou_cost": {"type": "IoUCost", "iou_mode": "giou", "weight": 2.0}}
+    return {"model": {
+        "type": "SparseRCNN", "backbone": backbone,
+        "neck": O.fpn_neck(in_channels, start_level=0, add_extra_convs="on_input", num_outs=4),
+        "rpn_head": {"type": "EmbeddingRPNHead", "num_proposals": num_proposals, "proposal_feature_channel": 256},
+        "roi_head": {"type": "SparseRoIHead", "num_stages": 6, "stage_loss_weights": [1] * 6,
+                     "proposal_feature_channel": 256, "bbox_roi_extractor": _roi_extractor(7, 2),
+                     "bbox_head": [copy.deepcopy(head) for _ in range(6)]},
+        "train_cfg": {"rpn": None, "rcnn": [{"assigner": assigner, "sampler": {"type": "PseudoSampler"},
+                                             "pos_weight": 1} for _ in range(6)]},
+        "test_cfg": {"rpn": None, "rcnn": {"max_per_img": num_proposals}},
+    }, "data": {"test": {"pipeline": O.detection_pipeline()}}}
+
+
+# --- the pairs -----------------------------------------------------------------------------------------------------
+def _pair(arch: str, cfg: dict[str, Any], **options: Any) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """The mmdet detector (seeded, noisy weights) and ours with its weights, taking the same normalised input
+    (our transform's mean 0 and std 1: both models see mmdet's ``Normalize`` output)."""
+    mm = O.build_mmdet(cfg, noise=0.02)
+    ours = build_detector(arch, backbone=NAME, backbone_overrides={k: tuple(v) if isinstance(v, list) else v
+                                                                   for k, v in TINY.items()}, **options)
+    ours.load_state_dict(get_detector(arch).from_mmdet(O.mmdet_state_dict(mm), ours))  # strict: every key
+    ours.transform.image_mean, ours.transform.image_std = [0.0] * 3, [1.0] * 3
+    return mm, ours.eval()
+
+
+@pytest.fixture(scope="module")
+def cascade() -> tuple[torch.nn.Module, torch.nn.Module]:
+    cfg = cascade_config(O.oracle_backbone(NAME, TINY), O.stage_channels(NAME, TINY), rpn_test=CASCADE_RPN_TEST,
+                         rpn_train=CASCADE_RPN_TRAIN, dets=CASCADE_DETS, score_thr=0.0)
+    return _pair("cascade_mask_rcnn", cfg, rpn_post_nms_top_n_test=CASCADE_RPN_TEST,
+                 rpn_post_nms_top_n_train=CASCADE_RPN_TRAIN, box_detections_per_img=CASCADE_DETS, box_score_thresh=0.0)
+
+
+@pytest.fixture(scope="module")
+def sparse() -> tuple[torch.nn.Module, torch.nn.Module]:
+    cfg = sparse_config(O.oracle_backbone(NAME, TINY), O.stage_channels(NAME, TINY), num_proposals=SPARSE_PROPOSALS)
+    return _pair("sparse_rcnn", cfg, num_proposals=SPARSE_PROPOSALS, detections_per_img=SPARSE_PROPOSALS)
+
+
+def _input(size: tuple[int, int]) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+    return O.preprocess(O.photo("astronaut", size))
+
+
+def _flatten(result: Any) -> dict[str, torch.Tensor]:
+    """One image's ``simple_test`` result (per-class arrays, masks too) as sorted ``boxes, scores, labels[, masks]``."""
+    bbox_result, segm_result = result if isinstance(result, tuple) else (result, None)
+    dets = np.concatenate(bbox_result)
+    out = {"boxes": torch.from_numpy(dets[:, :4]), "scores": torch.from_numpy(dets[:, 4]),
+           "labels": torch.from_numpy(np.concatenate([np.full(len(b), c + 1) for c, b in enumerate(bbox_result)]))}
+    if segm_result is not None:
+        out["masks"] = torch.from_numpy(np.stack([m for per_class in segm_result for m in per_class]))
+    order = O.sort_detections(out)
+    return {k: v[order] for k, v in out.items()}
+
+
+@torch.no_grad()
+def _detections(mm: torch.nn.Module, ours: torch.nn.Module, size: tuple[int, int]) -> tuple[dict, dict]:
+    """Both detectors' final detections on the astronaut photo at ``size`` (no resizing: scale 1)."""
+    x, metas = _input(size)
+    h, w = size
+    ours.transform.min_size, ours.transform.max_size = (min(h, w),), max(h, w)
+    theirs = _flatten(mm.simple_test(x, metas, rescale=True)[0])
+    mine = ours([x[0, :, :h, :w]])[0]
+    if "masks" in mine:
+        mine["masks"] = mine["masks"][:, 0] >= 0.5  # mmdet's mask_thr_binary
+    order = O.sort_detections(mine)
+    return theirs, {k: v[order] for k, v in mine.items()}
+
+
+def _losses(mm: torch.nn.Module, ours: torch.nn.Module, masks: bool) -> tuple[dict, dict]:
+    """Both detectors' training losses on the same two-image batch and targets, from the same random state."""
+    sizes, photos = [(224, 320), (200, 300)], ["astronaut", "coffee"]
+    inputs = [O.preprocess(O.photo(p, s)) for p, s in zip(photos, sizes)]
+    targets = [{"boxes": torch.tensor([[60.0, 20, 200, 220], [150, 100, 318, 222]]), "labels": torch.tensor([1, 28])},
+               {"boxes": torch.tensor([[30.0, 40, 170, 190]]), "labels": torch.tensor([42])}]
+    if masks:
+        for t, (h, w) in zip(targets, sizes):
+            t["masks"] = torch.zeros(len(t["boxes"]), h, w, dtype=torch.uint8)
+            for m, (x0, y0, x1, y1) in zip(t["masks"], t["boxes"].int().tolist()):
+                m[y0:y1, (x0 + x1) // 2 : x1] = 1  # the right half of each box
+    ph, pw = max(x.shape[-2] for x, _ in inputs), max(x.shape[-1] for x, _ in inputs)
+    batch = torch.zeros(len(inputs), 3, ph, pw)
+    for i, (x, _) in enumerate(inputs):
+        batch[i, :, : x.shape[-2], : x.shape[-1]] = x[0]
+    metas = [{**m[0], "batch_input_shape": (ph, pw)} for _, m in inputs]
+    torch.manual_seed(0)
+    theirs = O.forward_train(mm, batch, metas, targets)
+    ours.train()
+    ours.transform._skip_resize = True
+    torch.manual_seed(0)
+    try:
+        mine = ours([x[0, :, :h, :w] for (x, _), (h, w) in zip(inputs, sizes)], targets)
+    finally:
+        ours.eval()
+    return theirs, mine
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, atol: float = 1e-4) -> bool:
+    return a.shape == b.shape and torch.allclose(a.float(), b.float(), atol=atol, rtol=1e-5)
+
+
+# --- Cascade Mask R-CNN --------------------------------------------------------------------------------------------
+@torch.no_grad()
+def test_cascade_raw_outputs_per_stage(cascade) -> None:
+    from mmdet.core import bbox2roi
+    from torchvision.models.detection.image_list import ImageList
+
+    mm, ours = cascade
+    x, metas = _input(SIZES[1])
+    feats_mm, feats = mm.extract_feat(x), list(ours.backbone(x).values())
+    assert all(_close(a, b) for a, b in zip(feats_mm, feats))
+    for theirs, mine in zip(mm.rpn_head(feats_mm), ours.rpn.head(feats)):  # objectness, deltas per level
+        assert all(_close(a, b) for a, b in zip(theirs, mine))
+    proposals_mm = mm.rpn_head.simple_test_rpn(feats_mm, metas)[0][:, :4]
+    proposals = ours.rpn(ImageList(x, [SIZES[1]]), dict(enumerate(feats)))[0][0]
+    assert _close(proposals_mm, proposals, atol=1e-3)  # pixels
+    stages = ours.roi_heads.stage_outputs(feats, [proposals_mm], [SIZES[1]])
+    rois = bbox2roi([proposals_mm])
+    for t, stage in enumerate(stages):
+        out = mm.roi_head._bbox_forward(t, feats_mm, rois)
+        assert _close(rois[:, 1:], stage["boxes"][0], atol=1e-3)  # each stage's RoIs: the previous stage's boxes
+        assert _close(out["cls_score"], stage["cls"][0]) and _close(out["bbox_pred"], stage["reg"][0])
+        masks_mm = mm.roi_head._mask_forward(t, feats_mm, rois[:5])["mask_pred"]
+        assert _close(masks_mm, ours.roi_heads.mask_head[t](ours.roi_heads.mask_roi_pool(feats, rois[:5])))
+        rois = mm.roi_head.bbox_head[t].regress_by_class(rois, out["cls_score"][:, :-1].argmax(1), out["bbox_pred"],
+                                                         metas[0])
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_cascade_final_detections(cascade, size: tuple[int, int]) -> None:
+    theirs, mine = _detections(*cascade, size)
+    assert len(mine["labels"]) == CASCADE_DETS and torch.equal(theirs["labels"], mine["labels"])
+    assert _close(theirs["scores"], mine["scores"], atol=1e-5) and _close(theirs["boxes"], mine["boxes"], atol=1e-3)
+    assert torch.equal(theirs["masks"], mine["masks"]) and mine["masks"].any()
+
+
+def test_cascade_training_losses(cascade) -> None:
+    theirs, mine = _losses(*cascade, masks=True)
+    assert set(theirs) == set(mine)  # loss_rpn_cls/bbox, s{0,1,2}.loss_cls/bbox/mask
+    assert all(abs(theirs[k].item() - mine[k].item()) <= 1e-4 * max(1.0, abs(theirs[k].item())) for k in theirs)
+
+
+# --- Sparse R-CNN --------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def test_sparse_raw_outputs_per_stage(sparse) -> None:
+    from mmdet.core import bbox2roi
+    from torchvision.models.detection.image_list import ImageList
+
+    mm, ours = sparse
+    x, metas = _input(SIZES[1])
+    feats_mm, feats = mm.extract_feat(x), list(ours.backbone(x).values())
+    boxes_mm, obj_mm, _ = mm.rpn_head.simple_test_rpn(feats_mm, metas)
+    (boxes, obj), _ = ours.rpn(ImageList(x, [SIZES[1]]))
+    assert _close(boxes_mm, boxes) and _close(obj_mm, obj)
+    stages = ours.roi_heads.stages(feats, boxes, obj)
+    proposals = [boxes_mm[0]]
+    for t, (cls, refined) in enumerate(stages):
+        out = mm.roi_head._bbox_forward(t, feats_mm, bbox2roi(proposals), obj_mm, metas)
+        obj_mm, proposals = out["object_feats"], out["detach_proposal_list"]
+        assert _close(out["cls_score"], cls) and _close(proposals[0], refined[0], atol=1e-3)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_sparse_final_detections(sparse, size: tuple[int, int]) -> None:
+    theirs, mine = _detections(*sparse, size)
+    assert len(mine["labels"]) == SPARSE_PROPOSALS and torch.equal(theirs["labels"], mine["labels"])
+    assert _close(theirs["scores"], mine["scores"], atol=1e-5) and _close(theirs["boxes"], mine["boxes"], atol=1e-3)
+
+
+def test_sparse_training_losses(sparse) -> None:
+    theirs, mine = _losses(*sparse, masks=False)
+    assert set(theirs) == set(mine)  # stage{0..5}_loss_cls/bbox/iou
+    assert all(abs(theirs[k].item() - mine[k].item()) <= 1e-4 * max(1.0, abs(theirs[k].item())) for k in theirs)
+
+
+# --- parameters ----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["pvt_v2_b2", "pvt_v2_b2_li"])
+def test_parameter_counts_equal_mmdets(name: str) -> None:
+    """mmdet's modules of the released configs (on the meta device: no memory) and ours count the same."""
+    from mmcv import Config
+    from mmdet.models import build_detector as build_mmdet_detector
+
+    for arch, config in (("cascade_mask_rcnn", cascade_config), ("sparse_rcnn", sparse_config)):
+        with torch.device("meta"):
+            theirs = build_mmdet_detector(Config(config(O.oracle_backbone(name), O.stage_channels(name))).model)
+            mine = build_detector(arch, backbone=name)
+        assert O.param_count(theirs) == O.param_count(mine)
