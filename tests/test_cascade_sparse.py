@@ -225,7 +225,7 @@ def _batch() -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
 
 @pytest.mark.parametrize(("arch", "options", "loss_names"), [
     ("cascade_mask_rcnn", {"rpn_post_nms_top_n_train": 16, "rpn_post_nms_top_n_test": 8,  # few RoIs: a 256-channel
-                           "box_batch_size_per_image": 8, "box_detections_per_img": 4},  # box head is 0.1 GMAC each
+                           "box_batch_size_per_image": 8, "detections_per_img": 4},  # box head is 0.1 GMAC each
      {"loss_rpn_cls", "loss_rpn_bbox"} | {f"s{t}.loss_{k}" for t in range(3) for k in ("cls", "bbox", "mask")}),
     ("sparse_rcnn", {"num_proposals": 20, "detections_per_img": 20},
      {f"stage{t}_loss_{k}" for t in range(6) for k in ("cls", "bbox", "iou")}),
@@ -246,7 +246,7 @@ def test_builders_train_eval_dense(arch: str, options: dict, loss_names: set[str
     if arch == "cascade_mask_rcnn":
         assert out[1]["masks"].shape[1:] == (1, 72, 64) and list(dense)[:5] == ["p2", "p3", "p4", "p5", "p6"]
     else:
-        assert dense["proposal_boxes"].shape == (1, 20, 4) and dense["proposal_boxes"][0, 0].tolist() == [0, 0, 96, 64]
+        assert dense["proposal_boxes"].shape == (1, 20, 4) and dense["proposal_boxes"][0, 0].tolist() == [0, 0, 1, 1]
 
 
 def test_unseen_by_mmcv_leaves_out_direct_work_only() -> None:

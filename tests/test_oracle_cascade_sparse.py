@@ -139,7 +139,7 @@ def cascade() -> tuple[torch.nn.Module, torch.nn.Module]:
     cfg = cascade_config(O.oracle_backbone(NAME, TINY), O.stage_channels(NAME, TINY), rpn_test=CASCADE_RPN_TEST,
                          rpn_train=CASCADE_RPN_TRAIN, dets=CASCADE_DETS, score_thr=0.0)
     return _pair("cascade_mask_rcnn", cfg, rpn_post_nms_top_n_test=CASCADE_RPN_TEST,
-                 rpn_post_nms_top_n_train=CASCADE_RPN_TRAIN, box_detections_per_img=CASCADE_DETS, box_score_thresh=0.0)
+                 rpn_post_nms_top_n_train=CASCADE_RPN_TRAIN, detections_per_img=CASCADE_DETS, score_thresh=0.0)
 
 
 @pytest.fixture(scope="module")

@@ -152,17 +152,19 @@ class SparseRoIHeads(nn.Module):
         num_stages: DII stages (6).
         cls_weight, l1_weight, giou_weight: loss and matching-cost weights (2, 5, 2).
         detections_per_img: (query, class) pairs kept per image (300: every query once on average).
+        score_thresh: pairs scoring less are dropped after the ranking (the released test: none, 0).
     """
 
     def __init__(self, num_classes: int, *, channels: int = 256, strides: Sequence[int] = (4, 8, 16, 32),
                  num_stages: int = 6, cls_weight: float = 2.0, l1_weight: float = 5.0, giou_weight: float = 2.0,
-                 detections_per_img: int = 300) -> None:
+                 detections_per_img: int = 300, score_thresh: float = 0.0) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.box_roi_pool = MultiLevelRoIAlign(7, strides, sampling_ratio=2)
         self.box_head = nn.ModuleList(DIIHead(num_classes, channels) for _ in range(num_stages))
         self.weights = {"cls": cls_weight, "l1": l1_weight, "giou": giou_weight}
         self.detections_per_img = detections_per_img
+        self.score_thresh = score_thresh
 
     def has_mask(self) -> bool:
         """torchvision's ``RoIHeads.has_mask``: Sparse R-CNN predicts boxes only."""
@@ -197,6 +199,8 @@ class SparseRoIHeads(nn.Module):
     def select(self, logits: torch.Tensor, boxes: torch.Tensor) -> dict[str, torch.Tensor]:
         """The ``detections_per_img`` best (query, class) pairs of one image: ``(N, K)`` logits, ``(N, 4)`` boxes."""
         scores, idx = logits.sigmoid().flatten().topk(min(self.detections_per_img, logits.numel()))
+        keep = scores >= self.score_thresh
+        scores, idx = scores[keep], idx[keep]
         return {"boxes": boxes[idx // self.num_classes], "scores": scores, "labels": idx % self.num_classes + 1}
 
     def loss(self, logits: torch.Tensor, boxes: torch.Tensor, image_shapes: list[tuple[int, int]],

@@ -3,8 +3,8 @@ configs (whai362/PVT, mmdet 2.13): FPN P2-P5 from all four stages (no extra leve
 dynamic instance interactive stages (:mod:`..sparse`), AdamW 2.5e-5 with weight decay 1e-4 and gradient clipping
 at norm 1 (the ``sparse_rcnn`` recipe).
 
-It keeps 300 detections per image with no score threshold (the released ``max_per_img=300``). COCO AP is
-unaffected by the cap of pycocotools (``maxDets`` 100 is per image *and* category), so every detection counts.
+It keeps 300 detections per image with no score threshold (the released ``max_per_img=300``). pycocotools' cap
+(``maxDets`` 100) is per image *and* category, so every detection counts in COCO AP, as in mmdet's evaluation.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from torch import nn
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.ops import box_convert
 
 from ...analysis.counting import unseen_by_mmcv
 from ...models.backbone import WeightsSource
@@ -48,6 +49,7 @@ def sparse_rcnn(
     num_proposals: int = 300,
     num_stages: int = 6,
     detections_per_img: int = 300,
+    score_thresh: float = 0.0,
 ) -> SparseRCNN:
     """Sparse R-CNN on a PVT, with the released settings as defaults.
 
@@ -61,23 +63,27 @@ def sparse_rcnn(
         num_proposals: learned proposals (300).
         num_stages: DII stages (6).
         detections_per_img: (query, class) pairs returned per image (300).
+        score_thresh: drop those scoring less (the released test keeps all 300: 0).
     """
     fpn = pvt_fpn(backbone, stages=stages, extra=None, backbone_weights=backbone_weights,
                   trainable_stages=trainable_stages, norm_eval=norm_eval, backbone_overrides=backbone_overrides)
     rpn = ProposalEmbedding(num_proposals, fpn.out_channels)
     heads = SparseRoIHeads(num_classes, channels=fpn.out_channels, strides=fpn.strides, num_stages=num_stages,
-                           detections_per_img=detections_per_img)
+                           detections_per_img=detections_per_img, score_thresh=score_thresh)
     transform = GeneralizedRCNNTransform(min_size, max_size, IMAGENET_MEAN, IMAGENET_STD)
     return SparseRCNN(fpn, rpn, heads, transform)
 
 
 def _dense(model: nn.Module, images: torch.Tensor) -> dict[str, torch.Tensor]:
-    """FPN maps ``p2``..``p5`` and the proposals for this image size (``proposal_boxes`` ``(B, N, 4)``,
-    ``proposal_features`` ``(B, N, C)``); the stages pool RoIs, which ONNX graphs do not carry well."""
+    """FPN maps ``p2``..``p5`` and the learned proposals: ``proposal_boxes`` ``(B, N, 4)`` XYXY as fractions of the
+    image (times ``(W, H, W, H)`` of the image without padding gives pixels) and ``proposal_features``
+    ``(B, N, C)``; the stages pool RoIs, which ONNX graphs do not carry well."""
     feats = list(model.backbone(images).values())  # (B, 256, H/s, W/s), strides 4..32
     out = {f"p{s.bit_length() - 1}": f for s, f in zip(model.backbone.strides, feats)}
-    sizes = [tuple(images.shape[-2:])] * images.size(0)
-    (out["proposal_boxes"], out["proposal_features"]), _ = model.rpn(ImageList(images, sizes))
+    embed, b = model.rpn, images.size(0)
+    boxes = box_convert(embed.init_proposal_bboxes.weight, "cxcywh", "xyxy")  # (N, 4) in [0, 1]
+    out["proposal_boxes"] = boxes[None].expand(b, -1, -1)
+    out["proposal_features"] = embed.init_proposal_features.weight[None].expand(b, -1, -1)
     return out
 
 
