@@ -155,3 +155,23 @@ def test_released_checkpoint_layout(tmp_path) -> None:
     ours.load_state_dict(get_detector("gfl").from_mmdet(sd, ours))  # strict
     torch.testing.assert_close(ours.head.cls_convs[3][1].weight, mm.bbox_head.cls_convs[3].gn.weight)
     torch.testing.assert_close(ours.backbone.fpn.extra_blocks.p7.weight, mm.neck.fpn_convs[4].conv.weight)
+
+
+def test_resnet50_comparison_backbone_equals_mmdets() -> None:
+    """Table 4's ResNet-50 column: mmdet's own ResNet-50 (frozen_stages=1, norm_eval, style pytorch) under ATSS has
+    our parameter count and, with its weights (torchvision's names), our outputs. (mmdet 2.13 has no Swin.)"""
+    cfg = config("atss", "pvt_v2_b0")
+    cfg["model"]["backbone"] = {"type": "ResNet", "depth": 50, "num_stages": 4, "out_indices": (0, 1, 2, 3),
+                                "frozen_stages": 1, "norm_cfg": {"type": "BN", "requires_grad": True},
+                                "norm_eval": True, "style": "pytorch"}
+    cfg["model"]["neck"] = O.fpn_neck([256, 512, 1024, 2048], start_level=1, add_extra_convs="on_output")
+    mm = O.build_mmdet(cfg, seed=3, noise=0.02)
+    ours = build_detector("atss", backbone="resnet50").eval()
+    assert O.param_count(ours) == O.param_count(mm) == 32_295_322
+    ours.load_state_dict(get_detector("atss").from_mmdet(mm.state_dict(), ours))
+    x, _ = O.preprocess(O.photo("chelsea", (160, 224)))
+    with torch.no_grad():
+        theirs = [t for level_maps in mm.forward_dummy(x) for t in level_maps]
+        mine = get_detector("atss").dense(ours, x)
+    for a, b in zip(theirs, mine.values()):
+        torch.testing.assert_close(b, a, atol=1e-4, rtol=0)
