@@ -145,3 +145,22 @@ def test_parameter_counts_as_released(arch: str, backbone: str, params: int) -> 
     with torch.device("meta"):
         model = build_detector(arch, backbone=backbone)
     assert round(sum(p.numel() for p in model.parameters()) / 1e3) == params
+
+
+def test_table4_cells(monkeypatch, capsys) -> None:
+    """ATSS cells within 0.5 M and 1 % of the paper (two backbones here; the docs list all); an unregistered
+    detector's cells say so; the command line prints the table."""
+    from pvtv2.cli import main
+    from pvtv2.detection import table4
+
+    monkeypatch.setattr(table4, "BACKBONES", ("resnet50", "pvt_v2_b2_li"))
+    monkeypatch.setattr(table4, "DETECTORS_T4", ("atss", "sparse_rcnn"))
+    monkeypatch.setattr(table4, "DETECTORS", {k: v for k, v in table4.DETECTORS.items() if k != "sparse_rcnn"})
+    rows = table4.table4_rows()
+    assert [(r["detector"], r["backbone"]) for r in rows][:2] == [("atss", "resnet50"), ("atss", "pvt_v2_b2_li")]
+    for r in rows[:2]:
+        assert abs(r["params_m"] - r["paper_params_m"]) <= 0.5 and abs(r["gflops_diff_pct"]) <= 1.0
+    assert rows[2]["gflops"] is None and "not built yet" in rows[2]["note"]
+    assert main(["flops", "--task", "det", "--table4"]) == 0
+    assert "atss" in capsys.readouterr().out
+    assert main(["flops", "--table4"]) == 2  # Table 4 is a detection table
