@@ -18,12 +18,7 @@ from pvtv2.detection.one_stage import grid_anchors, valid_flags
 TINY = {"depths": (1, 1, 1, 1)}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_atss_assignment_by_hand() -> None:
@@ -118,7 +113,8 @@ def test_train_and_detect(arch: str, loss_keys: set[str]) -> None:
     model = build_detector(arch, backbone="pvt_v2_b0", num_classes=3, backbone_overrides=TINY, min_size=64,
                            max_size=96, score_thresh=0.0)
     images = [torch.rand(3, 64, 80), torch.rand(3, 72, 64)]
-    targets = [{"boxes": torch.tensor([[8.0, 6.0, 50.0, 44.0], [30.0, 20.0, 70.0, 60.0]]), "labels": torch.tensor([2, 3])},
+    targets = [{"boxes": torch.tensor([[8.0, 6.0, 50.0, 44.0], [30.0, 20.0, 70.0, 60.0]]),
+                "labels": torch.tensor([2, 3])},
                {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}]  # an image without objects
     model.train()
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -138,8 +134,10 @@ def test_train_and_detect(arch: str, loss_keys: set[str]) -> None:
     assert dense["bbox_pred_0"].shape[1] == (4 if arch == "atss" else 68)
 
 
-@pytest.mark.parametrize(("arch", "backbone", "params"), [("atss", "pvt_v2_b2", 32_965), ("atss", "pvt_v2_b2_li", 30_156),
-                                                          ("gfl", "pvt_v2_b2", 33_111), ("gfl", "pvt_v2_b2_li", 30_301)])
+@pytest.mark.parametrize(("arch", "backbone", "params"), [
+    ("atss", "pvt_v2_b2", 32_965), ("atss", "pvt_v2_b2_li", 30_156),
+    ("gfl", "pvt_v2_b2", 33_111), ("gfl", "pvt_v2_b2_li", 30_301),
+])
 def test_parameter_counts_as_released(arch: str, backbone: str, params: int) -> None:
     """mmdet 2.13's counts of the released configs (thousands of parameters)."""
     with torch.device("meta"):

@@ -25,12 +25,7 @@ STRIDES = [8, 16, 32, 64, 128]
 ARCHS = ("atss", "gfl")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def head_config(arch: str, num_classes: int = 80) -> dict[str, Any]:
@@ -50,7 +45,7 @@ def head_config(arch: str, num_classes: int = 80) -> dict[str, Any]:
 
 
 def config(arch: str, name: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """``{atss,gfl}_pvt_v2_*_fpn_3x_mstrain_fp16.py`` with our backbone: FPN on stages 2-4 with P6/P7 on the P5 output."""
+    """``{atss,gfl}_pvt_v2_*_fpn_3x_mstrain_fp16.py`` with our backbone: FPN on stages 2-4, P6/P7 on the P5 output."""
     return {"model": {
         "type": arch.upper(),
         "backbone": O.oracle_backbone(name, overrides),
@@ -122,8 +117,8 @@ def test_losses_equal_mmdets(arch: str) -> None:
     no loss in mmdet), three boxes and one."""
     mm, ours = pair(arch, "pvt_v2_b2_li", seed=1)
     photos = [O.photo("astronaut", (224, 320)), O.photo("coffee", (160, 250))]
-    targets = [{"boxes": torch.tensor([[30.0, 20.0, 200.0, 210.0], [150.0, 40.0, 300.0, 120.0], [10.0, 10.0, 40.0, 50.0]]),
-                "labels": torch.tensor([1, 5, 80])},
+    boxes = [[30.0, 20.0, 200.0, 210.0], [150.0, 40.0, 300.0, 120.0], [10.0, 10.0, 40.0, 50.0]]
+    targets = [{"boxes": torch.tensor(boxes), "labels": torch.tensor([1, 5, 80])},
                {"boxes": torch.tensor([[20.0, 30.0, 120.0, 150.0]]), "labels": torch.tensor([42])}]
     batch, metas = [], []
     for photo in photos:

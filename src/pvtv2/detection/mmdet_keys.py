@@ -66,6 +66,7 @@ def head_from_mmdet(sd: StateDict) -> StateDict:
 
 
 def one_stage_from_mmdet(sd: StateDict, model: nn.Module) -> StateDict:
-    """A released mmdet ATSS / GFL state dict -> ``model``'s (:class:`~pvtv2.detection.one_stage.AnchorPointDetector`)."""
+    """A released mmdet ATSS / GFL state dict -> the state dict of ``model`` (an
+    :class:`~pvtv2.detection.one_stage.AnchorPointDetector`)."""
     num_inputs = len(model.backbone.body.out_channels_list)
     return {**backbone_from_mmdet(sd, model), **fpn_from_mmdet(sd, num_inputs), **head_from_mmdet(sd)}
