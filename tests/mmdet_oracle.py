@@ -22,7 +22,6 @@ import logging
 import sys
 import time
 import types
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -95,7 +94,6 @@ except ImportError as e:  # pragma: no cover - `make test` installs them
 import pvtv2  # noqa: E402
 
 mmcv.utils.get_logger("mmcv").setLevel(logging.WARNING)  # init_weights logs every parameter's initialiser
-warnings.filterwarnings("ignore", category=UserWarning, module=r"mmdet\.|mmseg\.")  # pipeline / numpy advice
 from pvtv2.weights import convert  # noqa: E402
 
 COCO_CLASSES = (
