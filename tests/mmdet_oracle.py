@@ -334,7 +334,7 @@ def mmdet_state_dict(model: nn.Module, *, backbone_layout: str = "official") -> 
     """The detector's (segmentor's) state dict with the backbone under the names of a released file:
     ``official`` = the authors' ``pvt_v2.py`` (``backbone.patch_embed1.proj.weight``, ``backbone.block1.0...``),
     ``mmdet`` = mmdet's own ``PyramidVisionTransformerV2`` (``backbone.layers.0.0.projection.weight``...)."""
-    sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    sd = {k: v.detach() if v.is_meta else v.detach().cpu() for k, v in model.state_dict().items()}
     ours = {k[len("backbone.model."):]: v for k, v in sd.items() if k.startswith("backbone.model.")}
     rest = {k: v for k, v in sd.items() if not k.startswith("backbone.")}
     released = convert(ours, "pvtv2", backbone_layout)

@@ -198,16 +198,32 @@ def load_mmdet_checkpoint(
         device: where to put the model.
         **options: builder options (``score_thresh``, ``min_size``...); the defaults are the released test settings.
     """
+    return mmdet_detector(read_checkpoint(path), where=str(path), arch=arch, backbone=backbone,
+                          backbone_overrides=backbone_overrides, device=device, **options)
+
+
+def mmdet_detector(
+    ckpt: dict[str, Any],
+    *,
+    where: str = "checkpoint",
+    arch: str | None = None,
+    backbone: str | None = None,
+    backbone_overrides: dict[str, Any] | None = None,
+    device: str | torch.device = "cpu",
+    **options: Any,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """:func:`load_mmdet_checkpoint` on a checkpoint already read (``where`` names it in errors)."""
     from .inference import detector_meta
 
-    ckpt = read_checkpoint(path)
+    path = where
     if not is_mmdet_checkpoint(ckpt):
         raise CheckpointError(f"{path} is not an mmdet checkpoint (expected {{'meta', 'state_dict'}} of a detector)")
     sd: StateDict = ckpt["state_dict"]
     meta = ckpt.get("meta") if isinstance(ckpt.get("meta"), dict) else {}
     config = parse_config(meta["config"]) if isinstance(meta.get("config"), str) else {}
     model_cfg = config.get("model") if isinstance(config.get("model"), dict) else {}
-    arch = arch or MMDET_TYPES.get(str(model_cfg.get("type"))) or _arch_from_weights(sd)
+    if arch is None:
+        arch = MMDET_TYPES.get(str(model_cfg["type"])) if "type" in model_cfg else _arch_from_weights(sd)
     if arch is None:
         kind = model_cfg.get("type", "unknown")
         raise CheckpointError(f"{path}: mmdet detector type {kind!r} is not supported; pvtv2 reads "

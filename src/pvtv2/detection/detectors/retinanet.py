@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection import RetinaNet
@@ -31,7 +32,9 @@ class MMDetRetinaNet(RetinaNet):
 
     - Losses: the focal loss (over anchors not ignored) and the L1 loss of the deltas are summed over the batch and
       divided by the number of positive anchors in the batch, each image counting at least one (mmdet
-      ``AnchorHead.loss``); torchvision divides per image, then averages the images.
+      ``AnchorHead.loss``); torchvision divides per image, then averages the images. Under DDP the count is averaged
+      over the processes (as mmdet's later heads do with ``reduce_mean``), so that N processes of B images train as
+      one process of N x B; mmdet 2.13's RetinaNet divided by each GPU's own count.
     - Test: per level the ``topk_candidates`` anchors with the highest best-class score, then every (anchor, class)
       with a score above ``score_thresh`` (mmdet ``AnchorHead._get_bboxes`` + ``multiclass_nms``); torchvision keeps
       the top (anchor, class) pairs instead.
@@ -55,7 +58,8 @@ class MMDetRetinaNet(RetinaNet):
             cls_loss = cls_loss + sigmoid_focal_loss(logits[valid], onehot[valid], reduction="sum")
             wanted = self.box_coder.encode_single(target["boxes"][matched[fg]], anchor[fg])  # (P, 4)
             reg_loss = reg_loss + F.l1_loss(deltas[fg], wanted, reduction="sum")
-        return {"classification": cls_loss / num_pos, "bbox_regression": reg_loss / num_pos}
+        count = _mean_over_processes(cls_loss.new_tensor(float(num_pos)))
+        return {"classification": cls_loss / count, "bbox_regression": reg_loss / count}
 
     def postprocess_detections(self, head_outputs: dict[str, list[Tensor]], anchors: list[list[Tensor]],
                                image_shapes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:
@@ -76,6 +80,16 @@ class MMDetRetinaNet(RetinaNet):
             keep = batched_nms(boxes, scores, classes, self.nms_thresh)[: self.detections_per_img]
             results.append({"boxes": boxes[keep], "scores": scores[keep], "labels": classes[keep]})
         return results
+
+
+def _mean_over_processes(count: Tensor) -> Tensor:
+    """``count`` averaged over the DDP processes (itself without DDP): the gradients DDP averages are then those of
+    the whole batch's loss divided by the whole batch's count."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        count = count.clone()
+        dist.all_reduce(count)
+        count = count / dist.get_world_size()
+    return count
 
 
 class PVTRetinaNet(ForegroundLabels, MMDetRetinaNet):
