@@ -11,7 +11,7 @@ import torch
 from pvtv2.detection import build_detector, get_detector
 from pvtv2.detection.assigners import atss_assign
 from pvtv2.detection.dense_heads import integral
-from pvtv2.detection.fpn import LastLevelP6P7Output
+from pvtv2.detection.fpn import ExtraConvs
 from pvtv2.detection.losses import aligned_iou, centerness_target, distribution_focal_loss, quality_focal_loss
 from pvtv2.detection.one_stage import grid_anchors, valid_flags
 
@@ -85,7 +85,7 @@ def test_p6_p7_on_the_p5_output_without_relu() -> None:
     fpn = model.backbone
     assert fpn.body.stages == (1, 2, 3) and fpn.strides == [8, 16, 32, 64, 128]
     block = fpn.fpn.extra_blocks
-    assert isinstance(block, LastLevelP6P7Output) and block.p6.in_channels == 256  # P5's width, not C5's (256 too)
+    assert isinstance(block, ExtraConvs) and block.use_P5 and not block.relu
     with torch.no_grad():
         out = fpn(torch.rand(1, 3, 96, 160))
         assert list(out) == ["0", "1", "2", "p6", "p7"]
