@@ -7,13 +7,15 @@ import math
 
 import pytest
 import torch
+from torchvision.models.detection.image_list import ImageList
 
 from pvtv2.detection import build_detector, get_detector
+from pvtv2.detection.anchors import octave_anchors
 from pvtv2.detection.assigners import atss_assign
 from pvtv2.detection.dense_heads import integral
 from pvtv2.detection.fpn import ExtraConvs
 from pvtv2.detection.losses import aligned_iou, centerness_target, distribution_focal_loss, quality_focal_loss
-from pvtv2.detection.one_stage import grid_anchors, valid_flags
+from pvtv2.detection.one_stage import valid_flags
 
 TINY = {"depths": (1, 1, 1, 1)}
 
@@ -97,9 +99,14 @@ def test_p6_p7_on_the_p5_output_without_relu() -> None:
 def test_anchors_and_valid_flags() -> None:
     """One 8x-stride square per location centred on (x * s, y * s); an image of 100x60 in a batch padded to
     160x96 keeps its anchors up to its own padded extent 128x64."""
-    level0, level1 = grid_anchors([(2, 3), (1, 2)], [8, 16], 8.0)
-    assert level0[:2].tolist() == [[-32, -32, 32, 32], [-24, -32, 40, 32]] and level0[3].tolist() == [-32, -24, 32, 40]
-    assert level1[1].tolist() == [-48, -64, 80, 64]
+    model = build_detector("atss", backbone="pvt_v2_b0", num_classes=3, backbone_overrides=TINY)
+    assert model.anchor_generator.sizes == ((64.0,), (128.0,), (256.0,), (512.0,), (1024.0,))
+    assert model.anchor_generator.aspect_ratios[0] == (1.0,) and model.anchor_generator.strides == [8, 16, 32, 64, 128]
+    generator = octave_anchors([8, 16], 8, 1, (1.0,))  # the same on two levels
+    feats = [torch.zeros(1, 1, 2, 3), torch.zeros(1, 1, 1, 2)]
+    anchors = generator(ImageList(torch.zeros(1, 3, 16, 24), [(16, 24)]), feats)[0]
+    assert anchors[:2].tolist() == [[-32, -32, 32, 32], [-24, -32, 40, 32]] and anchors[3].tolist() == [-32, -24, 32, 40]
+    assert anchors[7].tolist() == [-48, -64, 80, 64]
     flags = valid_flags([(20, 12), (10, 6)], [8, 16], (100, 60))
     level0, level1 = flags[:240].reshape(20, 12), flags[240:].reshape(10, 6)
     assert level0[:16, :8].all() and not level0[16:].any() and not level0[:, 8:].any()

@@ -7,7 +7,7 @@
   :mod:`.detectors`: one module per detector (RetinaNet, Mask R-CNN, FCOS, ATSS, GFL), each registering itself.
 - :mod:`.fpn`: the FPN on the backbone adapter (:mod:`pvtv2.models.backbone`); :mod:`.anchors`, :mod:`.labels`.
 - ATSS / GFL pieces: :mod:`.one_stage` (the shared frame), :mod:`.dense_heads`, :mod:`.assigners`, :mod:`.losses`,
-  :mod:`.mmdet_keys` (released mmdet weights).
+  :func:`.one_stage.from_mmdet` (released mmdet weights).
 - :mod:`.data`: COCO JSON / VOC XML annotations, checked once; :mod:`.dataset`: tv_tensors samples (no models).
 - :mod:`.recipes`: the ``1x`` and ``3x`` recipes and their transforms v2 pipelines.
 - :mod:`.evaluate`: COCO AP through pycocotools; :mod:`.visualize`: drawn detections.
