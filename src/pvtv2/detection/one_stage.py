@@ -2,8 +2,8 @@
 
 :class:`AnchorPointDetector` does what mmdet's ``AnchorHead`` and its ATSS/GFL subclasses share: one square anchor
 of ``anchor_scale`` x stride per location (mmdet's ``AnchorGenerator(octave_base_scale=8, scales_per_octave=1,
-ratios=[1.0])``, :func:`~.anchors.octave_anchors`: centred on ``(x * stride, y * stride)``), the ATSS assignment on the anchors that lie inside each
-image's own padded extent (mmdet's ``valid_flags``: a batch padded to its largest image gives the smaller images
+ratios=[1.0])``, :func:`~.anchors.octave_anchors`: centred on ``(x * stride, y * stride)``), the ATSS assignment on
+the anchors that lie inside each image's own padded extent (mmdet's ``valid_flags``: a batch padded to its largest image gives the smaller images
 anchors outside them, which get no target and no loss), the positive count averaged over processes, losses in
 fp32 under autocast (mmdet's ``force_fp32``), and the test-time decoding: the best ``topk_candidates`` per level,
 boxes clipped to the image, class-wise NMS of the ones above ``score_thresh``, ``detections_per_img`` kept.
