@@ -22,9 +22,9 @@ def _sample(h: int, w: int) -> tuple[tv_tensors.Image, dict]:
 
 def test_recipe_numbers() -> None:
     r = get_recipe("3x_mstrain")
-    assert (r.epochs, r.milestones, r.weight_decay, r.warmup_iters, r.max_size) == (36, (27, 33), 0.05, 500, 1333)
+    assert (r.epochs, r.milestones, r.weight_decay, r.warmup_steps, r.max_size) == (36, (0.75, 33 / 36), 0.05, 500, 1333)
     assert set(r.train_sizes) == SIZES and r.crop_resize_sizes == (400, 500, 600) and r.crop_size == (384, 600)
-    assert "norm" in r.no_decay_keys
+    assert "norm" in r.no_decay_keys and not r.decay_norms
     assert get_recipe("3x").train_sizes == tuple(range(640, 801))  # the paper's text, kept apart
 
 

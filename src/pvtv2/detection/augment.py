@@ -17,8 +17,10 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 from torchvision.transforms.v2._utils import query_size
 
+from ..errors import PVTError
+
 if TYPE_CHECKING:
-    from .recipes import DetectionRecipe
+    from .recipes import DetectionConfig
 
 
 class RandomSizeCrop(v2.Transform):
@@ -33,7 +35,7 @@ class RandomSizeCrop(v2.Transform):
     def __init__(self, low: int, high: int) -> None:
         super().__init__()
         if not 0 < low <= high:
-            raise ValueError(f"crop range must satisfy 0 < low <= high, got ({low}, {high})")
+            raise PVTError(f"crop range must satisfy 0 < low <= high, got ({low}, {high})")
         self.low, self.high = low, high
 
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
@@ -48,20 +50,21 @@ class RandomSizeCrop(v2.Transform):
         return self._call_kernel(F.crop, inpt, **params)
 
 
-def mstrain_crop_transforms(recipe: DetectionRecipe) -> v2.Compose:
+def mstrain_crop_transforms(cfg: DetectionConfig) -> v2.Compose:
     """Flip, then half the time a multi-scale resize (``train_sizes``) and half the time a resize to
     ``crop_resize_sizes``, a :class:`RandomSizeCrop` of ``crop_size`` and the multi-scale resize; to float; boxes
     that degenerate (under 1 px a side) dropped with their labels and masks."""
-    if recipe.crop_size is None or not recipe.crop_resize_sizes:
-        raise ValueError(f"recipe {recipe.name!r} has no crop policy (crop_resize_sizes, crop_size)")
+    if len(cfg.crop_size) != 2 or not cfg.crop_resize_sizes:
+        raise PVTError(f"a crop policy needs crop_size LOW,HIGH and crop_resize_sizes; got {cfg.crop_size} and "
+                       f"{cfg.crop_resize_sizes}")
 
     def resize(sizes: tuple[int, ...]) -> v2.RandomShortestSize:
-        return v2.RandomShortestSize(min_size=list(sizes), max_size=recipe.max_size)
+        return v2.RandomShortestSize(min_size=list(sizes), max_size=cfg.max_size)
 
-    crop = v2.Compose([resize(recipe.crop_resize_sizes), RandomSizeCrop(*recipe.crop_size), resize(recipe.train_sizes)])
+    crop = v2.Compose([resize(cfg.crop_resize_sizes), RandomSizeCrop(*cfg.crop_size), resize(cfg.train_sizes)])
     return v2.Compose([
-        v2.RandomHorizontalFlip(recipe.flip_prob),
-        v2.RandomChoice([resize(recipe.train_sizes), crop]),
+        v2.RandomHorizontalFlip(cfg.flip_prob),
+        v2.RandomChoice([resize(cfg.train_sizes), crop]),
         v2.ToDtype(torch.float32, scale=True),
         v2.SanitizeBoundingBoxes(),
     ])
