@@ -334,7 +334,7 @@ def mmdet_state_dict(model: nn.Module, *, backbone_layout: str = "official") -> 
     """The detector's (segmentor's) state dict with the backbone under the names of a released file:
     ``official`` = the authors' ``pvt_v2.py`` (``backbone.patch_embed1.proj.weight``, ``backbone.block1.0...``),
     ``mmdet`` = mmdet's own ``PyramidVisionTransformerV2`` (``backbone.layers.0.0.projection.weight``...)."""
-    sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    sd = {k: v.detach() if v.is_meta else v.detach().cpu() for k, v in model.state_dict().items()}
     ours = {k[len("backbone.model."):]: v for k, v in sd.items() if k.startswith("backbone.model.")}
     rest = {k: v for k, v in sd.items() if not k.startswith("backbone.")}
     released = convert(ours, "pvtv2", backbone_layout)
@@ -458,3 +458,46 @@ def photo(name: str, size: tuple[int, int] | None = None) -> np.ndarray:
     if size is not None:
         image = np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.BILINEAR))
     return np.ascontiguousarray(image)
+
+
+def our_detect(model: nn.Module, image: np.ndarray) -> dict[str, torch.Tensor]:
+    """Our detector on an RGB uint8 photo at its own size (no resizing, as :func:`mmdet_detect` without
+    ``img_scale``), sorted as :func:`sort_detections`; masks binarised at 0.5 as mmdet's ``mask_thr_binary``."""
+    h, w = image.shape[:2]
+    sizes = model.transform.min_size, model.transform.max_size
+    model.transform.min_size, model.transform.max_size = (min(h, w),), max(h, w)
+    try:
+        with torch.no_grad():
+            out = model.eval()([torch.tensor(image).permute(2, 0, 1).float() / 255])[0]
+    finally:
+        model.transform.min_size, model.transform.max_size = sizes
+    if "masks" in out:
+        out["masks"] = out["masks"][:, 0] >= 0.5
+    order = sort_detections(out)
+    return {k: v[order] for k, v in out.items()}
+
+
+def assert_same_detections(ours: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor], *, box_tol: float = 1e-2,
+                           score_tol: float = 1e-4, mask_tol: float = 1e-3) -> None:
+    """Every detection of ``theirs`` has one of ``ours`` with the same label, a score within ``score_tol`` and box
+    corners within ``box_tol`` pixels (matched greedily by decreasing score), and both have the same number. Masks:
+    at most a ``mask_tol`` fraction of the instance pixels differ (pixels at exactly the 0.5 threshold)."""
+    assert len(theirs["scores"]) > 0, "the oracle detected nothing: lower its score threshold"
+    assert len(ours["scores"]) == len(theirs["scores"]), (len(ours["scores"]), len(theirs["scores"]))
+    free = torch.ones(len(ours["scores"]), dtype=torch.bool)
+    for i in range(len(theirs["scores"])):
+        close = free & (ours["labels"] == theirs["labels"][i]) \
+            & ((ours["scores"] - theirs["scores"][i]).abs() <= score_tol) \
+            & ((ours["boxes"] - theirs["boxes"][i]).abs().amax(dim=1) <= box_tol)
+        assert close.any(), f"no match for detection {i}: {theirs['labels'][i].item()} {theirs['scores'][i].item():.5f} " \
+            f"{theirs['boxes'][i].tolist()}"
+        j = int(torch.where(close)[0][0])
+        free[j] = False
+        if "masks" in theirs:
+            differ = (ours["masks"][j] != theirs["masks"][i]).sum().item()
+            assert differ <= mask_tol * max(int(theirs["masks"][i].sum()), 1) + 2, (i, differ)
+
+
+def level_outputs(maps: Sequence[torch.Tensor], channels: int) -> torch.Tensor:
+    """mmdet's per-level head maps ``(B, A * C, h, w)`` in torchvision's layout ``(B, sum h * w * A, C)``."""
+    return torch.cat([m.permute(0, 2, 3, 1).reshape(len(m), -1, channels) for m in maps], dim=1)

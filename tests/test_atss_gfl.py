@@ -7,23 +7,20 @@ import math
 
 import pytest
 import torch
+from torchvision.models.detection.image_list import ImageList
 
 from pvtv2.detection import build_detector, get_detector
+from pvtv2.detection.anchors import octave_anchors
 from pvtv2.detection.assigners import atss_assign
 from pvtv2.detection.dense_heads import integral
-from pvtv2.detection.fpn import LastLevelP6P7Output
+from pvtv2.detection.fpn import ExtraConvs
 from pvtv2.detection.losses import aligned_iou, centerness_target, distribution_focal_loss, quality_focal_loss
-from pvtv2.detection.one_stage import grid_anchors, valid_flags
+from pvtv2.detection.one_stage import valid_flags
 
 TINY = {"depths": (1, 1, 1, 1)}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_atss_assignment_by_hand() -> None:
@@ -90,7 +87,7 @@ def test_p6_p7_on_the_p5_output_without_relu() -> None:
     fpn = model.backbone
     assert fpn.body.stages == (1, 2, 3) and fpn.strides == [8, 16, 32, 64, 128]
     block = fpn.fpn.extra_blocks
-    assert isinstance(block, LastLevelP6P7Output) and block.p6.in_channels == 256  # P5's width, not C5's (256 too)
+    assert isinstance(block, ExtraConvs) and block.use_P5 and not block.relu
     with torch.no_grad():
         out = fpn(torch.rand(1, 3, 96, 160))
         assert list(out) == ["0", "1", "2", "p6", "p7"]
@@ -102,9 +99,14 @@ def test_p6_p7_on_the_p5_output_without_relu() -> None:
 def test_anchors_and_valid_flags() -> None:
     """One 8x-stride square per location centred on (x * s, y * s); an image of 100x60 in a batch padded to
     160x96 keeps its anchors up to its own padded extent 128x64."""
-    level0, level1 = grid_anchors([(2, 3), (1, 2)], [8, 16], 8.0)
-    assert level0[:2].tolist() == [[-32, -32, 32, 32], [-24, -32, 40, 32]] and level0[3].tolist() == [-32, -24, 32, 40]
-    assert level1[1].tolist() == [-48, -64, 80, 64]
+    model = build_detector("atss", backbone="pvt_v2_b0", num_classes=3, backbone_overrides=TINY)
+    assert model.anchor_generator.sizes == ((64.0,), (128.0,), (256.0,), (512.0,), (1024.0,))
+    assert model.anchor_generator.aspect_ratios[0] == (1.0,) and model.anchor_generator.strides == [8, 16, 32, 64, 128]
+    generator = octave_anchors([8, 16], 8, 1, (1.0,))  # the same on two levels
+    feats = [torch.zeros(1, 1, 2, 3), torch.zeros(1, 1, 1, 2)]
+    anchors = generator(ImageList(torch.zeros(1, 3, 16, 24), [(16, 24)]), feats)[0]
+    assert anchors[:2].tolist() == [[-32, -32, 32, 32], [-24, -32, 40, 32]] and anchors[3].tolist() == [-32, -24, 32, 40]
+    assert anchors[7].tolist() == [-48, -64, 80, 64]
     flags = valid_flags([(20, 12), (10, 6)], [8, 16], (100, 60))
     level0, level1 = flags[:240].reshape(20, 12), flags[240:].reshape(10, 6)
     assert level0[:16, :8].all() and not level0[16:].any() and not level0[:, 8:].any()
@@ -118,7 +120,8 @@ def test_train_and_detect(arch: str, loss_keys: set[str]) -> None:
     model = build_detector(arch, backbone="pvt_v2_b0", num_classes=3, backbone_overrides=TINY, min_size=64,
                            max_size=96, score_thresh=0.0)
     images = [torch.rand(3, 64, 80), torch.rand(3, 72, 64)]
-    targets = [{"boxes": torch.tensor([[8.0, 6.0, 50.0, 44.0], [30.0, 20.0, 70.0, 60.0]]), "labels": torch.tensor([2, 3])},
+    targets = [{"boxes": torch.tensor([[8.0, 6.0, 50.0, 44.0], [30.0, 20.0, 70.0, 60.0]]),
+                "labels": torch.tensor([2, 3])},
                {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}]  # an image without objects
     model.train()
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -138,10 +141,31 @@ def test_train_and_detect(arch: str, loss_keys: set[str]) -> None:
     assert dense["bbox_pred_0"].shape[1] == (4 if arch == "atss" else 68)
 
 
-@pytest.mark.parametrize(("arch", "backbone", "params"), [("atss", "pvt_v2_b2", 32_965), ("atss", "pvt_v2_b2_li", 30_156),
-                                                          ("gfl", "pvt_v2_b2", 33_111), ("gfl", "pvt_v2_b2_li", 30_301)])
+@pytest.mark.parametrize(("arch", "backbone", "params"), [
+    ("atss", "pvt_v2_b2", 32_965), ("atss", "pvt_v2_b2_li", 30_156),
+    ("gfl", "pvt_v2_b2", 33_111), ("gfl", "pvt_v2_b2_li", 30_301),
+])
 def test_parameter_counts_as_released(arch: str, backbone: str, params: int) -> None:
     """mmdet 2.13's counts of the released configs (thousands of parameters)."""
     with torch.device("meta"):
         model = build_detector(arch, backbone=backbone)
     assert round(sum(p.numel() for p in model.parameters()) / 1e3) == params
+
+
+def test_table4_cells(monkeypatch, capsys) -> None:
+    """ATSS cells within 0.5 M and 1 % of the paper (two backbones here; the docs list all); an unregistered
+    detector's cells say so; the command line prints the table."""
+    from pvtv2.cli import main
+    from pvtv2.detection import table4
+
+    monkeypatch.setattr(table4, "BACKBONES", ("resnet50", "pvt_v2_b2_li"))
+    monkeypatch.setattr(table4, "DETECTORS_T4", ("atss", "sparse_rcnn"))
+    monkeypatch.setattr(table4, "DETECTORS", {k: v for k, v in table4.DETECTORS.items() if k != "sparse_rcnn"})
+    rows = table4.table4_rows()
+    assert [(r["detector"], r["backbone"]) for r in rows][:2] == [("atss", "resnet50"), ("atss", "pvt_v2_b2_li")]
+    for r in rows[:2]:
+        assert abs(r["params_m"] - r["paper_params_m"]) <= 0.5 and abs(r["gflops_diff_pct"]) <= 1.0
+    assert rows[2]["gflops"] is None and "not built yet" in rows[2]["note"]
+    assert main(["flops", "--task", "det", "--table4"]) == 0
+    assert "atss" in capsys.readouterr().out
+    assert main(["flops", "--table4"]) == 2  # Table 4 is a detection table

@@ -14,12 +14,11 @@ from torch import nn
 from pvtv2.analysis import complexity
 from pvtv2.analysis.counting import unseen_by_mmcv
 from pvtv2.detection import build_detector, get_detector
-from pvtv2.detection.boxes import batched_nms, decode_deltas, encode_deltas
+from pvtv2.detection.boxes import batched_nms, decode_deltas, encode_deltas, paste_masks
 from pvtv2.detection.cascade import STAGE_STDS, CascadeRoIHeads
 from pvtv2.detection.hungarian import focal_cost, hungarian_match, match_cost
-from pvtv2.detection.masks import mask_targets, paste_masks
-from pvtv2.detection.roi import MultiLevelRoIAlign
-from pvtv2.detection.rpn import base_anchors, grid_anchors, inside_image, valid_anchors
+from pvtv2.detection.roi_heads import mask_targets
+from pvtv2.detection.rpn import inside_image, valid_anchors
 from pvtv2.detection.sampling import assign_max_iou, sample_random
 from pvtv2.detection.sparse import SparseRoIHeads
 
@@ -35,28 +34,12 @@ def _one_thread():
 
 
 # --- shared mmdet arithmetic -----------------------------------------------------------------------------------------
-def test_anchors_exact_floats_fixed_strides_valid_and_inside() -> None:
-    base = base_anchors(4, (8.0,), (0.5, 1.0, 2.0))  # 32-px anchors: not rounded (torchvision: 23 x 11)
-    half = 16 * math.sqrt(2)
-    assert torch.allclose(base, torch.tensor([[-half, -half / 2, half, half / 2], [-16.0, -16, 16, 16],
-                                              [-half / 2, -half, half / 2, half]]))
-    grid = grid_anchors(base[1:2], (2, 3), 4)  # location-major: x varies fastest, centres at (4x, 4y)
-    assert grid[:, 0].tolist() == [-16, -12, -8, -16, -12, -8] and grid[:, 1].tolist() == [-16] * 3 + [-12] * 3
+def test_rpn_anchor_validity() -> None:
     valid = valid_anchors((3, 4), 16, 1, (32, 48), torch.device("cpu")).view(3, 4)  # this image covers 2 x 3 cells
     assert valid.tolist() == [[True, True, True, False], [True, True, True, False], [False] * 4]
     boxes = torch.tensor([[0.0, 0, 10, 10], [-1, 0, 10, 10], [0, 0, 20, 10], [0, 0, 19.9, 10]])
     assert inside_image(boxes, (12, 20), 0).tolist() == [True, False, False, True]  # right/bottom edges exclusive
     assert inside_image(boxes, (12, 20), -1).all()
-
-
-def test_roi_levels_finest_scale_56() -> None:
-    pool = MultiLevelRoIAlign(7, (4, 8, 16, 32))
-    sides = [10.0, 111.9, 112.0, 224.0, 448.0, 1000.0]  # sqrt(area) / 56 crosses 2, 4, 8 at 112, 224, 448
-    rois = torch.tensor([[0, 0, 0, s, s] for s in sides])
-    assert pool.levels(rois).tolist() == [0, 0, 1, 2, 3, 3]
-    feats = [torch.full((1, 2, 64, 64), i + 1.0) for i in range(4)]  # level i holds i + 1 everywhere
-    out = pool(feats, torch.tensor([[0, 0.0, 0, 8, 8], [0, 0, 0, 120, 120], [0, 10, 10, 500, 500]]))
-    assert out.shape == (3, 2, 7, 7) and out.mean((1, 2, 3)).tolist() == [1.0, 2.0, 4.0]
 
 
 def test_delta_coder_roundtrip_clamp_and_clip() -> None:
@@ -112,14 +95,13 @@ def test_refinement_between_stages() -> None:
         heads = CascadeRoIHeads(2)
     (s,) = heads.sample(0, [torch.tensor([[0.0, 0, 10, 14], [20, 20, 30, 30]])],
                         [{"boxes": GT, "labels": torch.tensor([2])}])  # rows: GT (added), positive, negative
-    rois = torch.cat([torch.zeros(3, 1), s.boxes], dim=1)
     labels = torch.tensor([1, 1, 2])  # 0-based classes; 2 = background
     cls = torch.tensor([[0.0, 0, 0], [0, 0, 0], [0, 5, 9]])  # the negative's best object class: 1
     reg = torch.zeros(3, 8)
     reg[1, 4] = 1.0  # class 1: dx = 1 * 0.1 (std) of the 10-px width, +1 px
     reg[2, 4:8] = torch.tensor([0.0, 0, math.log(2) / 0.2, 0])  # class 1: width x2 about the centre (25)
     reg[2, 0] = 50.0  # class 0 deltas: not used
-    (nxt,) = heads.refine_training(0, rois, cls, reg, labels, [s], [(32, 32)])
+    (nxt,) = heads.refine_training(0, s.boxes, cls, reg, labels, [s], [(32, 32)])
     assert torch.allclose(nxt, torch.tensor([[1.0, 0, 11, 14], [15, 20, 32, 30]]))  # 35 clipped to the image
 
 
@@ -146,8 +128,8 @@ def test_test_time_scores_averaged_boxes_refined_masks_averaged() -> None:
     heads.mask_head = nn.ModuleList(_Constant(torch.full((2, 28, 28), v)) for v in mask_logits)
     heads.score_thresh = 0.0
     heads.eval()
-    feats = [torch.zeros(1, 4, 16, 16) for _ in range(4)]
-    (det,) = heads(dict(enumerate(feats)), [torch.tensor([[10.0, 10, 20, 20]])], [(64, 64)])[0]
+    feats = {str(i): torch.zeros(1, 4, 16, 16) for i in range(4)}
+    (det,) = heads(feats, [torch.tensor([[10.0, 10, 20, 20]])], [(64, 64)])[0]
     mean = torch.tensor([1.0, 1, 2])  # logits averaged over the stages, then softmax
     p = torch.softmax(mean, 0)
     assert torch.allclose(det["scores"], p[:2]) and sorted(det["labels"].tolist()) == [1, 2]
@@ -161,10 +143,14 @@ def test_mask_targets_and_pasting() -> None:
     boxes = torch.tensor([[0.0, 0, 6, 12], [0, 0, 12, 12]])
     t = mask_targets(masks, boxes, torch.tensor([0, 0]), 4, (32, 32))
     assert t[0].eq(1).all() and t[1][:, :2].eq(1).all() and t[1][:, 2:].eq(0).all()
+    edge = torch.ones(1, 12, 12, dtype=torch.uint8)  # a mask reaching the image's right edge
+    box = torch.tensor([[6.0, 0, 12, 12]])
+    padded, unpadded = (mask_targets(edge, box, torch.tensor([0]), 24, pad)[0] for pad in ((32, 32), (12, 12)))
+    assert padded[-1, -1] == 0 and unpadded.eq(1).all()  # the corner bin reads the zero padding, as in mmdet
     pasted = paste_masks(torch.ones(1, 1, 4, 4), torch.tensor([[2.0, 2, 6, 6]]), (10, 10))[0, 0]
     assert (pasted >= 0.5).nonzero().min(0).values.tolist() == [2, 2]
     assert (pasted >= 0.5).nonzero().max(0).values.tolist() == [5, 5]
-    assert pasted[:1].eq(0).all() and pasted[:, 7:].eq(0).all()  # nothing beyond the box +- 1 px
+    assert pasted[:1].eq(0).all() and pasted[:, 7:].eq(0).all()  # nothing half a mask cell beyond the box
 
 
 # --- Sparse R-CNN ----------------------------------------------------------------------------------------------------

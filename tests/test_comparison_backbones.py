@@ -14,12 +14,7 @@ from pvtv2.models.comparison import ResNetBackbone, SwinBackbone
 TINY = {"depths": (1, 1, 1, 1)}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize(("name", "cls", "channels"), [("resnet50", ResNetBackbone, [256, 512, 1024, 2048]),

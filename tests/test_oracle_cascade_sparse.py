@@ -218,12 +218,12 @@ def test_cascade_raw_outputs_per_stage(cascade) -> None:
 
     mm, ours = cascade
     x, metas = _input(SIZES[1])
-    feats_mm, feats = mm.extract_feat(x), list(ours.backbone(x).values())
-    assert all(_close(a, b) for a, b in zip(feats_mm, feats))
-    for theirs, mine in zip(mm.rpn_head(feats_mm), ours.rpn.head(feats)):  # objectness, deltas per level
+    feats_mm, feats = mm.extract_feat(x), ours.backbone(x)
+    assert all(_close(a, b) for a, b in zip(feats_mm, feats.values()))
+    for theirs, mine in zip(mm.rpn_head(feats_mm), ours.rpn.head(list(feats.values()))):  # objectness, deltas
         assert all(_close(a, b) for a, b in zip(theirs, mine))
     proposals_mm = mm.rpn_head.simple_test_rpn(feats_mm, metas)[0][:, :4]
-    proposals = ours.rpn(ImageList(x, [SIZES[1]]), dict(enumerate(feats)))[0][0]
+    proposals = ours.rpn(ImageList(x, [SIZES[1]]), feats)[0][0]
     assert _close(proposals_mm, proposals, atol=1e-3)  # pixels
     stages = ours.roi_heads.stage_outputs(feats, [proposals_mm], [SIZES[1]])
     rois = bbox2roi([proposals_mm])
@@ -232,7 +232,8 @@ def test_cascade_raw_outputs_per_stage(cascade) -> None:
         assert _close(rois[:, 1:], stage["boxes"][0], atol=1e-3)  # each stage's RoIs: the previous stage's boxes
         assert _close(out["cls_score"], stage["cls"][0]) and _close(out["bbox_pred"], stage["reg"][0])
         masks_mm = mm.roi_head._mask_forward(t, feats_mm, rois[:5])["mask_pred"]
-        assert _close(masks_mm, ours.roi_heads.mask_head[t](ours.roi_heads.mask_roi_pool(feats, rois[:5])))
+        mask_feats = ours.roi_heads.mask_roi_pool(feats, [rois[:5, 1:]], [SIZES[1]])
+        assert _close(masks_mm, ours.roi_heads.mask_head[t](mask_feats))
         rois = mm.roi_head.bbox_head[t].regress_by_class(rois, out["cls_score"][:, :-1].argmax(1), out["bbox_pred"],
                                                          metas[0])
 
@@ -259,11 +260,11 @@ def test_sparse_raw_outputs_per_stage(sparse) -> None:
 
     mm, ours = sparse
     x, metas = _input(SIZES[1])
-    feats_mm, feats = mm.extract_feat(x), list(ours.backbone(x).values())
+    feats_mm, feats = mm.extract_feat(x), ours.backbone(x)
     boxes_mm, obj_mm, _ = mm.rpn_head.simple_test_rpn(feats_mm, metas)
     (boxes, obj), _ = ours.rpn(ImageList(x, [SIZES[1]]))
     assert _close(boxes_mm, boxes) and _close(obj_mm, obj)
-    stages = ours.roi_heads.stages(feats, boxes, obj)
+    stages = ours.roi_heads.stages(feats, boxes, obj, [SIZES[1]])
     proposals = [boxes_mm[0]]
     for t, (cls, refined) in enumerate(stages):
         out = mm.roi_head._bbox_forward(t, feats_mm, bbox2roi(proposals), obj_mm, metas)

@@ -7,11 +7,13 @@
   :mod:`.detectors`: one module per detector (RetinaNet, Mask R-CNN, FCOS, ATSS, GFL), each registering itself.
 - :mod:`.fpn`: the FPN on the backbone adapter (:mod:`pvtv2.models.backbone`); :mod:`.anchors`, :mod:`.labels`.
 - ATSS / GFL pieces: :mod:`.one_stage` (the shared frame), :mod:`.dense_heads`, :mod:`.assigners`, :mod:`.losses`,
-  :mod:`.mmdet_keys` (released mmdet weights).
+  :func:`.one_stage.from_mmdet` (released mmdet weights).
 - :mod:`.data`: COCO JSON / VOC XML annotations, checked once; :mod:`.dataset`: tv_tensors samples (no models).
-- :mod:`.recipes`: the ``1x`` and ``3x`` recipes and their transforms v2 pipelines.
+- :mod:`.recipes`: :class:`DetectionConfig`, the ``1x``, ``3x`` and ``3x_mstrain`` recipes and their transforms v2
+  pipelines (:mod:`.augment`: the released multi-scale + crop augmentation).
 - :mod:`.evaluate`: COCO AP through pycocotools; :mod:`.visualize`: drawn detections.
-- :mod:`.train`: the training loop on :mod:`pvtv2.engine`; :mod:`.inference`: checkpoints -> detectors -> images.
+- :mod:`.task`: :class:`DetectionTask` for :func:`pvtv2.engine.train`; :mod:`.inference`: checkpoints -> detectors
+  -> images.
 - :mod:`.complexity`: params and GFLOPs at 1280x800 beside the paper's Tables 3 and 6; :mod:`.table4`: Table 4.
 """
 
@@ -23,15 +25,15 @@ from .inference import detect, load_detector
 from .detectors import atss, fcos, gfl, mask_rcnn, retinanet
 from .fpn import PVTWithFPN, pvt_fpn
 from .registry import DETECTORS, DetectorSpec, build_detector, get_detector, register
-from .recipes import RECIPES, DetectionRecipe, get_recipe
-from .train import DetTrainConfig, train
+from .recipes import RECIPES, DetectionConfig, get_recipe
+from .task import DetectionTask
 
 __all__ = [
     "DETECTORS",
-    "DetTrainConfig",
+    "DetectionConfig",
     "DetectionData",
     "DetectionDataset",
-    "DetectionRecipe",
+    "DetectionTask",
     "DetectorSpec",
     "PVTWithFPN",
     "RECIPES",
@@ -52,5 +54,4 @@ __all__ = [
     "pvt_fpn",
     "register",
     "retinanet",
-    "train",
 ]

@@ -1,10 +1,12 @@
-"""Box arithmetic exactly as mmdet 2.x does it: the delta coder, class-wise NMS and RoI tensors.
+"""Box arithmetic and mask pasting as mmdet 2.x does them (``DeltaXYWHBBoxCoder``, mmcv's ``batched_nms``,
+``FCNMaskHead.get_seg_masks``).
 
-torchvision has equivalents (``BoxCoder``, ``batched_nms``) that differ in the last digits or the edge cases
-(``BoxCoder`` clamps only growth, computes centres as ``x1 + w/2``; ``batched_nms`` loops per class above 1000
-boxes on CPU), which would move a detector's outputs away from the released one's by more than rounding. The
-functions here follow mmdet's formulas operation for operation (``mmdet/core/bbox/coder/delta_xywh_bbox_coder.py``,
-``mmcv/ops/nms.py`` ``batched_nms``) and use torchvision's ``nms`` kernel, as mmcv's CUDA kernel computes it.
+torchvision's :class:`~torchvision.models.detection._utils.BoxCoder` clamps the log-scale deltas from above only and
+computes centres as ``x1 + w / 2``; its ``batched_nms`` loops over the classes above 1000 boxes on CPU, and its
+``paste_masks_in_image`` resizes each mask to the integer box and pastes it with one pixel of padding. The released
+detectors clamp both ways, shift the classes apart for one NMS and sample each mask over the image with
+``grid_sample``. These differences show in the final boxes and masks, so the detectors here use the functions below,
+which follow mmdet's formulas operation for operation (the same rounding) on torchvision's ``nms`` kernel.
 """
 
 from __future__ import annotations
@@ -13,13 +15,16 @@ import math
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchvision.models.detection._utils import BoxCoder
 from torchvision.ops import nms
 
 # mmdet's ``wh_ratio_clip=16/1000``: a delta may scale a box by at most 1000/16 = 62.5 either way.
 MAX_LOG_SCALE = abs(math.log(16 / 1000))
 
 
-def encode_deltas(boxes: torch.Tensor, targets: torch.Tensor, stds: Sequence[float]) -> torch.Tensor:
+def encode_deltas(boxes: Tensor, targets: Tensor, stds: Sequence[float]) -> Tensor:
     """``(N, 4)`` XYXY boxes and their ``(N, 4)`` targets -> ``(N, 4)`` normalised deltas (dx, dy, dw, dh) / stds."""
     boxes, targets = boxes.float(), targets.float()
     px, py = (boxes[:, 0] + boxes[:, 2]) * 0.5, (boxes[:, 1] + boxes[:, 3]) * 0.5
@@ -30,9 +35,8 @@ def encode_deltas(boxes: torch.Tensor, targets: torch.Tensor, stds: Sequence[flo
     return deltas / deltas.new_tensor(stds)
 
 
-def decode_deltas(
-    boxes: torch.Tensor, deltas: torch.Tensor, stds: Sequence[float], max_shape: Sequence[int] | None = None
-) -> torch.Tensor:
+def decode_deltas(boxes: Tensor, deltas: Tensor, stds: Sequence[float], max_shape: Sequence[int] | None = None
+                  ) -> Tensor:
     """Apply deltas to boxes (mmdet's ``delta2bbox``).
 
     Args:
@@ -60,8 +64,22 @@ def decode_deltas(
     return out
 
 
-def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, iou_threshold: float,
-                split_threshold: int = 10000) -> torch.Tensor:
+class DeltaXYWHCoder(BoxCoder):
+    """torchvision's coder (``weights`` = 1 / mmdet's ``target_stds``; means 0 in every released config) decoding
+    as mmdet does (:func:`decode_deltas`: ``dw``, ``dh`` clamped to ``[-log(1000/16), log(1000/16)]``)."""
+
+    def decode_single(self, rel_codes: Tensor, boxes: Tensor) -> Tensor:
+        """``(N, 4k)`` deltas on ``(N, 4)`` reference boxes -> ``(N, 4k)`` boxes XYXY (not clipped)."""
+        return decode_deltas(boxes.to(rel_codes.dtype), rel_codes, [1.0 / w for w in self.weights])
+
+
+def delta_coder(stds: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)) -> DeltaXYWHCoder:
+    """The coder of mmdet's ``DeltaXYWHBBoxCoder(target_means=0, target_stds=stds)``."""
+    return DeltaXYWHCoder(tuple(1.0 / s for s in stds), bbox_xform_clip=MAX_LOG_SCALE)
+
+
+def batched_nms(boxes: Tensor, scores: Tensor, groups: Tensor, iou_threshold: float,
+                split_threshold: int = 10000) -> Tensor:
     """NMS within each group (class or level), as mmcv's ``batched_nms``: indices kept, by decreasing score.
 
     Below ``split_threshold`` boxes the groups are shifted apart by ``group * (max coordinate + 1)`` and one NMS
@@ -81,8 +99,21 @@ def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor,
     return kept[scores[kept].sort(descending=True)[1]]
 
 
-def boxes_to_rois(boxes: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Per-image ``(n_i, 4)`` boxes -> ``(sum n_i, 5)`` RoIs ``(image index, x1, y1, x2, y2)`` (mmdet's
-    ``bbox2roi``; the format of ``torchvision.ops.roi_align``)."""
-    rois = [torch.cat([b.new_full((len(b), 1), i), b[:, :4]], dim=1) for i, b in enumerate(boxes)]
-    return torch.cat(rois) if rois else torch.zeros(0, 5)
+def paste_masks(masks: Tensor, boxes: Tensor, size: tuple[int, int], chunk: int = 16) -> Tensor:
+    """Per-box mask probabilities ``(N, 1, M, M)`` sampled over the image: ``(N, 1, H, W)``. Pixel centres are mapped
+    into their box and the mask is read there bilinearly with zeros outside (mmdet's ``_do_paste_mask``); a pixel is
+    in the instance when its value is >= 0.5 (``mask_thr_binary``)."""
+    h, w = size
+    out = masks.new_zeros(len(masks), 1, h, w)
+    ys = torch.arange(h, device=masks.device, dtype=torch.float32) + 0.5
+    xs = torch.arange(w, device=masks.device, dtype=torch.float32) + 0.5
+    for start in range(0, len(masks), chunk):
+        b = boxes[start : start + chunk].float()
+        x0, y0, x1, y1 = b.split(1, dim=1)  # (n, 1) each
+        gx = (xs[None] - x0) / (x1 - x0) * 2 - 1  # (n, W) in the box's [-1, 1]
+        gy = (ys[None] - y0) / (y1 - y0) * 2 - 1  # (n, H)
+        gx, gy = gx.nan_to_num(posinf=0.0, neginf=0.0), gy.nan_to_num(posinf=0.0, neginf=0.0)  # empty boxes
+        n = len(b)
+        grid = torch.stack([gx[:, None, :].expand(n, h, w), gy[:, :, None].expand(n, h, w)], dim=3)  # (n, H, W, 2)
+        out[start : start + n] = F.grid_sample(masks[start : start + n].float(), grid, align_corners=False)
+    return out

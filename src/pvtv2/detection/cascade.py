@@ -24,9 +24,8 @@ from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.ops import generalized_box_iou_loss
 
-from .boxes import batched_nms, boxes_to_rois, decode_deltas
-from .masks import mask_targets
-from .roi import MultiLevelRoIAlign
+from .boxes import batched_nms, decode_deltas
+from .roi_heads import LevelRoIAlign, mask_targets
 from .rpn import padded_shape
 from .sampling import Samples, assign_max_iou, sample_random
 
@@ -96,7 +95,7 @@ class CascadeRoIHeads(nn.Module):
     Args:
         num_classes: K.
         in_channels: FPN width.
-        strides: strides of the FPN maps the RoIs are pooled from (P2-P5).
+        featmap_names, strides: names and strides of the FPN maps the RoIs are pooled from (P2-P5).
         stage_ious: per stage, the IoU above which a RoI is positive (and below which negative).
         stage_stds: per stage, the delta standard deviations.
         stage_weights: per stage, the weight of its losses.
@@ -111,6 +110,7 @@ class CascadeRoIHeads(nn.Module):
         num_classes: int,
         *,
         in_channels: int = 256,
+        featmap_names: Sequence[str] = ("0", "1", "2", "3"),
         strides: Sequence[int] = (4, 8, 16, 32),
         stage_ious: Sequence[float] = STAGE_IOUS,
         stage_stds: Sequence[Sequence[float]] = STAGE_STDS,
@@ -131,9 +131,9 @@ class CascadeRoIHeads(nn.Module):
         self.batch_size_per_image, self.positive_fraction = batch_size_per_image, positive_fraction
         self.giou_weight = giou_weight
         self.score_thresh, self.nms_thresh, self.detections_per_img = score_thresh, nms_thresh, detections_per_img
-        self.box_roi_pool = MultiLevelRoIAlign(7, strides, sampling_ratio=0)
+        self.box_roi_pool = LevelRoIAlign(list(featmap_names), 7, list(strides), sampling_ratio=0)
         self.box_head = nn.ModuleList(ConvFCBoxHead(num_classes, in_channels) for _ in stage_ious)
-        self.mask_roi_pool = MultiLevelRoIAlign(14, strides, sampling_ratio=0) if masks else None
+        self.mask_roi_pool = LevelRoIAlign(list(featmap_names), 14, list(strides), sampling_ratio=0) if masks else None
         self.mask_head = nn.ModuleList(FCNMaskHead(num_classes, in_channels) for _ in stage_ious) if masks else None
 
     @property
@@ -147,12 +147,11 @@ class CascadeRoIHeads(nn.Module):
     def forward(self, features: dict[str, torch.Tensor], proposals: list[torch.Tensor],
                 image_shapes: list[tuple[int, int]], targets: list[dict[str, torch.Tensor]] | None = None
                 ) -> tuple[list[dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
-        feats = list(features.values())
         if self.training:
             if targets is None:
                 raise ValueError("the RoI heads need targets in training mode")
-            return [], self.loss(feats, proposals, image_shapes, targets)
-        return self.detect(feats, proposals, image_shapes), {}
+            return [], self.loss(features, proposals, image_shapes, targets)
+        return self.detect(features, proposals, image_shapes), {}
 
     # --- training -------------------------------------------------------------------------------------------
     def sample(self, stage: int, proposals: list[torch.Tensor], targets: list[dict[str, torch.Tensor]]
@@ -167,41 +166,41 @@ class CascadeRoIHeads(nn.Module):
                                      pos_fraction=self.positive_fraction, add_gt=True))
         return out
 
-    def loss(self, feats: list[torch.Tensor], proposals: list[torch.Tensor], image_shapes: list[tuple[int, int]],
-             targets: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    def loss(self, features: dict[str, torch.Tensor], proposals: list[torch.Tensor],
+             image_shapes: list[tuple[int, int]], targets: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         losses: dict[str, torch.Tensor] = {}
         k = self.num_classes
         for t in range(self.num_stages):
             samples = self.sample(t, proposals, targets)
-            rois = boxes_to_rois([s.boxes for s in samples])
-            cls, reg = self.box_head[t](self.box_roi_pool(feats, rois))
+            boxes = torch.cat([s.boxes for s in samples])  # (R, 4) the stage's RoIs, image by image
+            cls, reg = self.box_head[t](self.box_roi_pool(features, [s.boxes for s in samples], image_shapes))
             labels = torch.cat([torch.cat([tg["labels"][s.gt_index] - 1,
                                            s.gt_index.new_full((len(s.boxes) - s.num_pos,), k)])
                                 for s, tg in zip(samples, targets)])  # (R,) 0..K-1 objects, K background
             w = self.stage_weights[t]
             losses[f"s{t}.loss_cls"] = w * F.cross_entropy(cls, labels)
-            losses[f"s{t}.loss_bbox"] = w * self.box_loss(rois, reg, labels, samples, targets, t)
+            losses[f"s{t}.loss_bbox"] = w * self.box_loss(boxes, reg, labels, samples, targets, t)
             if self.mask_head is not None:
-                losses[f"s{t}.loss_mask"] = w * self.mask_loss(t, feats, samples, targets, image_shapes)
+                losses[f"s{t}.loss_mask"] = w * self.mask_loss(t, features, samples, targets, image_shapes)
             if t < self.num_stages - 1:
-                proposals = self.refine_training(t, rois, cls, reg, labels, samples, image_shapes)
+                proposals = self.refine_training(t, boxes, cls, reg, labels, samples, image_shapes)
         return losses
 
-    def box_loss(self, rois: torch.Tensor, reg: torch.Tensor, labels: torch.Tensor, samples: list[Samples],
+    def box_loss(self, boxes: torch.Tensor, reg: torch.Tensor, labels: torch.Tensor, samples: list[Samples],
                  targets: list[dict[str, torch.Tensor]], stage: int) -> torch.Tensor:
         """GIoU between the positives' decoded boxes (of their class) and their ground truths, over all RoIs."""
         pos = labels < self.num_classes
         if not pos.any():
             return reg[pos].sum()
-        pred = decode_deltas(rois[pos, 1:], select_class(reg[pos], labels[pos], 4), self.stage_stds[stage])
+        pred = decode_deltas(boxes[pos], select_class(reg[pos], labels[pos], 4), self.stage_stds[stage])
         gt = torch.cat([tg["boxes"][s.gt_index] for s, tg in zip(samples, targets)])
-        return self.giou_weight * generalized_box_iou_loss(pred, gt, reduction="sum") / rois.size(0)
+        return self.giou_weight * generalized_box_iou_loss(pred, gt, reduction="sum") / boxes.size(0)
 
-    def mask_loss(self, stage: int, feats: list[torch.Tensor], samples: list[Samples],
+    def mask_loss(self, stage: int, features: dict[str, torch.Tensor], samples: list[Samples],
                   targets: list[dict[str, torch.Tensor]], image_shapes: list[tuple[int, int]]) -> torch.Tensor:
         """Per-pixel binary cross-entropy of the positives' masks of their class, averaged."""
         pos_boxes = [s.boxes[: s.num_pos] for s in samples]
-        logits = self.mask_head[stage](self.mask_roi_pool(feats, boxes_to_rois(pos_boxes)))  # (P, K, 28, 28)
+        logits = self.mask_head[stage](self.mask_roi_pool(features, pos_boxes, image_shapes))  # (P, K, 28, 28)
         if logits.size(0) == 0:
             return logits.sum()
         labels = torch.cat([tg["labels"][s.gt_index] - 1 for s, tg in zip(samples, targets)])
@@ -211,7 +210,7 @@ class CascadeRoIHeads(nn.Module):
         return F.binary_cross_entropy_with_logits(select_class(logits, labels, 1)[:, 0], goal)
 
     @torch.no_grad()
-    def refine_training(self, stage: int, rois: torch.Tensor, cls: torch.Tensor, reg: torch.Tensor,
+    def refine_training(self, stage: int, boxes: torch.Tensor, cls: torch.Tensor, reg: torch.Tensor,
                         labels: torch.Tensor, samples: list[Samples], image_shapes: list[tuple[int, int]]
                         ) -> list[torch.Tensor]:
         """The next stage's proposals: each RoI regressed for its target class (its predicted class where it is
@@ -221,32 +220,32 @@ class CascadeRoIHeads(nn.Module):
         out, start = [], 0
         for s, shape in zip(samples, image_shapes):
             n = len(s.boxes)
-            boxes = decode_deltas(rois[start : start + n, 1:], deltas[start : start + n], self.stage_stds[stage],
-                                  max_shape=shape)
-            keep = torch.ones(n, dtype=torch.bool, device=boxes.device)
+            refined = decode_deltas(boxes[start : start + n], deltas[start : start + n], self.stage_stds[stage],
+                                    max_shape=shape)
+            keep = torch.ones(n, dtype=torch.bool, device=refined.device)
             keep[: s.num_pos] = ~s.is_gt
-            out.append(boxes[keep])
+            out.append(refined[keep])
             start += n
         return out
 
     # --- inference ------------------------------------------------------------------------------------------
-    def stage_outputs(self, feats: list[torch.Tensor], proposals: list[torch.Tensor],
+    def stage_outputs(self, features: dict[str, torch.Tensor], proposals: list[torch.Tensor],
                       image_shapes: list[tuple[int, int]]) -> list[dict[str, list[torch.Tensor]]]:
         """Per stage and image, the RoIs it saw (``boxes``), its class logits and deltas (``cls``, ``reg``): the
         raw outputs of each stage, each stage's boxes regressed by the one before for its best class."""
         boxes, out = list(proposals), []
         counts = [len(b) for b in boxes]
         for t in range(self.num_stages):
-            cls, reg = self.box_head[t](self.box_roi_pool(feats, boxes_to_rois(boxes)))
+            cls, reg = self.box_head[t](self.box_roi_pool(features, boxes, image_shapes))
             out.append({"boxes": boxes, "cls": list(cls.split(counts)), "reg": list(reg.split(counts))})
             if t < self.num_stages - 1:
                 boxes = [decode_deltas(b, select_class(r, c[:, :-1].argmax(1), 4), self.stage_stds[t], max_shape=s)
                          for b, c, r, s in zip(boxes, out[-1]["cls"], out[-1]["reg"], image_shapes)]
         return out
 
-    def detect(self, feats: list[torch.Tensor], proposals: list[torch.Tensor], image_shapes: list[tuple[int, int]]
-               ) -> list[dict[str, torch.Tensor]]:
-        stages = self.stage_outputs(feats, proposals, image_shapes)
+    def detect(self, features: dict[str, torch.Tensor], proposals: list[torch.Tensor],
+               image_shapes: list[tuple[int, int]]) -> list[dict[str, torch.Tensor]]:
+        stages = self.stage_outputs(features, proposals, image_shapes)
         last = stages[-1]
         results = []
         for i, shape in enumerate(image_shapes):
@@ -254,7 +253,7 @@ class CascadeRoIHeads(nn.Module):
             boxes = decode_deltas(last["boxes"][i], last["reg"][i], self.stage_stds[-1], max_shape=shape)
             results.append(self.select(boxes, F.softmax(logits, dim=-1)))
         if self.mask_head is not None:
-            self.add_masks(feats, results)
+            self.add_masks(features, results, image_shapes)
         return results
 
     def select(self, boxes: torch.Tensor, scores: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -268,14 +267,15 @@ class CascadeRoIHeads(nn.Module):
         keep = batched_nms(boxes, scores, labels, self.nms_thresh)[: self.detections_per_img]
         return {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep] + 1}
 
-    def add_masks(self, feats: list[torch.Tensor], results: list[dict[str, torch.Tensor]]) -> None:
+    def add_masks(self, features: dict[str, torch.Tensor], results: list[dict[str, torch.Tensor]],
+                  image_shapes: list[tuple[int, int]]) -> None:
         """Each detection's ``(1, 28, 28)`` mask probabilities of its class, averaged over the three mask heads."""
-        rois = boxes_to_rois([r["boxes"] for r in results])
-        if rois.size(0) == 0:
+        boxes = [r["boxes"] for r in results]
+        if sum(len(b) for b in boxes) == 0:
             for r in results:
                 r["masks"] = r["boxes"].new_zeros(0, 1, 28, 28)
             return
-        roi_feats = self.mask_roi_pool(feats, rois)
+        roi_feats = self.mask_roi_pool(features, boxes, image_shapes)
         probs = sum(head(roi_feats).sigmoid() for head in self.mask_head) / self.num_stages  # (N, K, 28, 28)
         labels = torch.cat([r["labels"] for r in results]) - 1
         per_image = select_class(probs, labels, 1).split([len(r["boxes"]) for r in results])

@@ -2,8 +2,8 @@
 
 :class:`AnchorPointDetector` does what mmdet's ``AnchorHead`` and its ATSS/GFL subclasses share: one square anchor
 of ``anchor_scale`` x stride per location (mmdet's ``AnchorGenerator(octave_base_scale=8, scales_per_octave=1,
-ratios=[1.0])``: centred on ``(x * stride, y * stride)``), the ATSS assignment on the anchors that lie inside each
-image's own padded extent (mmdet's ``valid_flags``: a batch padded to its largest image gives the smaller images
+ratios=[1.0])``, :func:`~.anchors.octave_anchors`: centred on ``(x * stride, y * stride)``), the ATSS assignment on
+the anchors that lie inside each image's own padded extent (mmdet's ``valid_flags``: a batch padded to its largest image gives the smaller images
 anchors outside them, which get no target and no loss), the positive count averaged over processes, losses in
 fp32 under autocast (mmdet's ``force_fp32``), and the test-time decoding: the best ``topk_candidates`` per level,
 boxes clipped to the image, class-wise NMS of the ones above ``score_thresh``, ``detections_per_img`` kept.
@@ -18,27 +18,14 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
-from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import batched_nms, clip_boxes_to_image
 
+from .anchors import octave_anchors
 from .assigners import atss_assign
+from .mmdet import convert_detector, fpn_to_ours, rename_prefixes
+from .transform import DetectionTransform
 
 SIZE_DIVISOR = 32  # mmdet's Pad(size_divisor=32); the anchors of each image stop at its own padded extent
-
-
-def grid_anchors(sizes: Sequence[tuple[int, int]], strides: Sequence[int], scale: float,
-                 device: torch.device | None = None) -> list[torch.Tensor]:
-    """Per level, one square anchor of side ``scale * stride`` centred on each ``(x * stride, y * stride)``:
-    ``(h * w, 4)`` XYXY, row by row (mmdet's order)."""
-    out = []
-    for (h, w), s in zip(sizes, strides):
-        ys = torch.arange(h, device=device, dtype=torch.float32) * s
-        xs = torch.arange(w, device=device, dtype=torch.float32) * s
-        yy, xx = torch.meshgrid(ys, xs, indexing="ij")
-        centres = torch.stack([xx, yy], dim=-1).reshape(-1, 2)  # (h*w, 2)
-        half = scale * s / 2
-        out.append(torch.cat([centres - half, centres + half], dim=1))
-    return out
 
 
 def valid_flags(sizes: Sequence[tuple[int, int]], strides: Sequence[int], image_size: Sequence[int],
@@ -79,13 +66,13 @@ class AnchorPointDetector(nn.Module):
         num_classes: K object classes; labels 1..K in targets and detections.
         anchor_scale: anchor side in strides (mmdet's ``octave_base_scale``).
         topk: ATSS candidates per level and box.
-        min_size, max_size, image_mean, image_std: the transform's (:class:`GeneralizedRCNNTransform`, which also
-            pads the batch to a multiple of 32).
+        min_size, max_size, image_mean, image_std: the transform's (:class:`~.transform.DetectionTransform`: mmcv's
+            resize rounding; the batch padded to a multiple of 32).
         score_thresh: lowest class score kept at test time (before any quality factor, as mmdet).
         nms_thresh: IoU of the class-wise NMS.
         detections_per_img: detections kept per image.
         topk_candidates: best anchors per level decoded at test time (mmdet's ``nms_pre``).
-        **kwargs: more :class:`GeneralizedRCNNTransform` arguments.
+        **kwargs: more :class:`~.transform.DetectionTransform` arguments.
     """
 
     def __init__(
@@ -110,15 +97,14 @@ class AnchorPointDetector(nn.Module):
         self.backbone = backbone
         self.head = head
         self.num_classes = num_classes
-        self.anchor_scale = anchor_scale
         self.topk = topk
         self.score_thresh = score_thresh
         self.nms_thresh = nms_thresh
         self.detections_per_img = detections_per_img
         self.topk_candidates = topk_candidates
-        self.transform = GeneralizedRCNNTransform(min_size, max_size, image_mean or [0.485, 0.456, 0.406],
-                                                  image_std or [0.229, 0.224, 0.225], size_divisible=SIZE_DIVISOR,
-                                                  **kwargs)
+        self.anchor_generator = octave_anchors(self.strides, anchor_scale, 1, (1.0,))
+        self.transform = DetectionTransform(min_size, max_size, image_mean or [0.485, 0.456, 0.406],
+                                            image_std or [0.229, 0.224, 0.225], size_divisible=SIZE_DIVISOR, **kwargs)
 
     @property
     def strides(self) -> list[int]:
@@ -134,7 +120,7 @@ class AnchorPointDetector(nn.Module):
         feats = list(self.backbone(batch.tensors).values())
         outputs = self.head(feats)
         sizes = [(int(f.shape[-2]), int(f.shape[-1])) for f in feats]
-        anchors = grid_anchors(sizes, self.strides, self.anchor_scale, batch.tensors.device)
+        anchors = list(self.anchor_generator(batch, feats)[0].split([h * w for h, w in sizes]))  # per level (hw, 4)
         if self.training:
             with torch.autocast(batch.tensors.device.type, enabled=False):
                 return self.compute_loss(outputs, anchors, sizes, batch.image_sizes, targets)
@@ -220,3 +206,23 @@ class AnchorPointDetector(nn.Module):
         ``forward_dummy`` order (all class maps, then all box maps...)."""
         outputs = self.head(list(self.backbone(images).values()))
         return {f"{name}_{level}": m for name, maps in outputs.items() for level, m in enumerate(maps)}
+
+
+def from_mmdet(sd: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """A released mmdet ``ATSS`` / ``GFL`` state dict under our names: the backbone (PVT in the authors' or mmdet's
+    layout; mmdet's ResNet has torchvision's names), the FPN (:func:`~.mmdet.fpn_to_ours`) and the head, whose names
+    are mmdet's but for the towers' ``ConvModule`` (``.conv`` / ``.gn`` -> ``Conv2dNormActivation``'s ``.0`` /
+    ``.1``). GFL's constant bin values (``bbox_head.integral.project``) are not weights here."""
+    from ..models.backbone import PVTBackbone
+
+    sd = {k: v for k, v in sd.items() if k != "bbox_head.integral.project"}
+    pairs = fpn_to_ours(len(model.backbone.body.stages))
+    for tower in ("cls_convs", "reg_convs"):
+        for i in range(len(getattr(model.head, tower))):
+            pairs += [(f"bbox_head.{tower}.{i}.conv.", f"head.{tower}.{i}.0."),
+                      (f"bbox_head.{tower}.{i}.gn.", f"head.{tower}.{i}.1.")]
+    pairs.append(("bbox_head.", "head."))  # scales, atss_cls / atss_reg / atss_centerness, gfl_cls / gfl_reg
+    what = type(model).__name__
+    if isinstance(model.backbone.body, PVTBackbone):
+        return convert_detector(sd, pairs, what=what)
+    return rename_prefixes(sd, [("backbone.", "backbone.body.model."), *pairs], what=what)

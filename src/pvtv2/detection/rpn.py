@@ -4,8 +4,7 @@ The layers are torchvision's :class:`~torchvision.models.detection.rpn.RPNHead` 
 and 1x1 box-delta convs: the same parameters as mmdet's). What torchvision's ``RegionProposalNetwork`` does
 differently, and this module does as mmdet does:
 
-- anchors: exact float sizes (torchvision rounds the base anchors) on fixed strides (torchvision derives a stride
-  from ``image size // map size``: 61 instead of 64 on P6 of an 800-pixel image);
+- anchors: exact float sizes on the levels' nominal strides (:class:`~.anchors.LevelAnchors`);
 - training targets: only anchors wholly inside the image (``allowed_border=0``) and on the image's own padded
   extent take part; max-IoU assignment 0.7 / 0.3 with low-quality matches, 256 samples (half positive); binary
   cross-entropy and smooth-L1 (beta 1/9) both averaged over the sampled anchors;
@@ -22,30 +21,11 @@ from torch import nn
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.rpn import RPNHead
 
+from .anchors import octave_anchors
 from .boxes import batched_nms, decode_deltas, encode_deltas
 from .sampling import assign_max_iou, sample_random
 
 SIZE_DIVISOR = 32  # every released config pads each image to a multiple of 32
-
-
-def base_anchors(stride: int, scales: Sequence[float], ratios: Sequence[float]) -> torch.Tensor:
-    """``(len(ratios) * len(scales), 4)`` anchors centred on 0, ratio-major (mmdet's ``AnchorGenerator`` with
-    ``center_offset=0``): width ``stride * scale / sqrt(ratio)``, height ``stride * scale * sqrt(ratio)``."""
-    h_ratios = torch.sqrt(torch.tensor(ratios, dtype=torch.float32))
-    w_ratios = 1 / h_ratios
-    scales_t = torch.tensor(scales, dtype=torch.float32)
-    ws = (stride * w_ratios[:, None] * scales_t[None, :]).view(-1)
-    hs = (stride * h_ratios[:, None] * scales_t[None, :]).view(-1)
-    return torch.stack([-0.5 * ws, -0.5 * hs, 0.5 * ws, 0.5 * hs], dim=-1)
-
-
-def grid_anchors(base: torch.Tensor, size: Sequence[int], stride: int) -> torch.Tensor:
-    """``(h * w * A, 4)`` anchors of one level, location-major (row by row), anchor-minor."""
-    h, w = int(size[0]), int(size[1])
-    ys, xs = torch.meshgrid(torch.arange(h, device=base.device) * stride, torch.arange(w, device=base.device) * stride,
-                            indexing="ij")
-    shifts = torch.stack([xs, ys, xs, ys], dim=-1).reshape(-1, 1, 4).to(base)  # (h*w, 1, 4)
-    return (base[None] + shifts).view(-1, 4)
 
 
 def valid_anchors(size: Sequence[int], stride: int, num_base: int, pad_shape: Sequence[int],
@@ -83,7 +63,7 @@ class ProposalNetwork(nn.Module):
     Args:
         in_channels: FPN width.
         strides: stride of each level used (4..64 for P2-P6).
-        scales, ratios: anchors per location: ``stride * scale`` wide for each ratio (released: 8; 0.5, 1, 2).
+        scale, ratios: anchors per location: ``stride * scale`` wide for each ratio (released: 8; 0.5, 1, 2).
         pre_nms_top_n: best anchors kept per level before NMS, ``{"training": 2000, "testing": 1000}``.
         post_nms_top_n: proposals kept per image after NMS, ``{"training": 2000, "testing": 1000}``.
         nms_thresh: IoU of the per-level NMS.
@@ -98,7 +78,7 @@ class ProposalNetwork(nn.Module):
         self,
         in_channels: int = 256,
         strides: Sequence[int] = (4, 8, 16, 32, 64),
-        scales: Sequence[float] = (8.0,),
+        scale: float = 8.0,
         ratios: Sequence[float] = (0.5, 1.0, 2.0),
         *,
         pre_nms_top_n: dict[str, int] | None = None,
@@ -113,10 +93,8 @@ class ProposalNetwork(nn.Module):
     ) -> None:
         super().__init__()
         self.strides = tuple(strides)
-        self.register_buffer(
-            "anchors", torch.stack([base_anchors(s, scales, ratios) for s in strides]), persistent=False
-        )  # (levels, A, 4)
-        self.head = RPNHead(in_channels, len(scales) * len(ratios))  # normal(0, 0.01) init, as mmdet's
+        self.anchor_generator = octave_anchors(strides, scale, 1, ratios)
+        self.head = RPNHead(in_channels, len(ratios))  # normal(0, 0.01) init, as mmdet's
         self.pre_nms_top_n = pre_nms_top_n or {"training": 2000, "testing": 1000}
         self.post_nms_top_n = post_nms_top_n or {"training": 2000, "testing": 1000}
         self.nms_thresh = nms_thresh
@@ -130,16 +108,22 @@ class ProposalNetwork(nn.Module):
     def _mode(self) -> str:
         return "training" if self.training else "testing"
 
-    def level_anchors(self, sizes: Sequence[Sequence[int]]) -> list[torch.Tensor]:
-        """``(h * w * A, 4)`` anchors of each level for feature maps of ``sizes``."""
-        return [grid_anchors(base, size, s) for base, size, s in zip(self.anchors, sizes, self.strides)]
+    @property
+    def num_anchors(self) -> int:
+        """Anchors per location."""
+        return self.anchor_generator.num_anchors_per_location()[0]
+
+    def level_anchors(self, images: ImageList, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        """``(h * w * A, 4)`` anchors of each level (location-major, then ratio: the heads' channel order)."""
+        counts = [f.shape[-2] * f.shape[-1] * self.num_anchors for f in feats]
+        return list(self.anchor_generator(images, feats)[0].split(counts))
 
     def forward(
         self, images: ImageList, features: dict[str, torch.Tensor], targets: list[dict[str, torch.Tensor]] | None = None
     ) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
         feats = list(features.values())[: len(self.strides)]
         objectness, deltas = self.head(feats)  # per level (B, A, h, w), (B, 4A, h, w)
-        anchors = self.level_anchors([f.shape[-2:] for f in feats])
+        anchors = self.level_anchors(images, feats)
         losses = {}
         if self.training:
             if targets is None:
@@ -183,7 +167,7 @@ class ProposalNetwork(nn.Module):
         """Binary cross-entropy on sampled anchors and smooth-L1 on the positive ones, both over the number of
         samples of the batch (each image counting at least one positive and one negative, as mmdet)."""
         flat_anchors = torch.cat(anchors)
-        num_base = self.anchors.size(1)
+        num_base = self.num_anchors
         labels, label_w, box_t, box_w = [], [], [], []
         num_samples = 0
         for size, target in zip(image_sizes, targets):

@@ -22,9 +22,9 @@ from torch import nn
 from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import box_convert, generalized_box_iou_loss, sigmoid_focal_loss
 
-from .boxes import boxes_to_rois, decode_deltas
+from .boxes import decode_deltas
 from .hungarian import hungarian_match, match_cost
-from .roi import MultiLevelRoIAlign
+from .roi_heads import LevelRoIAlign
 
 DELTA_STDS = (0.5, 0.5, 1.0, 1.0)
 
@@ -148,19 +148,20 @@ class SparseRoIHeads(nn.Module):
     Args:
         num_classes: K.
         channels: FPN and proposal feature width.
-        strides: strides of the FPN maps (P2-P5).
+        featmap_names, strides: names and strides of the FPN maps (P2-P5).
         num_stages: DII stages (6).
         cls_weight, l1_weight, giou_weight: loss and matching-cost weights (2, 5, 2).
         detections_per_img: (query, class) pairs kept per image (300: every query once on average).
         score_thresh: pairs scoring less are dropped after the ranking (the released test: none, 0).
     """
 
-    def __init__(self, num_classes: int, *, channels: int = 256, strides: Sequence[int] = (4, 8, 16, 32),
+    def __init__(self, num_classes: int, *, channels: int = 256, featmap_names: Sequence[str] = ("0", "1", "2", "3"),
+                 strides: Sequence[int] = (4, 8, 16, 32),
                  num_stages: int = 6, cls_weight: float = 2.0, l1_weight: float = 5.0, giou_weight: float = 2.0,
                  detections_per_img: int = 300, score_thresh: float = 0.0) -> None:
         super().__init__()
         self.num_classes = num_classes
-        self.box_roi_pool = MultiLevelRoIAlign(7, strides, sampling_ratio=2)
+        self.box_roi_pool = LevelRoIAlign(list(featmap_names), 7, list(strides), sampling_ratio=2)
         self.box_head = nn.ModuleList(DIIHead(num_classes, channels) for _ in range(num_stages))
         self.weights = {"cls": cls_weight, "l1": l1_weight, "giou": giou_weight}
         self.detections_per_img = detections_per_img
@@ -170,13 +171,13 @@ class SparseRoIHeads(nn.Module):
         """torchvision's ``RoIHeads.has_mask``: Sparse R-CNN predicts boxes only."""
         return False
 
-    def stages(self, feats: list[torch.Tensor], boxes: torch.Tensor, obj: torch.Tensor
-               ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def stages(self, features: dict[str, torch.Tensor], boxes: torch.Tensor, obj: torch.Tensor,
+               image_shapes: list[tuple[int, int]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per stage, its class logits ``(B, N, K)`` and refined boxes ``(B, N, 4)`` (each stage's boxes are
         detached before the next stage pools from them, as mmdet does)."""
         out = []
         for head in self.box_head:
-            cls, deltas, obj = head(self.box_roi_pool(feats, boxes_to_rois(list(boxes))), obj)
+            cls, deltas, obj = head(self.box_roi_pool(features, list(boxes), image_shapes), obj)
             new = decode_deltas(boxes.reshape(-1, 4), deltas.reshape(-1, 4), DELTA_STDS).view_as(boxes)
             out.append((cls, new))
             boxes = new.detach()
@@ -185,7 +186,7 @@ class SparseRoIHeads(nn.Module):
     def forward(self, features: dict[str, torch.Tensor], proposals: tuple[torch.Tensor, torch.Tensor],
                 image_shapes: list[tuple[int, int]], targets: list[dict[str, torch.Tensor]] | None = None
                 ) -> tuple[list[dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
-        outputs = self.stages(list(features.values()), *proposals)
+        outputs = self.stages(features, *proposals, image_shapes)
         if self.training:
             if targets is None:
                 raise ValueError("the RoI heads need targets in training mode")

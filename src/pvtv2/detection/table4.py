@@ -53,7 +53,8 @@ def table4_rows() -> list[dict[str, Any]]:
             row: dict[str, Any] = {"detector": arch, "backbone": backbone, "paper_ap": ap,
                                    "params_m": None, "paper_params_m": paper_params, "gflops": None,
                                    "paper_gflops": paper_gflops, "gflops_diff_pct": None,
-                                   "input_size": f"{INPUT_SIZE[1]}x{INPUT_SIZE[0]}", "note": NOTES.get((arch, backbone))}
+                                   "input_size": f"{INPUT_SIZE[1]}x{INPUT_SIZE[0]}",
+                                   "note": NOTES.get((arch, backbone))}
             if arch in DETECTORS:
                 c = detector_complexity(arch, backbone)
                 row.update(params_m=round(c.params_m, 3), gflops=round(c.gflops, 2),

@@ -28,7 +28,11 @@ def scale_lr(base_lr: float, total_batch: int, base_batch: int = 512) -> float:
 
 
 def param_groups(
-    model: nn.Module, weight_decay: float, skip: Iterable[str] = (), lr_scale: dict[str, float] | None = None
+    model: nn.Module,
+    weight_decay: float,
+    skip: Iterable[str] = (),
+    lr_scale: dict[str, float] | None = None,
+    decay_norms: bool = False,
 ) -> list[dict[str, Any]]:
     """Two parameter groups: decayed weights, and the rest (1-D tensors = biases and norm weights, plus the names
     in ``skip`` and ``model.no_weight_decay()``: position embeddings and class tokens).
@@ -39,6 +43,7 @@ def param_groups(
         skip: extra parameter names (or name suffixes) without decay.
         lr_scale: optional ``{name prefix: factor}`` giving some parameters a scaled lr (e.g. ``{"backbone.": 0.1}``);
             each distinct factor becomes its own pair of groups with an ``lr_scale`` entry.
+        decay_norms: decay every parameter (the released mmdet and mmseg configs, which set no ``paramwise_cfg``).
     """
     skip = set(skip)
     nwd = getattr(model, "no_weight_decay", None)
@@ -48,7 +53,8 @@ def param_groups(
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        no_decay = p.ndim <= 1 or name.endswith(".bias") or any(name == s or name.endswith("." + s) for s in skip)
+        no_decay = not decay_norms and (
+            p.ndim <= 1 or name.endswith(".bias") or any(name == s or name.endswith("." + s) for s in skip))
         scale = 1.0
         for prefix, f in (lr_scale or {}).items():
             if name.startswith(prefix):
@@ -68,9 +74,11 @@ def create_optimizer(
     betas: tuple[float, float] = (0.9, 0.999),
     skip: Iterable[str] = (),
     lr_scale: dict[str, float] | None = None,
+    decay_norms: bool = False,
 ) -> torch.optim.AdamW:
-    """AdamW as in the released recipes (eps 1e-8, decay 0.05; no decay on biases, norms, pos_embed, cls_token)."""
-    groups = param_groups(model, weight_decay, skip, lr_scale)
+    """AdamW as in the released recipes (eps 1e-8, decay 0.05; no decay on biases, norms, pos_embed, cls_token
+    unless ``decay_norms``)."""
+    groups = param_groups(model, weight_decay, skip, lr_scale, decay_norms)
     for g in groups:
         g["lr"] = lr * g["lr_scale"]
     params = [p for g in groups for p in g["params"]]

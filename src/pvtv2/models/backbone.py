@@ -27,12 +27,12 @@ WeightsSource = str | os.PathLike[str] | dict[str, torch.Tensor] | None
 class StageBackbone(nn.Module):
     """The backbone contract of the dense tasks: selected stage maps of a four-stage network, with frozen stages.
 
-    Subclasses wrap one network (PVT here, torchvision's ResNet-50 and Swin-T in :mod:`.comparison`), set
-    ``stage_modules`` (the modules of each stage, the down-sampling that opens it included) and implement
-    ``forward``. Necks and heads read only ``out_channels_list`` and ``strides``.
+    Subclasses wrap one network (PVT here, torchvision's ResNet-50 and Swin-T in :mod:`.comparison`), hand this
+    class the modules of each stage and implement ``forward``. Necks and heads read only ``out_channels_list`` and
+    ``strides``.
 
     Args:
-        stage_modules: per stage, the modules that belong to it.
+        stage_modules: per stage, the modules that belong to it (the down-sampling that opens it included).
         channels, strides: per stage, output channels and stride.
         stages: indices (0..3) of the stages whose outputs are returned, in increasing order.
         frozen_stages: the first ``frozen_stages`` stages get no gradient and stay in eval mode (no drop-path):

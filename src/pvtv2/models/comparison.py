@@ -168,7 +168,8 @@ def _checked(kwargs: dict[str, Any], cls: type, name: str) -> dict[str, Any]:
     return kwargs
 
 
-def _load(model: nn.Module, weights: WeightsSource, official: WeightsEnum, anchor: str, unused: tuple[str, ...]) -> None:
+def _load(model: nn.Module, weights: WeightsSource, official: WeightsEnum, anchor: str,
+          unused: tuple[str, ...]) -> None:
     """Load ``weights`` (``"official"``, a path or a state dict in torchvision's names, possibly nested under a
     prefix such as a detector's ``backbone.body.model.``) into ``model``, all but the ``unused`` keys required."""
     if weights is None:

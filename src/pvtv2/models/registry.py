@@ -82,8 +82,8 @@ def create_model(
         num_classes: head size; 0 for a headless backbone.
         weights: ``None`` (random init), ``"official"`` (the authors' release, via torch.hub's cache), a checkpoint
             path in any supported format, or a state dict.
-        ignore_head: drop the checkpoint's head instead of loading it. Default: drop it when ``num_classes``
-            differs from the released 1000 classes with ``weights="official"``, or when ``num_classes == 0``.
+        ignore_head: drop the checkpoint's head instead of loading it. Default: drop it when it does not fit
+            (``num_classes`` differs from the checkpoint's, or 0).
         **overrides: :class:`PVTConfig` fields to change (``drop_path_rate=0.2``, ``attn_mode="linear"``...).
     """
     info = model_info(name)
@@ -91,8 +91,6 @@ def create_model(
     if weights is not None:
         from ..weights import load_weights, released_state_dict
 
-        if ignore_head is None:
-            ignore_head = num_classes == 0 or (weights == "official" and num_classes != 1000)
         source = released_state_dict(name) if weights == "official" else weights
         load_weights(model, source, ignore_head=ignore_head)
     return model

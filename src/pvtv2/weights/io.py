@@ -121,6 +121,13 @@ def _is_state_dict(d: dict[str, Any]) -> bool:
     return bool(d) and sum(isinstance(v, torch.Tensor) for v in d.values()) > len(d) // 2
 
 
+def head_classes(sd: StateDict) -> int | None:
+    """Outputs of the classification head of a state dict in any format (``None``: no head, or no PVT layout)."""
+    fmt = detect_format(sd)
+    head = convert(sd, fmt, "pvtv2").get("head.weight") if fmt else None
+    return int(head.shape[0]) if head is not None else None
+
+
 @dataclass
 class LoadReport:
     """What :func:`load_weights` did."""
@@ -131,6 +138,7 @@ class LoadReport:
     unexpected: list[str] = field(default_factory=list)
     mismatched: list[str] = field(default_factory=list)
     dropped_head: bool = False
+    checkpoint_classes: int | None = None  # outputs of the checkpoint's classification head (None: it has none)
 
 
 def load_weights(
@@ -138,7 +146,7 @@ def load_weights(
     source: str | os.PathLike[str] | dict[str, Any],
     *,
     strict: bool = True,
-    ignore_head: bool = False,
+    ignore_head: bool | None = False,
     format: str | None = None,
 ) -> LoadReport:
     """Load weights in any supported format into a pvtv2 model (or anything holding one as ``.backbone``).
@@ -149,7 +157,8 @@ def load_weights(
             Face, mmdet or pvtv2 format (detected from the keys), possibly wrapped as ``{"model": ...}``.
         strict: raise on any missing, unexpected or mis-shaped key (default); if False, load what fits and log a
             warning naming what did not.
-        ignore_head: leave the model's classification head as it is (fine-tuning to other classes).
+        ignore_head: leave the model's classification head as it is (fine-tuning to other classes); ``None``: do
+            so exactly when the checkpoint's head does not fit the model's (another class count, or only one has a head).
         format: skip detection and read the keys as this format.
 
     Raises:
@@ -168,9 +177,14 @@ def load_weights(
         sd = convert(sd, fmt, "pvtv2")
     except (KeyError, ValueError) as e:
         raise CheckpointError(f"{where}: cannot convert from the {fmt} format: {e}") from None
+    own = model.state_dict()
+    head = sd.get("head.weight")
+    if ignore_head is None:  # the two heads differ in presence or shape
+        mine = own.get("head.weight")
+        ignore_head = (head is None) != (mine is None) or (head is not None and mine is not None
+                                                            and head.shape != mine.shape)
     if ignore_head:
         sd = {k: v for k, v in sd.items() if not k.startswith("head.")}
-    own = model.state_dict()
     skip = {k for k in own if k.startswith("head.")} if ignore_head else set()
     report = LoadReport(
         format=fmt,
@@ -183,6 +197,7 @@ def load_weights(
             if k in own and v.shape != own[k].shape
         ],
         dropped_head=ignore_head,
+        checkpoint_classes=int(head.shape[0]) if head is not None else None,
     )
     problems = _describe(report)
     if problems and strict:

@@ -10,27 +10,26 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torchvision.models.detection._utils import BoxCoder
 from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
 from ...models.backbone import WeightsSource
+from ..boxes import delta_coder
 from ..dense_heads import ATSSHead
 from ..fpn import pvt_fpn
 from ..losses import centerness_target
-from ..mmdet_keys import one_stage_from_mmdet
-from ..one_stage import AnchorPointDetector, reduce_mean
+from ..one_stage import AnchorPointDetector, from_mmdet, reduce_mean
 from ..registry import DetectorSpec, register
 
 FOCAL_ALPHA, FOCAL_GAMMA = 0.25, 2.0
 GIOU_WEIGHT = 2.0
-DELTA_WEIGHTS = (10.0, 10.0, 5.0, 5.0)  # 1 / mmdet's target_stds (0.1, 0.1, 0.2, 0.2)
+TARGET_STDS = (0.1, 0.1, 0.2, 0.2)  # the released DeltaXYWHBBoxCoder's (means 0)
 
 
 class ATSS(AnchorPointDetector):
     """ATSS: :class:`~pvtv2.detection.one_stage.AnchorPointDetector` with box deltas and a centre-ness branch
     (arguments as there)."""
 
-    box_coder = BoxCoder(DELTA_WEIGHTS)  # clamps dw, dh at log(1000 / 16), as mmdet's wh_ratio_clip
+    box_coder = delta_coder(TARGET_STDS)  # clamps dw, dh to +-log(1000 / 16), as mmdet's wh_ratio_clip
 
     def loss(self, outputs: dict[str, torch.Tensor], anchors: torch.Tensor, strides: torch.Tensor,
              labels: torch.Tensor, weights: torch.Tensor, gt_boxes: torch.Tensor,
@@ -99,5 +98,5 @@ def atss(
     return ATSS(fpn, ATSSHead(num_classes, fpn.out_channels, fpn.num_levels), num_classes, **kwargs)
 
 
-register(DetectorSpec("atss", atss, lr=1e-4, dense=AnchorPointDetector.dense, from_mmdet=one_stage_from_mmdet,
+register(DetectorSpec("atss", atss, lr=1e-4, dense=AnchorPointDetector.dense, from_mmdet=from_mmdet,
                       description="ATSS (Zhang et al. 2020), paper Table 4; 3x multi-scale recipe"))

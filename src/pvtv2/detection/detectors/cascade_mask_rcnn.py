@@ -3,13 +3,12 @@
 location), three cascade box stages and three mask heads (:mod:`..cascade`), AdamW 1e-4.
 
 torchvision's ``GeneralizedRCNN`` runs the pieces (transform, backbone, RPN, RoI heads, post-processing); the
-RPN, RoI pooling, heads and mask pasting are mmdet's (:mod:`..rpn`, :mod:`..roi`, :mod:`..cascade`,
-:mod:`..masks`), so the released weights give the released detections.
+RPN, RoI pooling, heads and mask pasting are mmdet's (:mod:`..rpn`, :mod:`..roi_heads`, :mod:`..cascade`,
+:mod:`..transform`), so the released weights give the released detections.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,10 +20,10 @@ from ...analysis.counting import unseen_by_mmcv
 from ...models.backbone import WeightsSource
 from ..cascade import CascadeRoIHeads
 from ..fpn import pvt_fpn
-from ..masks import PastingTransform
-from ..mmdet_keys import backbone_from_mmdet, fpn_from_mmdet
+from ..mmdet import convert_detector, fpn_to_ours
 from ..registry import DetectorSpec, register
 from ..rpn import ProposalNetwork
+from ..transform import DetectionTransform
 from .mask_rcnn import BOX_ROIS, MASK_ROIS
 from .mask_rcnn import _dense as rpn_dense
 
@@ -84,11 +83,12 @@ def cascade_mask_rcnn(
         nms_thresh=rpn_nms_thresh, batch_size_per_image=rpn_batch_size_per_image,
     )
     heads = CascadeRoIHeads(
-        num_classes, in_channels=fpn.out_channels, strides=fpn.strides[: len(stages)],
+        num_classes, in_channels=fpn.out_channels, featmap_names=[str(i) for i in range(len(stages))],
+        strides=fpn.strides[: len(stages)],  # RoIs come from the FPN maps, not the pooled P6
         batch_size_per_image=box_batch_size_per_image, score_thresh=score_thresh, nms_thresh=nms_thresh,
         detections_per_img=detections_per_img,
     )
-    transform = PastingTransform(min_size, max_size, IMAGENET_MEAN, IMAGENET_STD)
+    transform = DetectionTransform(min_size, max_size, IMAGENET_MEAN, IMAGENET_STD)
     return CascadeMaskRCNN(fpn, rpn, heads, transform)
 
 
@@ -108,40 +108,27 @@ def _cost(model: nn.Module, images: torch.Tensor) -> dict[str, torch.Tensor]:
     return out
 
 
-# mmdet's names of the RPN and RoI heads -> ours (after the ``rpn_head.`` / ``roi_head.`` prefix)
-_HEAD_KEYS = (
-    (r"rpn_head\.rpn_conv\.", "rpn.head.conv.0.0."),
-    (r"rpn_head\.rpn_cls\.", "rpn.head.cls_logits."),
-    (r"rpn_head\.rpn_reg\.", "rpn.head.bbox_pred."),
-    (r"roi_head\.bbox_head\.(\d+)\.shared_convs\.(\d+)\.conv\.", r"roi_heads.box_head.\1.trunk.\2.0."),
-    (r"roi_head\.bbox_head\.(\d+)\.shared_convs\.(\d+)\.bn\.", r"roi_heads.box_head.\1.trunk.\2.1."),
-    (r"roi_head\.bbox_head\.(\d+)\.shared_fcs\.0\.", r"roi_heads.box_head.\1.trunk.5."),  # after 4 convs, Flatten
-    (r"roi_head\.bbox_head\.(\d+)\.fc_(cls|reg)\.", r"roi_heads.box_head.\1.fc_\2."),
-    (r"roi_head\.mask_head\.(\d+)\.convs\.(\d+)\.conv\.", r"roi_heads.mask_head.\1.0.\2.0."),
-    (r"roi_head\.mask_head\.(\d+)\.upsample\.", r"roi_heads.mask_head.\1.1.conv5_mask."),
-    (r"roi_head\.mask_head\.(\d+)\.conv_logits\.", r"roi_heads.mask_head.\1.1.mask_fcn_logits."),
-)
-
-
-def rename_heads(sd: dict[str, torch.Tensor], rules: Sequence[tuple[str, str]]) -> dict[str, torch.Tensor]:
-    """The tensors of ``sd`` whose names match one of ``rules`` (``(pattern, replacement)``, applied to the start
-    of the name), renamed."""
-    out = {}
-    for key, value in sd.items():
-        for pattern, repl in rules:
-            new, n = re.subn("^" + pattern, repl, key)
-            if n:
-                out[new] = value
-                break
-    return out
-
-
-def _from_mmdet(sd: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
-    """A released mmdet Cascade Mask R-CNN state dict -> ours (the layers have mmdet's shapes: no reordering)."""
-    return {**backbone_from_mmdet(sd, model), **fpn_from_mmdet(sd, len(model.backbone.body.out_channels_list)),
-            **rename_heads(sd, _HEAD_KEYS)}
+def from_mmdet(sd: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """A released mmdet ``CascadeRCNN`` state dict under our names (the layers have mmdet's shapes and class order:
+    nothing moves). ``ConvModule``'s ``.conv`` / ``.bn`` become ``Conv2dNormActivation``'s ``.0`` / ``.1``."""
+    heads = model.roi_heads
+    pairs = fpn_to_ours(len(model.backbone.body.stages))[:-2]  # no extra convs: P6 is a max-pool
+    pairs += [("rpn_head.rpn_conv.", "rpn.head.conv.0.0."), ("rpn_head.rpn_cls.", "rpn.head.cls_logits."),
+              ("rpn_head.rpn_reg.", "rpn.head.bbox_pred.")]
+    for t in range(heads.num_stages):
+        box, ours = f"roi_head.bbox_head.{t}.", f"roi_heads.box_head.{t}."
+        convs = [m for m in heads.box_head[t].trunk if isinstance(m, nn.Sequential)]
+        for i in range(len(convs)):
+            pairs += [(f"{box}shared_convs.{i}.conv.", f"{ours}trunk.{i}.0."),
+                      (f"{box}shared_convs.{i}.bn.", f"{ours}trunk.{i}.1.")]
+        pairs += [(f"{box}shared_fcs.0.", f"{ours}trunk.{len(convs) + 1}."),  # after the convs and the Flatten
+                  (f"{box}fc_", f"{ours}fc_")]
+        mask, ours = f"roi_head.mask_head.{t}.", f"roi_heads.mask_head.{t}."
+        pairs += [(f"{mask}convs.{i}.conv.", f"{ours}0.{i}.0.") for i in range(len(heads.mask_head[t][0]))]
+        pairs += [(f"{mask}upsample.", f"{ours}1.conv5_mask."), (f"{mask}conv_logits.", f"{ours}1.mask_fcn_logits.")]
+    return convert_detector(sd, pairs, what="Cascade Mask R-CNN")
 
 
 register(DetectorSpec("cascade_mask_rcnn", cascade_mask_rcnn, lr=1e-4, dense=rpn_dense, cost=_cost, masks=True,
-                      from_mmdet=_from_mmdet,
+                      from_mmdet=from_mmdet,
                       description="Cascade Mask R-CNN (Cai & Vasconcelos 2019), paper Table 4; boxes and masks"))

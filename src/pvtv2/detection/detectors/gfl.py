@@ -16,8 +16,7 @@ from ...models.backbone import WeightsSource
 from ..dense_heads import GFLHead, integral
 from ..fpn import pvt_fpn
 from ..losses import aligned_iou, distribution_focal_loss, quality_focal_loss
-from ..mmdet_keys import one_stage_from_mmdet
-from ..one_stage import AnchorPointDetector, reduce_mean
+from ..one_stage import AnchorPointDetector, from_mmdet, reduce_mean
 from ..registry import DetectorSpec, register
 
 QFL_BETA = 2.0
@@ -104,5 +103,5 @@ def gfl(
     return GFL(fpn, GFLHead(num_classes, reg_max, fpn.out_channels, fpn.num_levels), num_classes, **kwargs)
 
 
-register(DetectorSpec("gfl", gfl, lr=1e-4, dense=AnchorPointDetector.dense, from_mmdet=one_stage_from_mmdet,
+register(DetectorSpec("gfl", gfl, lr=1e-4, dense=AnchorPointDetector.dense, from_mmdet=from_mmdet,
                       description="GFL (Li et al. 2020), paper Table 4; 3x multi-scale recipe"))

@@ -16,7 +16,6 @@ import torch
 from torch import nn
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.image_list import ImageList
-from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import box_convert
 
 from ...analysis.counting import unseen_by_mmcv
@@ -24,8 +23,9 @@ from ...models.backbone import WeightsSource
 from ..fpn import pvt_fpn
 from ..registry import DetectorSpec, register
 from ..sparse import DynamicConv, ProposalEmbedding, SparseRoIHeads
-from ..mmdet_keys import backbone_from_mmdet, fpn_from_mmdet
-from .cascade_mask_rcnn import IMAGENET_MEAN, IMAGENET_STD, rename_heads
+from ..transform import DetectionTransform
+from ..mmdet import convert_detector, fpn_to_ours
+from .cascade_mask_rcnn import IMAGENET_MEAN, IMAGENET_STD
 
 COST_IMAGE_SHAPE = (800, 1333)  # mmdet's forward_dummy decodes the proposals for this image size
 
@@ -68,9 +68,10 @@ def sparse_rcnn(
     fpn = pvt_fpn(backbone, stages=stages, extra=None, backbone_weights=backbone_weights,
                   trainable_stages=trainable_stages, norm_eval=norm_eval, backbone_overrides=backbone_overrides)
     rpn = ProposalEmbedding(num_proposals, fpn.out_channels)
-    heads = SparseRoIHeads(num_classes, channels=fpn.out_channels, strides=fpn.strides, num_stages=num_stages,
+    heads = SparseRoIHeads(num_classes, channels=fpn.out_channels, featmap_names=[str(i) for i in range(len(stages))],
+                           strides=fpn.strides, num_stages=num_stages,
                            detections_per_img=detections_per_img, score_thresh=score_thresh)
-    transform = GeneralizedRCNNTransform(min_size, max_size, IMAGENET_MEAN, IMAGENET_STD)
+    transform = DetectionTransform(min_size, max_size, IMAGENET_MEAN, IMAGENET_STD)
     return SparseRCNN(fpn, rpn, heads, transform)
 
 
@@ -101,21 +102,16 @@ def _cost(model: nn.Module, images: torch.Tensor) -> dict[str, torch.Tensor]:
     return out
 
 
-# mmdet's names of the proposals and DII heads -> ours (mmcv's MultiheadAttention and FFN wrap torch's layers)
-_HEAD_KEYS = (
-    (r"rpn_head\.", "rpn."),
-    (r"roi_head\.bbox_head\.(\d+)\.attention\.attn\.", r"roi_heads.box_head.\1.attention."),
-    (r"roi_head\.bbox_head\.(\d+)\.ffn\.layers\.0\.0\.", r"roi_heads.box_head.\1.ffn.0."),
-    (r"roi_head\.bbox_head\.(\d+)\.ffn\.layers\.1\.", r"roi_heads.box_head.\1.ffn.3."),
-    (r"roi_head\.bbox_head\.", "roi_heads.box_head."),
-)
+def from_mmdet(sd: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """A released mmdet ``SparseRCNN`` state dict under our names: mmcv's ``MultiheadAttention`` and ``FFN`` wrap
+    torch's layers (``attention.attn.*``, ``ffn.layers.0.0`` / ``ffn.layers.1``); every other name is mmdet's."""
+    pairs = fpn_to_ours(len(model.backbone.body.stages))[:-2] + [("rpn_head.", "rpn.")]  # no extra FPN levels
+    for t in range(len(model.roi_heads.box_head)):
+        head, ours = f"roi_head.bbox_head.{t}.", f"roi_heads.box_head.{t}."
+        pairs += [(f"{head}attention.attn.", f"{ours}attention."), (f"{head}ffn.layers.0.0.", f"{ours}ffn.0."),
+                  (f"{head}ffn.layers.1.", f"{ours}ffn.3."), (head, ours)]
+    return convert_detector(sd, pairs, what="Sparse R-CNN")
 
 
-def _from_mmdet(sd: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
-    """A released mmdet Sparse R-CNN state dict -> ours."""
-    return {**backbone_from_mmdet(sd, model), **fpn_from_mmdet(sd, len(model.backbone.body.out_channels_list)),
-            **rename_heads(sd, _HEAD_KEYS)}
-
-
-register(DetectorSpec("sparse_rcnn", sparse_rcnn, lr=2.5e-5, dense=_dense, cost=_cost, from_mmdet=_from_mmdet,
+register(DetectorSpec("sparse_rcnn", sparse_rcnn, lr=2.5e-5, dense=_dense, cost=_cost, from_mmdet=from_mmdet,
                       description="Sparse R-CNN (Sun et al. 2021), 300 learned proposals; paper Table 4"))
