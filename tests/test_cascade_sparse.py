@@ -15,7 +15,7 @@ from pvtv2.analysis import complexity
 from pvtv2.analysis.counting import unseen_by_mmcv
 from pvtv2.detection import build_detector, get_detector
 from pvtv2.detection.boxes import batched_nms, decode_deltas, encode_deltas, paste_masks
-from pvtv2.detection.cascade import STAGE_STDS, CascadeRoIHeads
+from pvtv2.detection.cascade import CascadeRoIHeads
 from pvtv2.detection.hungarian import focal_cost, hungarian_match, match_cost
 from pvtv2.detection.roi_heads import mask_targets
 from pvtv2.detection.rpn import inside_image, valid_anchors
@@ -23,14 +23,7 @@ from pvtv2.detection.sampling import assign_max_iou, sample_random
 from pvtv2.detection.sparse import SparseRoIHeads
 
 TINY = {"depths": (1, 1, 1, 1)}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --- shared mmdet arithmetic -----------------------------------------------------------------------------------------
@@ -46,7 +39,8 @@ def test_delta_coder_roundtrip_clamp_and_clip() -> None:
     box = torch.tensor([[0.0, 0, 10, 20]])
     deltas = torch.tensor([[0.1, -0.1, math.log(2), 0.0]])  # centre (5, 10) -> (6, 8), width 10 -> 20
     assert torch.allclose(decode_deltas(box, deltas, (1, 1, 1, 1)), torch.tensor([[-4.0, -2, 16, 18]]))
-    assert torch.allclose(decode_deltas(box, deltas, (1, 1, 1, 1), max_shape=(15, 30)), torch.tensor([[0.0, 0, 16, 15]]))
+    clipped = decode_deltas(box, deltas, (1, 1, 1, 1), max_shape=(15, 30))
+    assert torch.allclose(clipped, torch.tensor([[0.0, 0, 16, 15]]))
     big = decode_deltas(box, torch.tensor([[0.0, 0, 10, 0]]), (1, 1, 1, 1))  # exp(10) clamped to 1000/16
     assert math.isclose(float(big[0, 2] - big[0, 0]), 10 * 62.5, rel_tol=1e-5)
     gt = torch.tensor([[1.0, 2, 13, 17]])
@@ -83,8 +77,8 @@ def test_assignment_per_stage_iou() -> None:
         assert s.gt_index.tolist() == [0] * s.num_pos
     assigned = assign_max_iou(PROPOSALS, GT, pos_iou=0.7, neg_iou=0.3, min_pos_iou=0.3, match_low_quality=True)
     assert assigned.tolist() == [1, 1, -1, -1, 0]  # 0.625 and 0.526: between the thresholds, ignored
-    capped = sample_random(assign_max_iou(PROPOSALS, GT, pos_iou=0.5, neg_iou=0.5, min_pos_iou=0.5,
-                                          match_low_quality=False), PROPOSALS, GT, num=4, pos_fraction=0.5, add_gt=False)
+    loose = assign_max_iou(PROPOSALS, GT, pos_iou=0.5, neg_iou=0.5, min_pos_iou=0.5, match_low_quality=False)
+    capped = sample_random(loose, PROPOSALS, GT, num=4, pos_fraction=0.5, add_gt=False)
     assert capped.num_pos == 2 and len(capped.boxes) == 3  # 2 of 4 positives drawn, the only negative
 
 
@@ -211,7 +205,7 @@ def _batch() -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
 
 @pytest.mark.parametrize(("arch", "options", "loss_names"), [
     ("cascade_mask_rcnn", {"rpn_post_nms_top_n_train": 16, "rpn_post_nms_top_n_test": 8,  # few RoIs: a 256-channel
-                           "box_batch_size_per_image": 8, "detections_per_img": 4},  # box head is 0.1 GMAC each
+                           "box_batch_size_per_image": 8, "box_detections_per_img": 4},  # box head is 0.1 GMAC each
      {"loss_rpn_cls", "loss_rpn_bbox"} | {f"s{t}.loss_{k}" for t in range(3) for k in ("cls", "bbox", "mask")}),
     ("sparse_rcnn", {"num_proposals": 20, "detections_per_img": 20},
      {f"stage{t}_loss_{k}" for t in range(6) for k in ("cls", "bbox", "iou")}),
@@ -262,3 +256,16 @@ def test_parameter_counts_as_mmdet() -> None:
                 counts[arch, backbone] = sum(p.numel() for p in build_detector(arch, backbone=backbone).parameters())
     assert counts == {("cascade_mask_rcnn", "pvt_v2_b2"): 82_852_466, ("cascade_mask_rcnn", "pvt_v2_b2_li"): 80_043_122,
                       ("sparse_rcnn", "pvt_v2_b2"): 106_963_816, ("sparse_rcnn", "pvt_v2_b2_li"): 104_154_472}
+
+
+def test_table4_cells(monkeypatch) -> None:
+    """Cascade and Sparse R-CNN cells within 0.5 M and 1 % of the paper (two backbones here; the docs list all four),
+    with what mmcv's hooks do not see left out (Sparse R-CNN B2 would be 1.5 % over with it)."""
+    from pvtv2.detection import table4
+
+    monkeypatch.setattr(table4, "BACKBONES", ("resnet50", "pvt_v2_b2"))
+    monkeypatch.setattr(table4, "DETECTORS_T4", ("cascade_mask_rcnn", "sparse_rcnn"))
+    rows = table4.table4_rows()
+    assert len(rows) == 4 and all(r["gflops"] is not None for r in rows)
+    for r in rows:
+        assert abs(r["params_m"] - r["paper_params_m"]) <= 0.5 and abs(r["gflops_diff_pct"]) <= 1.0, r

@@ -27,14 +27,7 @@ TINY = {"depths": [1, 1, 1, 1], "drop_path_rate": 0.0}
 NAME = "pvt_v2_b0"
 SIZES = [(224, 320), (250, 347)]
 CASCADE_RPN_TEST, CASCADE_RPN_TRAIN, CASCADE_DETS, SPARSE_PROPOSALS = 20, 40, 10, 50
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --- the released configs, as dicts --------------------------------------------------------------------------------
@@ -139,7 +132,7 @@ def cascade() -> tuple[torch.nn.Module, torch.nn.Module]:
     cfg = cascade_config(O.oracle_backbone(NAME, TINY), O.stage_channels(NAME, TINY), rpn_test=CASCADE_RPN_TEST,
                          rpn_train=CASCADE_RPN_TRAIN, dets=CASCADE_DETS, score_thr=0.0)
     return _pair("cascade_mask_rcnn", cfg, rpn_post_nms_top_n_test=CASCADE_RPN_TEST,
-                 rpn_post_nms_top_n_train=CASCADE_RPN_TRAIN, detections_per_img=CASCADE_DETS, score_thresh=0.0)
+                 rpn_post_nms_top_n_train=CASCADE_RPN_TRAIN, box_detections_per_img=CASCADE_DETS, score_thresh=0.0)
 
 
 @pytest.fixture(scope="module")

@@ -127,7 +127,8 @@ class CascadeRoIHeads(nn.Module):
         if not len(stage_ious) == len(stage_stds) == len(stage_weights):
             raise ValueError("stage_ious, stage_stds and stage_weights need one entry per stage")
         self.num_classes = num_classes
-        self.stage_ious, self.stage_stds, self.stage_weights = tuple(stage_ious), tuple(stage_stds), tuple(stage_weights)
+        self.stage_ious, self.stage_stds = tuple(stage_ious), tuple(stage_stds)
+        self.stage_weights = tuple(stage_weights)
         self.batch_size_per_image, self.positive_fraction = batch_size_per_image, positive_fraction
         self.giou_weight = giou_weight
         self.score_thresh, self.nms_thresh, self.detections_per_img = score_thresh, nms_thresh, detections_per_img

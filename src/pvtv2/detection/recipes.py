@@ -8,6 +8,9 @@
 - ``3x_mstrain``: the released ``*_3x_mstrain_fp16.py`` configs (ATSS, GFL, Cascade Mask R-CNN, Sparse R-CNN): the
   3x schedule with DETR's augmentation (:mod:`.augment`: shorter side 480-800 step 32; half the time resize to
   400 / 500 / 600, random crop 384-600, then that resize) and no weight decay on norms (``paramwise_cfg``).
+- ``sparse_rcnn_3x``: the released Sparse R-CNN configs (``sparse_rcnn_pvt_v2_b2*_fpn_300_proposals_crop_mstrain_
+  480-800_3x_coco.py``): ``3x_mstrain``'s schedule and augmentation with weight decay 1e-4 on every parameter (no
+  ``paramwise_cfg``), gradient clipping at norm 1 and fp32 (no fp16 runner); lr 2.5e-5 from the registry.
 
 Training images are resized by the data pipeline (``torchvision.transforms.v2``: boxes and masks follow), so the
 detector's own transform only normalises them (``_skip_resize``); at evaluation the detector resizes to
@@ -86,11 +89,15 @@ THREE_X_MSTRAIN = THREE_X.replace(recipe="3x_mstrain", train_sizes=tuple(range(4
                                   crop_resize_sizes=(400, 500, 600), crop_size=(384, 600), decay_norms=False,
                                   no_decay_keys=("absolute_pos_embed", "relative_position_bias_table", "norm"))
 
-RECIPES: dict[str, DetectionConfig] = {"1x": ONE_X, "3x": THREE_X, "3x_mstrain": THREE_X_MSTRAIN}
+SPARSE_RCNN_3X = THREE_X_MSTRAIN.replace(recipe="sparse_rcnn_3x", weight_decay=1e-4, decay_norms=True, no_decay_keys=(),
+                                        clip_grad=1.0, precision="fp32")
+
+RECIPES: dict[str, DetectionConfig] = {"1x": ONE_X, "3x": THREE_X, "3x_mstrain": THREE_X_MSTRAIN,
+                                       "sparse_rcnn_3x": SPARSE_RCNN_3X}
 
 
 def get_recipe(name: str) -> DetectionConfig:
-    """A named recipe (``1x``, ``3x`` or ``3x_mstrain``)."""
+    """A named recipe (``1x``, ``3x``, ``3x_mstrain`` or ``sparse_rcnn_3x``)."""
     return _get(RECIPES, name)
 
 

@@ -54,8 +54,8 @@ def cascade_mask_rcnn(
     rpn_batch_size_per_image: int = 256,
     box_batch_size_per_image: int = 512,
     score_thresh: float = 0.05,
-    nms_thresh: float = 0.5,
-    detections_per_img: int = 100,
+    box_nms_thresh: float = 0.5,
+    box_detections_per_img: int = 100,
 ) -> CascadeMaskRCNN:
     """Cascade Mask R-CNN on a PVT, with the released training and test settings as defaults.
 
@@ -71,8 +71,9 @@ def cascade_mask_rcnn(
         rpn_nms_thresh: IoU of the RPN's NMS.
         rpn_batch_size_per_image: anchors sampled per image for the RPN loss.
         box_batch_size_per_image: RoIs sampled per image and stage (a quarter positive at most).
-        score_thresh, nms_thresh, detections_per_img: test-time selection (class scores above ``score_thresh``,
-            class-wise NMS, the best ``detections_per_img``).
+        score_thresh, box_nms_thresh, box_detections_per_img: test-time selection (class scores above
+            ``score_thresh``, class-wise NMS at ``box_nms_thresh``, the best ``box_detections_per_img``; the RPN and
+            box options are named as torchvision's ``MaskRCNN`` names them, ``score_thresh`` as the trainer does).
     """
     fpn = pvt_fpn(backbone, stages=stages, extra="maxpool", backbone_weights=backbone_weights,
                   trainable_stages=trainable_stages, norm_eval=norm_eval, backbone_overrides=backbone_overrides)
@@ -85,8 +86,8 @@ def cascade_mask_rcnn(
     heads = CascadeRoIHeads(
         num_classes, in_channels=fpn.out_channels, featmap_names=[str(i) for i in range(len(stages))],
         strides=fpn.strides[: len(stages)],  # RoIs come from the FPN maps, not the pooled P6
-        batch_size_per_image=box_batch_size_per_image, score_thresh=score_thresh, nms_thresh=nms_thresh,
-        detections_per_img=detections_per_img,
+        batch_size_per_image=box_batch_size_per_image, score_thresh=score_thresh, nms_thresh=box_nms_thresh,
+        detections_per_img=box_detections_per_img,
     )
     transform = DetectionTransform(min_size, max_size, IMAGENET_MEAN, IMAGENET_STD)
     return CascadeMaskRCNN(fpn, rpn, heads, transform)

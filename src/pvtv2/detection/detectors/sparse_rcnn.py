@@ -1,7 +1,7 @@
 """Sparse R-CNN on a PVT, as the released ``sparse_rcnn_pvt_v2_b2[_li]_fpn_300_proposals_crop_mstrain_480-800_3x_coco``
 configs (whai362/PVT, mmdet 2.13): FPN P2-P5 from all four stages (no extra level), 300 learned proposals, six
 dynamic instance interactive stages (:mod:`..sparse`), AdamW 2.5e-5 with weight decay 1e-4 and gradient clipping
-at norm 1 (the ``sparse_rcnn`` recipe).
+at norm 1, fp32 (the ``sparse_rcnn_3x`` recipe).
 
 It keeps 300 detections per image with no score threshold (the released ``max_per_img=300``). pycocotools' cap
 (``maxDets`` 100) is per image *and* category, so every detection counts in COCO AP, as in mmdet's evaluation.
@@ -21,10 +21,10 @@ from torchvision.ops import box_convert
 from ...analysis.counting import unseen_by_mmcv
 from ...models.backbone import WeightsSource
 from ..fpn import pvt_fpn
+from ..mmdet import convert_detector, fpn_to_ours
 from ..registry import DetectorSpec, register
 from ..sparse import DynamicConv, ProposalEmbedding, SparseRoIHeads
 from ..transform import DetectionTransform
-from ..mmdet import convert_detector, fpn_to_ours
 from .cascade_mask_rcnn import IMAGENET_MEAN, IMAGENET_STD
 
 COST_IMAGE_SHAPE = (800, 1333)  # mmdet's forward_dummy decodes the proposals for this image size
