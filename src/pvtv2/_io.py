@@ -6,6 +6,7 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[str], None]) -> Path:
@@ -30,3 +31,13 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[str], None]) -> 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     """Write a text file atomically."""
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def save_figure(fig: Any, path: str | os.PathLike[str], *, dpi: int = 100) -> Path:
+    """Write a matplotlib figure as PNG atomically, then close it (also when writing fails)."""
+    import matplotlib.pyplot as plt
+
+    try:
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
+    finally:
+        plt.close(fig)
