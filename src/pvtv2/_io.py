@@ -13,6 +13,7 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from .errors import PVTError
 
@@ -89,3 +90,13 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
 def atomic_copy(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Path:
     """Copy ``src`` over ``dst`` atomically."""
     return atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp), size_hint=os.path.getsize(src))
+
+
+def save_figure(fig: Any, path: str | os.PathLike[str], *, dpi: int = 100) -> Path:
+    """Write a matplotlib figure as PNG atomically, then close it (also when writing fails)."""
+    import matplotlib.pyplot as plt
+
+    try:
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
+    finally:
+        plt.close(fig)

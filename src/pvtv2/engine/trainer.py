@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from .._io import OutOfSpace, atomic_copy
 from ..errors import CheckpointError, PVTError, TrainingError
