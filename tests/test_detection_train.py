@@ -50,7 +50,8 @@ def test_smoke_run_loss_goes_down_and_eval_has_ap_fields(tmp_path: Path) -> None
     assert {k.split("_", 1)[1] for k in result.metrics} == set(METRICS) and all(k.startswith("bbox_") for k in result.metrics)
     assert all(0.0 <= v <= 1.0 for v in result.metrics.values())
     assert records[-1]["bbox_AP50"] == result.metrics["bbox_AP50"] and "train_classification" in records[-1]
-    for name in ("last.pth", "config.json", "metrics.csv", "curves.png", "results.json", "summary.json"):
+    for name in ("last.pth", "config.json", "metrics.csv", "curves.png", "results.json", "summary.json",
+                 "predictions.png"):
         assert (tmp_path / "run" / name).is_file(), name
     ckpt = read_checkpoint(tmp_path / "run" / "last.pth")
     assert ckpt["step"] == 6 and ckpt["extra"]["detector"]["class_names"] == ["__background__", "square", "disc"]

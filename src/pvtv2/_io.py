@@ -100,3 +100,25 @@ def save_figure(fig: Any, path: str | os.PathLike[str], *, dpi: int = 100) -> Pa
         return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
     finally:
         plt.close(fig)
+
+
+def save_image_grid(rows: list[list[tuple[str, Any]]], path: str | os.PathLike[str], *, title: str = "",
+                    cell: float = 3.2) -> Path:
+    """A PNG grid of images (one row per sample: ``(caption, (3, H, W) uint8 tensor)`` per column), atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = max(len(r) for r in rows)
+    fig, axes = plt.subplots(len(rows), cols, figsize=(cell * cols, cell * len(rows)), squeeze=False)
+    for ax_row, row in zip(axes, rows):
+        for ax, (caption, image) in zip(ax_row, row):
+            ax.imshow(image.permute(1, 2, 0).cpu().numpy())  # (3, H, W) -> (H, W, 3)
+            ax.set_title(caption, fontsize=8)
+        for ax in ax_row:
+            ax.set_axis_off()
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, path)
