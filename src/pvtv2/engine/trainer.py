@@ -260,7 +260,7 @@ class _Run:
                     bar.close()
                     bar = None
                 if epoch_end or evaluate:
-                    last_metrics = self._report(done, sums, count, t_report, evaluate) or last_metrics
+                    last_metrics = self._report(done, sums, count, images, t_report, evaluate) or last_metrics
                     sums, count, images, t_report = {}, 0, 0, time.perf_counter()
                     guard.last_checkpoint = self.last
                 elif cfg.ckpt_every and done % cfg.ckpt_every == 0:
@@ -281,14 +281,17 @@ class _Run:
                     desc=f"epoch {epoch + 1}/{epochs}", dynamic_ncols=True,
                     disable=None if self.progress and self.env.is_main else True)  # None: on a terminal only
 
-    def _report(self, done: int, sums: dict[str, torch.Tensor], count: int, t_report: float,
+    def _report(self, done: int, sums: dict[str, torch.Tensor], count: int, images: int, t_report: float,
                 evaluate: bool) -> dict[str, float]:
         """One metrics record (train losses since the last report, evaluation, counters), last.pth, best.pth."""
         from .distributed import reduce_dict
 
         task, env = self.task, self.env
+        train_seconds = time.perf_counter() - t_report
         train = reduce_dict({f"train_{k}": float(v) / max(count, 1) for k, v in sums.items()}, env.device)
-        record: dict[str, Any] = {"epoch": done / self.steps_per_epoch, "step": done, "lr": self.stepper.lr, **train}
+        record: dict[str, Any] = {"epoch": done / self.steps_per_epoch, "step": done, "lr": self.stepper.lr, **train,
+                                  "train_seconds": train_seconds,
+                                  "train_img_s": images * env.world_size / max(train_seconds, 1e-9)}
         metrics: dict[str, float] = {}
         if evaluate:
             metrics = task.evaluate(self.model, env)
