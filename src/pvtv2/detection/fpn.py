@@ -3,6 +3,8 @@
 :class:`PVTWithFPN` puts torchvision's :class:`~torchvision.ops.FeaturePyramidNetwork` on chosen stages of the
 :class:`~pvtv2.models.backbone.PVTBackbone` adapter with an extra-level block (P6/P7 or max-pool), the way
 torchvision's ``BackboneWithFPN`` does for ResNets; the result is the ``backbone`` of a torchvision detector.
+torchvision's FPN computes what mmdet's ``FPN`` computes (1x1 laterals, nearest top-down upsampling to the finer
+map's size, 3x3 outputs); the extra levels follow the mmdet options (:class:`ExtraConvs`).
 """
 
 from __future__ import annotations
@@ -12,11 +14,34 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, LastLevelMaxPool, LastLevelP6P7
 
-from ..models.backbone import PVTBackbone, WeightsSource, pvt_backbone
+from ..models.backbone import StageBackbone, WeightsSource, pvt_backbone
+
+
+class ExtraConvs(LastLevelP6P7):
+    """P6 = 3x3/2 conv of C5 (``from_input``) or of P5, P7 = 3x3/2 conv of P6, with or without a ReLU before P7:
+    mmdet's ``FPN(add_extra_convs='on_input' | 'on_output', relu_before_extra_convs=...)``. torchvision's
+    :class:`~torchvision.ops.feature_pyramid_network.LastLevelP6P7` always applies the ReLU (and picks P5 whenever
+    C5 has the FPN's width); the parameters keep its names (``p6``, ``p7``)."""
+
+    def __init__(self, in_channels: int, out_channels: int, *, from_input: bool, relu: bool) -> None:
+        super().__init__(in_channels, out_channels)
+        self.use_P5 = not from_input
+        self.relu = relu
+
+    def forward(self, p: list[torch.Tensor], c: list[torch.Tensor], names: list[str]
+                ) -> tuple[list[torch.Tensor], list[str]]:
+        p6 = self.p6(p[-1] if self.use_P5 else c[-1])
+        p7 = self.p7(F.relu(p6) if self.relu else p6)
+        return [*p, p6, p7], [*names, "p6", "p7"]
+
+
+# extra levels: name -> (from C5, ReLU before P7); see PVTWithFPN
+_EXTRA_CONVS = {"p6p7_input": (True, False), "p6p7_output": (False, False), "p6p7": (False, True)}
 
 
 class PVTWithFPN(nn.Module):
@@ -25,24 +50,26 @@ class PVTWithFPN(nn.Module):
     Args:
         body: the stage selector.
         out_channels: FPN width (256 in every released config).
-        extra: ``"p6p7_input"`` (RetinaNet: P6 = conv(C5), P7 = conv(relu(P6)), mmdet ``add_extra_convs='on_input'``),
-            ``"p6p7"`` (the same from P5, torchvision's FCOS), ``"maxpool"`` (Mask R-CNN's P6) or ``None``.
+        extra: ``"p6p7_input"`` (the released RetinaNet: P6 = conv(C5), P7 = conv(P6), mmdet
+            ``add_extra_convs='on_input'`` without ``relu_before_extra_convs``), ``"p6p7_output"`` (the same from
+            P5, mmdet ``'on_output'``), ``"p6p7"`` (from P5 with a ReLU before P7: torchvision's FCOS, mmdet's FCOS
+            configs; ATSS and GFL use ``"p6p7_output"``), ``"maxpool"`` (Mask R-CNN's P6 = 1x1/2 max-pool of P5) or
+            ``None``.
     """
 
-    def __init__(self, body: PVTBackbone, out_channels: int = 256, extra: str | None = "maxpool") -> None:
+    def __init__(self, body: StageBackbone, out_channels: int = 256, extra: str | None = "maxpool") -> None:
         super().__init__()
         block: ExtraFPNBlock | None
         if extra == "maxpool":
             block = LastLevelMaxPool()
-        elif extra in ("p6p7_input", "p6p7"):
-            c5 = body.out_channels_list[-1]
-            block = LastLevelP6P7(c5 if extra == "p6p7_input" else out_channels, out_channels)
-            # torchvision switches to P5 whenever C5 already has out_channels (PVT v2-B0: 256); keep the input.
-            block.use_P5 = extra == "p6p7"
+        elif extra in _EXTRA_CONVS:
+            from_input, relu = _EXTRA_CONVS[extra]
+            block = ExtraConvs(body.out_channels_list[-1] if from_input else out_channels, out_channels,
+                               from_input=from_input, relu=relu)
         elif extra is None:
             block = None
         else:
-            raise ValueError(f"extra must be 'p6p7_input', 'p6p7', 'maxpool' or None, got {extra!r}")
+            raise ValueError(f"extra must be one of {[*_EXTRA_CONVS, 'maxpool']} or None, got {extra!r}")
         self.body = body
         self.fpn = FeaturePyramidNetwork(body.out_channels_list, out_channels, extra_blocks=block)
         self.out_channels = out_channels
@@ -51,7 +78,7 @@ class PVTWithFPN(nn.Module):
     @property
     def num_levels(self) -> int:
         """How many maps the forward pass returns."""
-        return len(self.body.stages) + {"maxpool": 1, "p6p7_input": 2, "p6p7": 2, None: 0}[self.extra]
+        return len(self.body.stages) + (0 if self.extra is None else 1 if self.extra == "maxpool" else 2)
 
     @property
     def strides(self) -> list[int]:
@@ -77,10 +104,11 @@ def pvt_fpn(
     out_channels: int = 256,
     backbone_overrides: dict[str, Any] | None = None,
 ) -> PVTWithFPN:
-    """A registered PVT (:func:`~pvtv2.models.backbone.pvt_backbone`) with an FPN on ``stages``.
+    """A registered PVT or comparison backbone (:func:`~pvtv2.models.backbone.build_backbone`) with an FPN on
+    ``stages``.
 
     Args:
-        backbone: registered model name (``pvtv2.list_models()``).
+        backbone: registered model name (``pvtv2.list_models()``), ``"resnet50"`` or ``"swin_t"``.
         stages: stage indices (0..3) feeding the FPN.
         extra: extra FPN levels (see :class:`PVTWithFPN`).
         backbone_weights, trainable_stages, norm_eval, backbone_overrides: see

@@ -62,11 +62,18 @@ def load_detector(
     """Rebuild the detector of a detection checkpoint, in eval mode; returns it and its description.
 
     Args:
-        path: a checkpoint written by ``pvtv2 det train`` (``last.pth``) or :func:`save_detector`.
+        path: a checkpoint written by ``pvtv2 det train`` (``last.pth``) or :func:`save_detector`, or a released
+            mmdet 2.x detector (:func:`pvtv2.detection.mmdet.load_mmdet_checkpoint`, e.g.
+            ``retinanet_pvt_v2_b2_fpn_1x_coco.pth``).
         device: where to put it.
         **kwargs: builder options to override (``score_thresh=0.3``, ``min_size=600``...).
     """
+    from .mmdet import is_mmdet_checkpoint, mmdet_detector
+
     ckpt = read_checkpoint(path)
+    if is_mmdet_checkpoint(ckpt):
+        options = {k: v for k, v in kwargs.items() if v is not None}
+        return mmdet_detector(ckpt, where=str(path), device=device, **options)
     meta = ((ckpt.get("extra") or {}).get("detector") if isinstance(ckpt, dict) else None) or ckpt.get("detector")
     if not isinstance(meta, dict) or "arch" not in meta:
         raise CheckpointError(f"{path} is not a pvtv2 detection checkpoint (no detector description); "

@@ -5,6 +5,9 @@
   registry (RetinaNet 1e-4, Mask R-CNN 2e-4) for a total batch of 16 (8 GPUs x 2 images).
 - ``3x``: the paper's text: 36 epochs, steps after 27 and 33, multi-scale shorter side 640-800 (mmdet's "range"
   mode), weight decay 0.05.
+- ``3x_mstrain``: the released ``*_3x_mstrain_fp16.py`` configs (ATSS, GFL, Cascade Mask R-CNN, Sparse R-CNN): the
+  3x schedule with DETR's augmentation (:mod:`.augment`: shorter side 480-800 step 32; half the time resize to
+  400 / 500 / 600, random crop 384-600, then that resize) and no weight decay on norms (``paramwise_cfg``).
 
 Training images are resized by the data pipeline (``torchvision.transforms.v2``: boxes and masks follow), so the
 detector's own transform only normalises them (``_skip_resize``); at evaluation the detector resizes to
@@ -22,6 +25,7 @@ from torchvision.transforms import v2
 from ..engine.config import TrainConfig, option
 from ..engine.config import get_recipe as _get
 from ..errors import PVTError
+from .augment import mstrain_crop_transforms
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,13 @@ class DetectionConfig(TrainConfig):
     max_size: int = option(1333, "longer side at most (training and evaluation)")
     test_size: int = option(800, "shorter side at evaluation")
     flip_prob: float = option(0.5, "horizontal flip probability in training")
+    crop_resize_sizes: tuple[int, ...] = option((), "with --crop-size: half the images are resized to one of these "
+                                                "shorter sides, cropped and resized as the others (3x_mstrain)")
+    crop_size: tuple[int, ...] = option((), "LOW,HIGH: random crop sides in pixels for those images (3x_mstrain)")
+    # mmdet's paramwise_cfg custom_keys of the 3x_mstrain configs: no weight decay on parameters whose name contains
+    # one of these. The trainer's decay_norms=False rule (no decay on any 1-D tensor) is close but also spares
+    # biases, the heads' GroupNorms and the per-level scales, which mmdet decays.
+    no_decay_keys: tuple[str, ...] = option((), "parameter-name substrings without weight decay", cli=False)
     # --- model ---
     arch: str = option("retinanet", "detector (pvtv2.detection.DETECTORS: retinanet, mask_rcnn, fcos, ...)")
     backbone: str = option("pvt_v2_b0", "registered backbone name (pvtv2 models)")
@@ -71,17 +82,24 @@ ONE_X = DetectionConfig(
 THREE_X = ONE_X.replace(recipe="3x", epochs=36, milestones=(27 / 36, 33 / 36), weight_decay=0.05,
                         train_sizes=tuple(range(640, 801)))
 
-RECIPES: dict[str, DetectionConfig] = {"1x": ONE_X, "3x": THREE_X}
+THREE_X_MSTRAIN = THREE_X.replace(recipe="3x_mstrain", train_sizes=tuple(range(480, 801, 32)),
+                                  crop_resize_sizes=(400, 500, 600), crop_size=(384, 600), decay_norms=False,
+                                  no_decay_keys=("absolute_pos_embed", "relative_position_bias_table", "norm"))
+
+RECIPES: dict[str, DetectionConfig] = {"1x": ONE_X, "3x": THREE_X, "3x_mstrain": THREE_X_MSTRAIN}
 
 
 def get_recipe(name: str) -> DetectionConfig:
-    """A named recipe (``1x`` or ``3x``)."""
+    """A named recipe (``1x``, ``3x`` or ``3x_mstrain``)."""
     return _get(RECIPES, name)
 
 
 def train_transforms(cfg: DetectionConfig) -> v2.Compose:
     """Resize (random shorter side from ``train_sizes``, longer <= ``max_size``), flip, to float, drop degenerate
-    boxes: the recipe's training augmentation on images, boxes and masks together."""
+    boxes: the recipe's training augmentation on images, boxes and masks together (with a crop policy:
+    :func:`.augment.mstrain_crop_transforms`)."""
+    if cfg.crop_size:
+        return mstrain_crop_transforms(cfg)
     return v2.Compose(
         [
             v2.RandomShortestSize(min_size=list(cfg.train_sizes), max_size=cfg.max_size),

@@ -1,6 +1,8 @@
-"""Mask R-CNN (torchvision's) on a PVT, wired as the released ``mask_rcnn_pvt_v2_*_fpn_1x_coco`` configs: FPN
-P2-P5 from all four stages plus a max-pool P6, 3 RPN anchors per location, RoIAlign 7x7 (boxes) / 14x14 (masks),
-AdamW 2e-4."""
+"""Mask R-CNN (torchvision's) on a PVT, weight-exact with the released ``mask_rcnn_pvt_v2_*_fpn_1x_coco`` (mmdet 2.13):
+FPN P2-P5 from all four stages plus a max-pooled P6, 3 RPN anchors per location (8 x stride, exact sizes), RoIAlign
+7x7 (boxes) / 14x14 (masks) with ``aligned=True`` and mmdet's level rule, L1 box losses, and the released test
+settings (RPN: 1000 proposals per level before and 1000 after NMS at IoU 0.7; boxes: score > 0.05, class-wise NMS
+at IoU 0.5, 100 per image), AdamW 2e-4."""
 
 from __future__ import annotations
 
@@ -8,14 +10,17 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torchvision.models.detection import MaskRCNN
-from torchvision.ops import MultiScaleRoIAlign
 
 from ...models.backbone import WeightsSource
 from ..anchors import octave_anchors
+from ..boxes import delta_coder
 from ..fpn import pvt_fpn
+from ..mmdet import convert_detector, fpn_to_ours
 from ..registry import DetectorSpec, register
+from ..roi_heads import LevelRoIAlign, rebuild_roi_heads, rebuild_rpn
+from ..transform import use_detection_transform
 
 BOX_ROIS, MASK_ROIS = 1000, 100  # RoIs of mmdet's forward_dummy, which the paper's GFLOPs count
 
@@ -31,7 +36,7 @@ def mask_rcnn(
     stages: Sequence[int] = (0, 1, 2, 3),
     **kwargs: Any,
 ) -> MaskRCNN:
-    """Mask R-CNN on a PVT: FPN P2-P5 from all four stages plus a max-pool P6.
+    """Mask R-CNN on a PVT: FPN P2-P5 from all four stages plus a max-pool P6; the released test settings.
 
     Args:
         backbone: registered PVT name.
@@ -39,15 +44,50 @@ def mask_rcnn(
         backbone_weights, trainable_stages, norm_eval, backbone_overrides: see
             :func:`pvtv2.models.backbone.pvt_backbone`.
         stages: stages feeding the FPN (the released config: all four).
-        **kwargs: passed to :class:`torchvision.models.detection.MaskRCNN`.
+        **kwargs: passed to :class:`torchvision.models.detection.MaskRCNN` (its defaults are the released
+            ``test_cfg``; ``rpn_post_nms_top_n_train`` is 1000 as in ``rpn_proposal``).
     """
     fpn = pvt_fpn(backbone, stages=stages, extra="maxpool", backbone_weights=backbone_weights,
                   trainable_stages=trainable_stages, norm_eval=norm_eval, backbone_overrides=backbone_overrides)
-    names = [str(i) for i in range(len(stages))]  # RoI features come from the FPN maps, not the pooled level
+    names, strides = [str(i) for i in range(len(stages))], fpn.strides[: len(stages)]  # RoIs: not the pooled P6
     kwargs.setdefault("rpn_anchor_generator", octave_anchors(fpn.strides, 8, 1))  # 32..512 on P2-P6
-    kwargs.setdefault("box_roi_pool", MultiScaleRoIAlign(names, output_size=7, sampling_ratio=2))
-    kwargs.setdefault("mask_roi_pool", MultiScaleRoIAlign(names, output_size=14, sampling_ratio=2))
-    return MaskRCNN(fpn, num_classes + 1, **kwargs)
+    kwargs.setdefault("rpn_post_nms_top_n_train", 1000)
+    kwargs.setdefault("box_roi_pool", LevelRoIAlign(names, 7, strides))
+    kwargs.setdefault("mask_roi_pool", LevelRoIAlign(names, 14, strides))
+    model = MaskRCNN(fpn, num_classes + 1, **kwargs)
+    model.rpn = rebuild_rpn(model.rpn)
+    model.rpn.box_coder = delta_coder()
+    model.roi_heads = rebuild_roi_heads(model.roi_heads)
+    model.roi_heads.box_coder = delta_coder((0.1, 0.1, 0.2, 0.2))
+    return use_detection_transform(model)
+
+
+def from_mmdet(sd: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
+    """An mmdet ``MaskRCNN`` state dict under our names. mmdet's softmax classifier puts the background last
+    (``fc_cls`` row K), torchvision's first: the rows move to (K, 0, ..., K-1). mmdet regresses 4 deltas per object
+    class (``fc_reg``: 4K rows) and predicts K mask channels (``conv_logits``); torchvision's predictors also have
+    the background's 4 rows and 1 channel, which neither training nor inference reads: they are set to zero."""
+    pairs = fpn_to_ours(len(model.backbone.body.stages))[:-2]  # no extra convs: P6 is a max-pool
+    pairs += [("rpn_head.rpn_conv.", "rpn.head.conv.0.0."), ("rpn_head.rpn_cls.", "rpn.head.cls_logits."),
+              ("rpn_head.rpn_reg.", "rpn.head.bbox_pred."),
+              ("roi_head.bbox_head.shared_fcs.0.", "roi_heads.box_head.fc6."),
+              ("roi_head.bbox_head.shared_fcs.1.", "roi_heads.box_head.fc7."),
+              ("roi_head.bbox_head.fc_cls.", "roi_heads.box_predictor.cls_score."),
+              ("roi_head.bbox_head.fc_reg.", "roi_heads.box_predictor.bbox_pred."),
+              ("roi_head.mask_head.upsample.", "roi_heads.mask_predictor.conv5_mask."),
+              ("roi_head.mask_head.conv_logits.", "roi_heads.mask_predictor.mask_fcn_logits.")]
+    pairs += [(f"roi_head.mask_head.convs.{i}.conv.", f"roi_heads.mask_head.{i}.0.")
+              for i in range(len(model.roi_heads.mask_head))]
+    out = convert_detector(sd, pairs, what="Mask R-CNN")
+    for leaf in ("weight", "bias"):
+        cls = out.get(f"roi_heads.box_predictor.cls_score.{leaf}")
+        if cls is not None:  # (K + 1, ...): background last -> first
+            out[f"roi_heads.box_predictor.cls_score.{leaf}"] = torch.cat([cls[-1:], cls[:-1]])
+        for key, rows in ((f"roi_heads.box_predictor.bbox_pred.{leaf}", 4),
+                          (f"roi_heads.mask_predictor.mask_fcn_logits.{leaf}", 1)):
+            if key in out:  # K object classes -> background (zeros) + K
+                out[key] = torch.cat([out[key].new_zeros(rows, *out[key].shape[1:]), out[key]])
+    return out
 
 
 def _dense(model: nn.Module, images: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -73,5 +113,5 @@ def _cost(model: nn.Module, images: torch.Tensor) -> dict[str, torch.Tensor]:
     return out
 
 
-register(DetectorSpec("mask_rcnn", mask_rcnn, lr=2e-4, dense=_dense, cost=_cost, masks=True,
+register(DetectorSpec("mask_rcnn", mask_rcnn, lr=2e-4, dense=_dense, cost=_cost, masks=True, from_mmdet=from_mmdet,
                       description="Mask R-CNN (He et al. 2017), paper Table 3; boxes and instance masks"))

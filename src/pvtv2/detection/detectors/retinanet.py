@@ -1,6 +1,8 @@
-"""RetinaNet (torchvision's) on a PVT, wired as the released ``retinanet_pvt_v2_*_fpn_1x_coco`` configs:
-FPN P3-P5 from stages 2-4 plus P6/P7 from the stage-4 output (mmdet ``add_extra_convs='on_input'``), 9 anchors
-(3 octave scales x 3 ratios) per location, sigmoid focal loss, AdamW 1e-4."""
+"""RetinaNet (torchvision's) on a PVT, weight-exact with the released ``retinanet_pvt_v2_*_fpn_1x_coco`` (mmdet 2.13):
+FPN P3-P5 from stages 2-4 plus P6 = conv(C5), P7 = conv(P6) (``add_extra_convs='on_input'``, no ReLU before P7), 9
+anchors per location (3 octave scales x 3 ratios, mmdet's exact sizes and order), sigmoid focal loss and L1 on the box
+deltas averaged over the batch's positive anchors, and the released test settings (top 1000 anchors per level by
+their best class score, score > 0.05, class-wise NMS at IoU 0.5, 100 detections per image), AdamW 1e-4."""
 
 from __future__ import annotations
 
@@ -8,18 +10,90 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from torch import nn
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
 from torchvision.models.detection import RetinaNet
+from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, sigmoid_focal_loss
 
 from ...models.backbone import WeightsSource
 from ..anchors import octave_anchors
+from ..boxes import delta_coder
 from ..fpn import pvt_fpn
 from ..labels import ForegroundLabels
+from ..mmdet import convert_detector, fpn_to_ours
 from ..registry import DetectorSpec, register
+from ..transform import use_detection_transform
 
 
-class PVTRetinaNet(ForegroundLabels, RetinaNet):
-    """torchvision's RetinaNet with ``num_classes`` = object classes (labels 1..K, see :mod:`.labels`)."""
+class MMDetRetinaNet(RetinaNet):
+    """torchvision's RetinaNet with the released detector's loss normalisation and test-time selection (object
+    classes 0..K-1 here; :class:`PVTRetinaNet` maps them to labels 1..K).
+
+    - Losses: the focal loss (over anchors not ignored) and the L1 loss of the deltas are summed over the batch and
+      divided by the number of positive anchors in the batch, each image counting at least one (mmdet
+      ``AnchorHead.loss``); torchvision divides per image, then averages the images. Under DDP the count is averaged
+      over the processes (as mmdet's later heads do with ``reduce_mean``), so that N processes of B images train as
+      one process of N x B; mmdet 2.13's RetinaNet divided by each GPU's own count.
+    - Test: per level the ``topk_candidates`` anchors with the highest best-class score, then every (anchor, class)
+      with a score above ``score_thresh`` (mmdet ``AnchorHead._get_bboxes`` + ``multiclass_nms``); torchvision keeps
+      the top (anchor, class) pairs instead.
+    """
+
+    def compute_loss(self, targets: list[dict[str, Tensor]], head_outputs: dict[str, Tensor],
+                     anchors: list[Tensor]) -> dict[str, Tensor]:
+        cls_loss = reg_loss = head_outputs["cls_logits"].new_zeros(())
+        num_pos = 0
+        for target, logits, deltas, anchor in zip(targets, head_outputs["cls_logits"],
+                                                  head_outputs["bbox_regression"], anchors):
+            if target["boxes"].numel() == 0:
+                matched = torch.full((len(anchor),), -1, dtype=torch.int64, device=anchor.device)
+            else:
+                matched = self.proposal_matcher(box_iou(target["boxes"], anchor))  # (A,): gt index, -1, -2
+            fg = torch.where(matched >= 0)[0]
+            num_pos += max(len(fg), 1)
+            onehot = torch.zeros_like(logits)  # (A, K)
+            onehot[fg, target["labels"][matched[fg]]] = 1.0
+            valid = matched != self.proposal_matcher.BETWEEN_THRESHOLDS
+            cls_loss = cls_loss + sigmoid_focal_loss(logits[valid], onehot[valid], reduction="sum")
+            wanted = self.box_coder.encode_single(target["boxes"][matched[fg]], anchor[fg])  # (P, 4)
+            reg_loss = reg_loss + F.l1_loss(deltas[fg], wanted, reduction="sum")
+        count = _mean_over_processes(cls_loss.new_tensor(float(num_pos)))
+        return {"classification": cls_loss / count, "bbox_regression": reg_loss / count}
+
+    def postprocess_detections(self, head_outputs: dict[str, list[Tensor]], anchors: list[list[Tensor]],
+                               image_shapes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:
+        results = []
+        for index, shape in enumerate(image_shapes):
+            all_boxes, all_scores = [], []
+            for logits, deltas, anchor in zip(head_outputs["cls_logits"], head_outputs["bbox_regression"],
+                                              anchors[index]):
+                scores, deltas = logits[index].sigmoid(), deltas[index]  # (h*w*A, K), (h*w*A, 4)
+                if len(scores) > self.topk_candidates:
+                    top = scores.max(dim=1).values.topk(self.topk_candidates).indices
+                    scores, deltas, anchor = scores[top], deltas[top], anchor[top]
+                all_boxes.append(clip_boxes_to_image(self.box_coder.decode_single(deltas, anchor), shape))
+                all_scores.append(scores)
+            boxes, scores = torch.cat(all_boxes), torch.cat(all_scores)  # (n, 4), (n, K)
+            rows, classes = torch.where(scores > self.score_thresh)
+            boxes, scores = boxes[rows], scores[rows, classes]
+            keep = batched_nms(boxes, scores, classes, self.nms_thresh)[: self.detections_per_img]
+            results.append({"boxes": boxes[keep], "scores": scores[keep], "labels": classes[keep]})
+        return results
+
+
+def _mean_over_processes(count: Tensor) -> Tensor:
+    """``count`` averaged over the DDP processes (itself without DDP): the gradients DDP averages are then those of
+    the whole batch's loss divided by the whole batch's count."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        count = count.clone()
+        dist.all_reduce(count)
+        count = count / dist.get_world_size()
+    return count
+
+
+class PVTRetinaNet(ForegroundLabels, MMDetRetinaNet):
+    """:class:`MMDetRetinaNet` with ``num_classes`` = object classes (labels 1..K, see :mod:`..labels`)."""
 
 
 def retinanet(
@@ -33,7 +107,7 @@ def retinanet(
     stages: Sequence[int] = (1, 2, 3),
     **kwargs: Any,
 ) -> RetinaNet:
-    """RetinaNet on a PVT: FPN P3-P5 from stages 2-4, P6/P7 from the stage-4 output.
+    """RetinaNet on a PVT: FPN P3-P5 from stages 2-4, P6/P7 from the stage-4 output; the released test settings.
 
     Args:
         backbone: registered PVT name.
@@ -41,13 +115,17 @@ def retinanet(
         backbone_weights, trainable_stages, norm_eval, backbone_overrides: see
             :func:`pvtv2.models.backbone.pvt_backbone`.
         stages: stages feeding the FPN (the released config: 1, 2, 3).
-        **kwargs: passed to :class:`torchvision.models.detection.RetinaNet` (``min_size``, ``max_size``,
-            ``score_thresh``, ``detections_per_img``...).
+        **kwargs: passed to :class:`torchvision.models.detection.RetinaNet` (``min_size`` 800, ``max_size`` 1333,
+            ``score_thresh`` 0.05, ``nms_thresh`` 0.5, ``detections_per_img`` 100, ``topk_candidates`` 1000: the
+            released ``test_cfg``).
     """
     fpn = pvt_fpn(backbone, stages=stages, extra="p6p7_input", backbone_weights=backbone_weights,
                   trainable_stages=trainable_stages, norm_eval=norm_eval, backbone_overrides=backbone_overrides)
     kwargs.setdefault("anchor_generator", octave_anchors(fpn.strides, 4, 3))  # 32..512 on P3-P7
-    return PVTRetinaNet(fpn, num_classes, **kwargs)
+    kwargs.setdefault("detections_per_img", 100)
+    model = PVTRetinaNet(fpn, num_classes, **kwargs)
+    model.box_coder = delta_coder()
+    return use_detection_transform(model)
 
 
 def one_stage_dense(model: nn.Module, images: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -58,5 +136,19 @@ def one_stage_dense(model: nn.Module, images: torch.Tensor) -> dict[str, torch.T
     return dict(model.head(feats))
 
 
-register(DetectorSpec("retinanet", retinanet, lr=1e-4, dense=one_stage_dense,
+def from_mmdet(sd: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
+    """An mmdet ``RetinaNet`` state dict (``neck.*``, ``bbox_head.{cls,reg}_convs.i.conv``, ``retina_cls``,
+    ``retina_reg``) under our names. The class and anchor layouts are the same on both sides: output channel
+    ``a * K + k`` is anchor ``a`` (ratio-major, then octave scale) and class ``k`` (mmdet's class k = our label k + 1),
+    so the head's weights are copied as they are."""
+    pairs = fpn_to_ours(len(model.backbone.body.stages))
+    for i in range(len(model.head.classification_head.conv)):
+        pairs += [(f"bbox_head.cls_convs.{i}.conv.", f"head.classification_head.conv.{i}.0."),
+                  (f"bbox_head.reg_convs.{i}.conv.", f"head.regression_head.conv.{i}.0.")]
+    pairs += [("bbox_head.retina_cls.", "head.classification_head.cls_logits."),
+              ("bbox_head.retina_reg.", "head.regression_head.bbox_reg.")]
+    return convert_detector(sd, pairs, what="RetinaNet")
+
+
+register(DetectorSpec("retinanet", retinanet, lr=1e-4, dense=one_stage_dense, from_mmdet=from_mmdet,
                       description="RetinaNet (Lin et al. 2017), paper Table 3"))

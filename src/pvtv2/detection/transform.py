@@ -1,0 +1,63 @@
+"""The detectors' input/output transform: torchvision's ``GeneralizedRCNNTransform`` with the released test pipeline's
+resize rounding and mmdet's mask pasting.
+
+Normalisation (ImageNet mean/std = mmdet's ``img_norm_cfg`` / 255), the keep-ratio scale
+``min(short / min(h, w), long / max(h, w))`` (``Resize(img_scale=(1333, 800), keep_ratio=True)``) and zero padding to
+a multiple of 32 are torchvision's. Two things are not: the resized size is rounded to the nearest pixel as mmcv's
+``rescale_size`` does (torchvision floors it: 451 x 300 becomes 1202 x 800, mmdet's 1203 x 800), and masks are pasted
+with :func:`~pvtv2.detection.boxes.paste_masks`. The interpolation itself stays torchvision's bilinear resampling of
+the float image; mmcv resizes the uint8 image with OpenCV, which differs by about one grey level.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor
+from torchvision.models.detection.transform import GeneralizedRCNNTransform, _resize_image_and_masks, resize_boxes
+
+from .boxes import paste_masks
+
+
+def rescale_size(h: int, w: int, short: int, long: int) -> tuple[int, int]:
+    """mmcv's ``rescale_size``: the keep-ratio size ``(h', w')`` fitting ``short`` x ``long``, rounded."""
+    scale = min(short / min(h, w), long / max(h, w))
+    return int(h * scale + 0.5), int(w * scale + 0.5)
+
+
+class DetectionTransform(GeneralizedRCNNTransform):
+    """``GeneralizedRCNNTransform`` with mmcv's resize rounding and mmdet's mask pasting (see the module doc)."""
+
+    def resize(self, image: Tensor, target: dict[str, Tensor] | None = None
+               ) -> tuple[Tensor, dict[str, Tensor] | None]:
+        if self.training and self._skip_resize:
+            return image, target
+        h, w = image.shape[-2:]
+        short = self.torch_choice(self.min_size) if self.training else self.min_size[-1]
+        new_h, new_w = self.fixed_size[::-1] if self.fixed_size else rescale_size(h, w, short, self.max_size)
+        image, target = _resize_image_and_masks(image, short, self.max_size, target, (new_w, new_h))
+        if target is not None:
+            target["boxes"] = resize_boxes(target["boxes"], [h, w], [new_h, new_w])
+        return image, target
+
+    def postprocess(self, result: list[dict[str, Tensor]], image_shapes: list[tuple[int, int]],
+                    original_image_sizes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:
+        if self.training:
+            return result
+        for pred, size, original in zip(result, image_shapes, original_image_sizes):
+            pred["boxes"] = resize_boxes(pred["boxes"], size, original)
+            if "masks" in pred:
+                pred["masks"] = paste_masks(pred["masks"], pred["boxes"], original)
+        return result
+
+
+def use_detection_transform(model: Any) -> Any:
+    """Replace a torchvision detector's ``transform`` by a :class:`DetectionTransform` with the same settings."""
+    t = model.transform
+    model.transform = DetectionTransform(t.min_size, t.max_size, t.image_mean, t.image_std,
+                                         size_divisible=t.size_divisible, fixed_size=t.fixed_size,
+                                         _skip_resize=t._skip_resize)
+    return model
+
+
+__all__ = ["DetectionTransform", "rescale_size", "use_detection_transform"]

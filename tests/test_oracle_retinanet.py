@@ -1,0 +1,74 @@
+"""RetinaNet against the released detector run by mmdet 2.13 (``retinanet_pvt_v2_*_fpn_1x_coco``): the same seeded
+weights, saved as mmdet saves them and read by :func:`pvtv2.detection.mmdet.load_mmdet_checkpoint`, give the same
+FPN maps, head outputs, final detections on photos and training losses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+import mmdet_oracle as O
+from pvtv2.detection.mmdet import load_mmdet_checkpoint
+from pvtv2.detection.registry import get_detector
+
+# B0 at its released size; B2-Li (linear SRA) with one block per stage to stay fast
+VARIANTS = [("pvt_v2_b0", {}), ("pvt_v2_b2_li", {"depths": [1, 1, 1, 1]})]
+PHOTOS = [("astronaut", (320, 480)), ("chelsea", (300, 451))]  # a multiple of 32 and not
+
+
+@pytest.fixture(scope="module", params=VARIANTS, ids=[v[0] for v in VARIANTS])
+def pair(request: Any, tmp_path_factory: Any) -> tuple[Any, Any]:
+    name, overrides = request.param
+    overrides = {**overrides, "drop_path_rate": 0.0}  # deterministic training forward on both sides
+    cfg = O.retinanet_config(O.oracle_backbone(name, overrides), O.stage_channels(name))
+    theirs = O.build_mmdet(cfg, noise=0.02)
+    path = O.save_mmdet_checkpoint(theirs, tmp_path_factory.mktemp("ckpt") / f"retinanet_{name}.pth",
+                                   config=O.with_backbone(cfg, O.released_backbone(name)))
+    ours, meta = load_mmdet_checkpoint(path, backbone_overrides=overrides)
+    assert (meta["arch"], meta["backbone"], meta["class_names"][1]) == ("retinanet", name, "person")
+    return theirs, ours
+
+
+@pytest.mark.parametrize("photo,size", PHOTOS)
+def test_same_maps_and_head_outputs(pair: Any, photo: str, size: tuple[int, int]) -> None:
+    theirs, ours = pair
+    x, _ = O.preprocess(O.photo(photo, size))
+    with torch.no_grad():
+        their_maps, our_maps = theirs.extract_feat(x), list(ours.backbone(x).values())
+        cls, reg = theirs.forward_dummy(x)
+        dense = get_detector("retinanet").dense(ours, x)
+    assert len(their_maps) == len(our_maps) == 5
+    for a, b in zip(their_maps, our_maps):  # P3..P7; P7 has no ReLU before it
+        assert a.shape == b.shape and (a - b).abs().max() <= 1e-4
+    assert (O.level_outputs(cls, 80) - dense["cls_logits"]).abs().max() <= 1e-4
+    assert (O.level_outputs(reg, 4) - dense["bbox_regression"]).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("photo,size", PHOTOS)
+def test_same_detections_on_photos(pair: Any, photo: str, size: tuple[int, int]) -> None:
+    theirs, ours = pair
+    image = O.photo(photo, size)
+    expected = O.mmdet_detect(theirs, image)
+    assert len(expected["scores"]) == 100  # the released cap, reached with these seeded weights
+    O.assert_same_detections(O.our_detect(ours, image), expected)
+
+
+def test_same_losses(pair: Any) -> None:
+    theirs, ours = pair
+    images = [O.photo("astronaut", (320, 480)), O.photo("chelsea", (300, 451))]  # both padded to 320 x 480
+    x = torch.cat([O.preprocess(im)[0] for im in images])
+    metas = [O.preprocess(im)[1][0] for im in images]
+    targets = [{"boxes": torch.tensor([[100.0, 50.0, 300.0, 300.0], [20.0, 30.0, 80.0, 120.0]]),
+                "labels": torch.tensor([1, 17])},
+               {"boxes": torch.tensor([[50.0, 40.0, 400.0, 290.0]]), "labels": torch.tensor([16])}]
+    expected = O.forward_train(theirs, x, metas, targets)
+    ours.train()
+    ours.transform._skip_resize = True
+    try:
+        got = ours([torch.tensor(im).permute(2, 0, 1).float() / 255 for im in images], targets)
+    finally:
+        ours.eval()
+    assert got["classification"].item() == pytest.approx(expected["loss_cls"].item(), rel=1e-5)
+    assert got["bbox_regression"].item() == pytest.approx(expected["loss_bbox"].item(), rel=1e-5)
