@@ -136,7 +136,7 @@ class _Run:
         base_lr = cfg.base_lr if cfg.base_lr is not None else task.default_base_lr()
         self.lr = cfg.lr if cfg.lr is not None else base_lr * cfg.batch_size / cfg.base_batch
         self.optimizer = create_optimizer(self.model, lr=self.lr, weight_decay=cfg.weight_decay,
-                                          decay_norms=cfg.decay_norms)
+                                          decay_norms=cfg.decay_norms, no_decay_keys=cfg.no_decay_keys)
         warmup = cfg.warmup_steps if cfg.warmup_steps is not None else round(cfg.warmup_epochs * self.steps_per_epoch)
         self.warmup = min(warmup, self.total // 5)  # at most a fifth of the run (short runs of long recipes)
         self.schedule = LRSchedule(self.optimizer, self.total, warmup_steps=self.warmup,
