@@ -50,7 +50,8 @@ def test_smoke_run_loss_goes_down_and_eval_has_ap_fields(tmp_path: Path) -> None
     assert {k.split("_", 1)[1] for k in result.metrics} == set(METRICS) and all(k.startswith("bbox_") for k in result.metrics)
     assert all(0.0 <= v <= 1.0 for v in result.metrics.values())
     assert records[-1]["bbox_AP50"] == result.metrics["bbox_AP50"] and "train_classification" in records[-1]
-    for name in ("last.pth", "config.json", "metrics.csv", "curves.png", "results.json", "summary.json"):
+    for name in ("last.pth", "config.json", "metrics.csv", "curves.png", "results.json", "summary.json",
+                 "predictions.png"):
         assert (tmp_path / "run" / name).is_file(), name
     ckpt = read_checkpoint(tmp_path / "run" / "last.pth")
     assert ckpt["step"] == 6 and ckpt["extra"]["detector"]["class_names"] == ["__background__", "square", "disc"]
@@ -147,3 +148,15 @@ def test_mask_rcnn_trains_and_reports_mask_ap(tmp_path: Path, capsys: pytest.Cap
                 "--save-vis", str(png), "--score-thresh", "0", "--device", "cpu", "--json"]) == 0
     found = json.loads(capsys.readouterr().out.split("\nwrote")[0])
     assert len(found) <= 5 and png.is_file()
+
+
+def test_compare_trains_every_detector_the_same_way_and_tabulates(tmp_path: Path, capsys) -> None:
+    data = write_coco(tmp_path / "data", n=2)
+    assert cli(["det", "compare", "--archs", "retinanet", "fcos", "--data", str(data), "--val-data", str(data),
+                "--steps", "2", "--batch-size", "2", "--out", str(tmp_path / "cmp"), *TINY, *SMALL[:-1]]) == 0
+    table = (tmp_path / "cmp" / "table.md").read_text()
+    assert "| retinanet |" in table and "| fcos |" in table and "train img/s" in table and table in capsys.readouterr().out
+    rows = json.loads((tmp_path / "cmp" / "table.json").read_text())
+    assert [r["arch"] for r in rows] == ["retinanet", "fcos"] and all(r["params_m"] > 0 and r["gflops"] > 0 for r in rows)
+    assert all(r["train_img_s"] > 0 and r["infer_ms"] > 0 for r in rows) and (tmp_path / "cmp" / "table.png").is_file()
+    assert (tmp_path / "cmp" / "fcos" / "last.pth").is_file()  # one run directory per detector

@@ -123,6 +123,10 @@ def test_param_groups_skip_norms_biases_and_embeddings():
     assert len(decayed) == 1 and len(decayed[0]["params"]) == 1  # fc.weight only
     assert sum(len(g["params"]) for g in groups) == 5
     assert scale_lr(5e-4, 1024) == pytest.approx(1e-3)
+    everything = param_groups(Tiny(), weight_decay=0.05, decay_norms=True)
+    assert len(everything) == 1 and everything[0]["weight_decay"] == 0.05
+    keyed = param_groups(Tiny(), weight_decay=0.05, no_decay_keys=("norm",))  # mmdet's custom_keys: by name only
+    assert [len(g["params"]) for g in keyed if g["weight_decay"] == 0] == [2]  # norm.weight, norm.bias; fc.bias decays
 
 
 def test_lr_schedule_warmup_cosine_and_state():

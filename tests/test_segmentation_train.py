@@ -45,7 +45,9 @@ def test_smoke_run_loss_goes_down_and_eval_fields(tmp_path: Path) -> None:
     assert set(m) == {"val_miou", "val_pixel_acc", "val_macc"} and 0.0 <= m["val_miou"] <= 1.0
     assert m["val_pixel_acc"] > 0.3 and result.best == m["val_miou"]
     assert {"last.pth", "best.pth", "metrics.jsonl", "metrics.csv", "curves.png", "config.json",
-            "summary.json"} <= {p.name for p in run.iterdir()}
+            "summary.json", "predictions.png"} <= {p.name for p in run.iterdir()}
+    with Image.open(run / "predictions.png") as im:
+        assert im.width > 2 * im.height / 3  # rows of image | ground truth | prediction
     assert records[-1]["step"] == 12 and "val_miou" in records[-1] and "val_miou" not in records[-2]
     ckpt = read_train_checkpoint(run / "last.pth")
     assert ckpt["step"] == 12 and ckpt["extra"]["data"]["class_names"][16] == "potted plant"

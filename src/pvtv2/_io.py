@@ -13,6 +13,7 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from .errors import PVTError
 
@@ -89,3 +90,35 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
 def atomic_copy(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Path:
     """Copy ``src`` over ``dst`` atomically."""
     return atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp), size_hint=os.path.getsize(src))
+
+
+def save_figure(fig: Any, path: str | os.PathLike[str], *, dpi: int = 100) -> Path:
+    """Write a matplotlib figure as PNG atomically, then close it (also when writing fails)."""
+    import matplotlib.pyplot as plt
+
+    try:
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
+    finally:
+        plt.close(fig)
+
+
+def save_image_grid(rows: list[list[tuple[str, Any]]], path: str | os.PathLike[str], *, title: str = "",
+                    cell: float = 3.2) -> Path:
+    """A PNG grid of images (one row per sample: ``(caption, (3, H, W) uint8 tensor)`` per column), atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = max(len(r) for r in rows)
+    fig, axes = plt.subplots(len(rows), cols, figsize=(cell * cols, cell * len(rows)), squeeze=False)
+    for ax_row, row in zip(axes, rows):
+        for ax, (caption, image) in zip(ax_row, row):
+            ax.imshow(image.permute(1, 2, 0).cpu().numpy())  # (3, H, W) -> (H, W, 3)
+            ax.set_title(caption, fontsize=8)
+        for ax in ax_row:
+            ax.set_axis_off()
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, path)

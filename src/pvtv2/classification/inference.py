@@ -118,7 +118,7 @@ def load_classifier(
         use_ema: take the checkpoint's EMA weights (when the run kept an EMA).
     """
     from ..models import create_model
-    from ..weights import head_classes, load_weights, read_checkpoint, released_state_dict, unwrap_state_dict
+    from ..weights import head_classes, load_weights, weights_state_dict
     from .task import build_model
 
     if (checkpoint is None) == (weights is None):
@@ -140,8 +140,7 @@ def load_classifier(
                          str(checkpoint), cfg.model)
     else:
         assert weights is not None
-        sd = released_state_dict(model) if weights == "official" else unwrap_state_dict(read_checkpoint(weights),
-                                                                                          where=weights)
+        sd = weights_state_dict(weights, model)
         n = num_classes or head_classes(sd) or 1000
         net = create_model(model, num_classes=n)
         load_weights(net, sd, ignore_head=None)

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 def build_model(cfg: ClassificationConfig, num_classes: int) -> nn.Module:
     """The run's model, with fine-tuning weights loaded (a new head when the class count differs)."""
     from ..models import create_model, model_info
-    from ..weights import load_weights, read_checkpoint, released_state_dict, unwrap_state_dict
+    from ..weights import load_weights, weights_state_dict
 
     overrides = dict(cfg.model_overrides)
     if cfg.drop_path is not None:
@@ -38,9 +38,7 @@ def build_model(cfg: ClassificationConfig, num_classes: int) -> nn.Module:
     model = create_model(cfg.model, num_classes=num_classes, **overrides)
     if cfg.weights:
         model_info(cfg.model)  # unknown names fail before any download
-        sd = released_state_dict(cfg.model) if cfg.weights == "official" else unwrap_state_dict(
-            read_checkpoint(cfg.weights), where=cfg.weights)
-        report = load_weights(model, sd, ignore_head=cfg.ignore_head)
+        report = load_weights(model, weights_state_dict(cfg.weights, cfg.model), ignore_head=cfg.ignore_head)
         if report.dropped_head and cfg.ignore_head is None:
             log.info("%s has a %s-class head, this run has %d classes: training a new head", cfg.weights,
                      report.checkpoint_classes, num_classes)

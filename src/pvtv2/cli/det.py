@@ -1,12 +1,13 @@
-"""``pvtv2 det train``, ``pvtv2 det eval`` and ``pvtv2 detect``: detection on the command line."""
+"""``pvtv2 det train``, ``det compare``, ``det eval`` and ``pvtv2 detect``: detection on the command line."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+from pathlib import Path
 
-from .options import add_train_arguments, run_training
+from .options import add_config_options, add_train_arguments, given_options, run_training
 
 log = logging.getLogger(__name__)
 
@@ -15,13 +16,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     from ..detection.recipes import RECIPES
 
     det = sub.add_parser("det", help="train and evaluate detectors (RetinaNet, Mask R-CNN, FCOS, ...) on PVT backbones")
-    dsub = det.add_subparsers(dest="det_command", metavar="{train,eval}")
+    dsub = det.add_subparsers(dest="det_command", metavar="{train,compare,eval}")
 
     t = dsub.add_parser("train", help="train a detector (torchrun for several processes)",
                         description="Train any registered detector (--arch) on a PVT backbone; evaluates with "
                                     "pycocotools on --val-data.")
     add_train_arguments(t, RECIPES, "1x")
     t.set_defaults(func=run_train)
+
+    c = dsub.add_parser("compare", help="train every registered detector the same way and tabulate them",
+                        description="Train and evaluate each detector (default: every registered one) with the same "
+                                    "configuration; writes OUT/table.md, table.json, table.png and a run per detector.")
+    c.add_argument("--recipe", default="1x", choices=list(RECIPES), help="named configuration to start from")
+    add_config_options(c, RECIPES["1x"])
+    c.add_argument("--archs", nargs="+", metavar="ARCH", help="detectors to compare (default: all registered)")
+    c.add_argument("--out", required=True, help="folder for the table and the runs")
+    c.add_argument("--no-progress", action="store_true", help="no progress bars")
+    c.set_defaults(func=run_compare)
 
     e = dsub.add_parser("eval", help="COCO AP (boxes, masks) of a detection checkpoint")
     e.add_argument("--checkpoint", required=True)
@@ -63,6 +74,17 @@ def run_train(args: argparse.Namespace) -> int:
     from ..detection.recipes import RECIPES
 
     return run_training(args, RECIPES, DetectionTask)
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    from ..detection.compare import compare
+    from ..detection.recipes import RECIPES
+
+    cfg = RECIPES[args.recipe].replace(**given_options(args, RECIPES[args.recipe]))
+    cfg.check()
+    rows = compare(cfg, args.out, archs=args.archs, progress=not args.no_progress)
+    print((Path(args.out) / "table.md").read_text())
+    return 0 if rows else 1
 
 
 def run_eval(args: argparse.Namespace) -> int:

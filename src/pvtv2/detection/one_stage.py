@@ -20,6 +20,7 @@ import torch.distributed as dist
 from torch import nn
 from torchvision.ops import batched_nms, clip_boxes_to_image
 
+from ..models.backbone import PVTBackbone
 from .anchors import octave_anchors
 from .assigners import atss_assign
 from .mmdet import convert_detector, fpn_to_ours, rename_prefixes
@@ -213,8 +214,6 @@ def from_mmdet(sd: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch
     layout; mmdet's ResNet has torchvision's names), the FPN (:func:`~.mmdet.fpn_to_ours`) and the head, whose names
     are mmdet's but for the towers' ``ConvModule`` (``.conv`` / ``.gn`` -> ``Conv2dNormActivation``'s ``.0`` /
     ``.1``). GFL's constant bin values (``bbox_head.integral.project``) are not weights here."""
-    from ..models.backbone import PVTBackbone
-
     sd = {k: v for k, v in sd.items() if k != "bbox_head.integral.project"}
     pairs = fpn_to_ours(len(model.backbone.body.stages))
     for tower in ("cls_convs", "reg_convs"):

@@ -49,10 +49,6 @@ class DetectionConfig(TrainConfig):
     crop_resize_sizes: tuple[int, ...] = option((), "with --crop-size: half the images are resized to one of these "
                                                 "shorter sides, cropped and resized as the others (3x_mstrain)")
     crop_size: tuple[int, ...] = option((), "LOW,HIGH: random crop sides in pixels for those images (3x_mstrain)")
-    # mmdet's paramwise_cfg custom_keys of the 3x_mstrain configs: no weight decay on parameters whose name contains
-    # one of these. The trainer's decay_norms=False rule (no decay on any 1-D tensor) is close but also spares
-    # biases, the heads' GroupNorms and the per-level scales, which mmdet decays.
-    no_decay_keys: tuple[str, ...] = option((), "parameter-name substrings without weight decay", cli=False)
     # --- model ---
     arch: str = option("retinanet", "detector (pvtv2.detection.DETECTORS: retinanet, mask_rcnn, fcos, ...)")
     backbone: str = option("pvt_v2_b0", "registered backbone name (pvtv2 models)")
@@ -86,7 +82,8 @@ THREE_X = ONE_X.replace(recipe="3x", epochs=36, milestones=(27 / 36, 33 / 36), w
                         train_sizes=tuple(range(640, 801)))
 
 THREE_X_MSTRAIN = THREE_X.replace(recipe="3x_mstrain", train_sizes=tuple(range(480, 801, 32)),
-                                  crop_resize_sizes=(400, 500, 600), crop_size=(384, 600), decay_norms=False,
+                                  crop_resize_sizes=(400, 500, 600), crop_size=(384, 600),
+                                  # mmdet's paramwise_cfg custom_keys of the released 3x_mstrain configs
                                   no_decay_keys=("absolute_pos_embed", "relative_position_bias_table", "norm"))
 
 SPARSE_RCNN_3X = THREE_X_MSTRAIN.replace(recipe="sparse_rcnn_3x", weight_decay=1e-4, decay_norms=True, no_decay_keys=(),

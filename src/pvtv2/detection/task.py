@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._io import atomic_write_text
+from .._io import atomic_write_text, save_image_grid
 from ..engine.distributed import DistEnv
 from ..engine.sampling import StepSampler, step_loader
 from ..engine.task import Task
@@ -30,6 +30,7 @@ from .evaluate import evaluate
 from .inference import detector_meta
 from .recipes import DetectionConfig, eval_transforms, train_transforms
 from .registry import get_detector
+from .visualize import prediction_rows
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +132,14 @@ class DetectionTask(Task):
                                                 if k.startswith(kind + "_")) for kind in kinds)
 
     def finish(self, model: nn.Module, run_dir: Path, env: DistEnv) -> dict[str, Any]:
-        if env.is_main and self.results is not None:
-            atomic_write_text(run_dir / "results.json", json.dumps(self.results))
-            return {"results": str(run_dir / "results.json")}
-        return {}
+        """``results.json`` (the last evaluation's COCO detections) and ``predictions.png`` (evaluation images: the
+        ground truth beside the detections)."""
+        if not env.is_main or self.val_set is None:
+            return {}
+        out: dict[str, Any] = {}
+        if self.results is not None:
+            out["results"] = str(atomic_write_text(run_dir / "results.json", json.dumps(self.results)))
+        rows = prediction_rows(model, self.val_set, self.data.class_names)
+        title = f"{self.cfg.arch}/{self.cfg.backbone}: evaluation images"
+        out["predictions"] = str(save_image_grid(rows, run_dir / "predictions.png", title=title))
+        return out

@@ -62,6 +62,8 @@ class TrainConfig:
     base_batch: int = option(512, "the batch size base-lr is given for (linear scaling rule)")
     weight_decay: float = option(0.05, "AdamW weight decay")
     decay_norms: bool = option(False, "decay norms, biases and embeddings too (released mmdet/mmseg configs)")
+    no_decay_keys: tuple[str, ...] = option((), "no weight decay on parameters whose name contains one of these, "
+                                                "all others decayed (mmdet's paramwise_cfg custom_keys)")
     schedule: str = option("cosine", "learning-rate schedule", choices=("cosine", "poly", "step", "constant"))
     milestones: tuple[float, ...] = option((), "step schedule: fractions of the run where the lr drops x0.1")
     power: float = option(0.9, "poly schedule exponent")

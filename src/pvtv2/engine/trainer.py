@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from .._io import OutOfSpace, atomic_copy
 from ..errors import CheckpointError, PVTError, TrainingError
@@ -137,7 +136,7 @@ class _Run:
         base_lr = cfg.base_lr if cfg.base_lr is not None else task.default_base_lr()
         self.lr = cfg.lr if cfg.lr is not None else base_lr * cfg.batch_size / cfg.base_batch
         self.optimizer = create_optimizer(self.model, lr=self.lr, weight_decay=cfg.weight_decay,
-                                          decay_norms=cfg.decay_norms)
+                                          decay_norms=cfg.decay_norms, no_decay_keys=cfg.no_decay_keys)
         warmup = cfg.warmup_steps if cfg.warmup_steps is not None else round(cfg.warmup_epochs * self.steps_per_epoch)
         self.warmup = min(warmup, self.total // 5)  # at most a fifth of the run (short runs of long recipes)
         self.schedule = LRSchedule(self.optimizer, self.total, warmup_steps=self.warmup,
@@ -219,58 +218,62 @@ class _Run:
         bar = None
         self.ddp.train()
         with InterruptGuard(last_checkpoint=self.resumed_from) as guard:
-            for step in range(self.state.step, end):
-                if bar is None:
-                    bar = self._bar(step)
-                batch = next(batches)
-                with self.precision.autocast():
-                    losses = task.losses(self.ddp, batch, env)
-                if not losses:  # nothing to learn from this batch (every sample unreadable): keep the lr in step
-                    loss = torch.zeros((), device=env.device)
-                    status = guard.check(loss)
-                    self.schedule.step()
-                else:
-                    loss = sum(losses.values())
-                    status = guard.check(loss, where=f"step {step + 1} (epoch {step // self.steps_per_epoch + 1})")
-                    self.stepper.step(loss)
-                done = step + 1
-                self.state.step = done
-                self.state.epoch, self.state.epoch_step = divmod(done, self.steps_per_epoch)
-                for k, v in (("loss", loss), *(losses.items() if len(losses) > 1 else ())):  # total, parts
-                    sums[k] = sums.get(k, 0.0) + v.detach().double()
-                count += 1
-                images += task.images_in(batch)
-                if status.stop:
-                    self._save(self.state)
-                    if bar is not None:
+            try:
+                for step in range(self.state.step, end):
+                    bar = bar or self._bar(step)
+                    batch = next(batches)
+                    loss, losses, stop = self._step(batch, guard, step)
+                    done = self.state.step
+                    for k, v in (("loss", loss), *(losses.items() if len(losses) > 1 else ())):  # total, parts
+                        sums[k] = sums.get(k, 0.0) + v.detach().double()
+                    count += 1
+                    images += task.images_in(batch)
+                    if stop:
+                        self._save(self.state)
+                        msg = f"interrupted after step {done}; resumable checkpoint {self.last}: resume with " \
+                              f"--resume {self.last}"
+                        if env.is_main:
+                            log.warning(msg)
+                        raise Interrupted(msg)
+                    bar.update(1)
+                    if done % cfg.log_every == 0 or done == end:
+                        speed = images * env.world_size / max(time.perf_counter() - t_report, 1e-9)
+                        bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{self.stepper.lr:.2e}", img_s=f"{speed:.1f}",
+                                        refresh=False)
+                    epoch_end = done % self.steps_per_epoch == 0
+                    evaluate = (cfg.eval_every and done % cfg.eval_every == 0) or (not cfg.eval_every and epoch_end) \
+                        or done == self.total
+                    if epoch_end or evaluate or done == end:
                         bar.close()
-                    msg = f"interrupted after step {done}; resumable checkpoint {self.last}: resume with --resume " \
-                          f"{self.last}"
-                    if env.is_main:
-                        log.warning(msg)
-                    raise Interrupted(msg)
-                bar.update(1)
-                if done % cfg.log_every == 0 or done == end:
-                    bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{self.stepper.lr:.2e}",
-                                    img_s=f"{images * env.world_size / max(time.perf_counter() - t_report, 1e-9):.1f}",
-                                    refresh=False)
-                epoch_end = done % self.steps_per_epoch == 0
-                evaluate = (cfg.eval_every and done % cfg.eval_every == 0) or (not cfg.eval_every and epoch_end) \
-                    or done == self.total
-                if epoch_end or evaluate or done == end:
+                        bar = None
+                    if epoch_end or evaluate:
+                        last_metrics = self._report(done, sums, count, images, t_report, evaluate) or last_metrics
+                        sums, count, images, t_report = {}, 0, 0, time.perf_counter()
+                        guard.last_checkpoint = self.last
+                    elif cfg.ckpt_every and done % cfg.ckpt_every == 0:
+                        self._save(self.state)
+                        guard.last_checkpoint = self.last
+            finally:
+                if bar is not None:
                     bar.close()
-                    bar = None
-                if epoch_end or evaluate:
-                    last_metrics = self._report(done, sums, count, t_report, evaluate) or last_metrics
-                    sums, count, images, t_report = {}, 0, 0, time.perf_counter()
-                    guard.last_checkpoint = self.last
-                elif cfg.ckpt_every and done % cfg.ckpt_every == 0:
-                    self._save(self.state)
-                    guard.last_checkpoint = self.last
         stopped = self.state.step < self.total
         if stopped and self.saved_step != self.state.step:
             self._save(self.state)  # stop_after: resumable at exactly this step
         return self._finish(last_metrics, stopped)
+
+    def _step(self, batch: Any, guard: InterruptGuard, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor], bool]:
+        """One optimizer step: losses (under autocast), the NaN / interrupt check, the update; advances the state."""
+        with self.precision.autocast():
+            losses = self.task.losses(self.ddp, batch, self.env)
+        loss = sum(losses.values()) if losses else torch.zeros((), device=self.env.device)
+        status = guard.check(loss, where=f"step {step + 1} (epoch {step // self.steps_per_epoch + 1})")
+        if losses:
+            self.stepper.step(loss)
+        else:  # nothing to learn from this batch (every sample unreadable): keep the lr in step
+            self.schedule.step()
+        self.state.step = step + 1
+        self.state.epoch, self.state.epoch_step = divmod(step + 1, self.steps_per_epoch)
+        return loss, losses, status.stop
 
     def _bar(self, step: int) -> Any:
         from tqdm import tqdm
@@ -282,14 +285,17 @@ class _Run:
                     desc=f"epoch {epoch + 1}/{epochs}", dynamic_ncols=True,
                     disable=None if self.progress and self.env.is_main else True)  # None: on a terminal only
 
-    def _report(self, done: int, sums: dict[str, torch.Tensor], count: int, t_report: float,
+    def _report(self, done: int, sums: dict[str, torch.Tensor], count: int, images: int, t_report: float,
                 evaluate: bool) -> dict[str, float]:
         """One metrics record (train losses since the last report, evaluation, counters), last.pth, best.pth."""
         from .distributed import reduce_dict
 
         task, env = self.task, self.env
+        train_seconds = time.perf_counter() - t_report
         train = reduce_dict({f"train_{k}": float(v) / max(count, 1) for k, v in sums.items()}, env.device)
-        record: dict[str, Any] = {"epoch": done / self.steps_per_epoch, "step": done, "lr": self.stepper.lr, **train}
+        record: dict[str, Any] = {"epoch": done / self.steps_per_epoch, "step": done, "lr": self.stepper.lr, **train,
+                                  "train_seconds": train_seconds,
+                                  "train_img_s": images * env.world_size / max(train_seconds, 1e-9)}
         metrics: dict[str, float] = {}
         if evaluate:
             metrics = task.evaluate(self.model, env)

@@ -10,12 +10,14 @@ its own statistics and rank 0's are copied to every rank before an evaluation.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._io import save_image_grid
 from ..engine.amp import Precision
 from ..engine.distributed import DistEnv, reduce_sum
 from ..engine.sampling import StepSampler, step_loader
@@ -28,6 +30,7 @@ from .layouts import build_dataset, evaluation_split
 from .model import semantic_fpn
 from .recipes import SegmentationConfig
 from .transforms import train_transforms
+from .visualize import prediction_rows
 
 
 class _Batches:
@@ -130,3 +133,11 @@ class SegmentationTask(Task):
 
     def format_metrics(self, m: dict[str, float]) -> str:
         return f"val mIoU {100 * m['val_miou']:.2f}, pixel acc {100 * m['val_pixel_acc']:.2f}"
+
+    def finish(self, model: nn.Module, run_dir: Path, env: DistEnv) -> dict[str, Any]:
+        """``predictions.png``: evaluation images, their ground truth and the prediction."""
+        if not env.is_main or self.val_set is None:
+            return {}
+        rows = prediction_rows(model, self.val_set, self.meta.class_names, scale=tuple(self.cfg.test_scale))
+        path = save_image_grid(rows, run_dir / "predictions.png", title=f"Semantic FPN {self.cfg.backbone}")
+        return {"predictions": str(path)}

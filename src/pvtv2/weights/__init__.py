@@ -1,7 +1,16 @@
 """Weights in and out: every checkpoint format users hold, converted at the edge."""
 
 from .formats import FORMATS, convert, detect_format
-from .io import LoadReport, head_classes, load_weights, read_checkpoint, released_state_dict, save_weights, unwrap_state_dict
+from .io import (
+    LoadReport,
+    head_classes,
+    load_weights,
+    read_checkpoint,
+    released_state_dict,
+    save_weights,
+    unwrap_state_dict,
+    weights_state_dict,
+)
 
 __all__ = [
     "FORMATS",
@@ -14,4 +23,5 @@ __all__ = [
     "released_state_dict",
     "save_weights",
     "unwrap_state_dict",
+    "weights_state_dict",
 ]

@@ -5,13 +5,12 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-import socket
+import re
 import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.error import URLError
 
 import torch
 from torch import nn
@@ -27,10 +26,18 @@ _PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel, torch.compile
 
 
 def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a ``.safetensors``, ``.pth``, ``.pt`` or ``.bin`` file safely (tensors and plain containers only)."""
-    path = Path(path)
+    """Read a ``.safetensors``, ``.pth``, ``.pt`` or ``.bin`` file safely (tensors and plain containers only).
+
+    ``path`` may also name a file on the Hugging Face Hub (``hf-hub:OWNER/NAME``, see :mod:`pvtv2.weights.hub`).
+    """
+    from .hub import hub_file
+
+    path = hub_file(path) or Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+        hint = ""
+        if re.fullmatch(r"[\w.-]+/[\w.-]+", str(path)) and not path.suffix.startswith((".pt", ".bin", ".safe")):
+            hint = f" (a Hugging Face Hub repository? write hf-hub:{path})"
+        raise CheckpointError(f"checkpoint {path} does not exist{hint}")
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -245,28 +252,19 @@ def save_weights(
 
 
 def released_state_dict(name: str) -> StateDict:
-    """The authors' released ImageNet weights of ``name``, from torch.hub's cache or downloaded into it."""
-    from .release import RELEASES, release
+    """The authors' released ImageNet weights of ``name`` (v1 or v2), from torch.hub's cache or downloaded and
+    checked into it (see :mod:`pvtv2.weights.download`)."""
+    from .download import released_file
 
-    rel = release(name)
-    if rel is None:
-        raise CheckpointError(f"no released weights for {name}; the authors released {', '.join(RELEASES)}")
-    url = rel.url
-    dst = Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
-    if not dst.is_file():
-        try:
-            if os.environ.get("PVTV2_OFFLINE"):
-                raise URLError("PVTV2_OFFLINE is set")
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            old = socket.getdefaulttimeout()
-            socket.setdefaulttimeout(30)
-            try:
-                torch.hub.download_url_to_file(url, str(dst), progress=True)
-            finally:
-                socket.setdefaulttimeout(old)
-        except (URLError, OSError) as e:
-            raise CheckpointError(
-                f"could not download the released {name} weights ({getattr(e, 'reason', e)}); "
-                f"put {url} at {dst} or pass weights=PATH (CLI: --weights PATH)"
-            ) from None
-    return unwrap_state_dict(read_checkpoint(dst), where=str(dst))
+    path = released_file(name)
+    return unwrap_state_dict(read_checkpoint(path), where=str(path))
+
+
+def weights_state_dict(source: str | os.PathLike[str] | StateDict, name: str) -> StateDict:
+    """The state dict a ``weights=`` argument names for model ``name``: ``"official"`` (the authors' release of
+    ``name``), a Hub name, a checkpoint path, or a state dict (unwrapped from training checkpoints)."""
+    if isinstance(source, dict):
+        return unwrap_state_dict(source, where="state dict")
+    if source == "official":
+        return released_state_dict(name)
+    return unwrap_state_dict(read_checkpoint(source), where=str(source))
