@@ -41,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from pvtv2._io import atomic_write_text
     from pvtv2.cli import main as cli
-    from pvtv2.detection import DetTrainConfig, train
+    from pvtv2.detection import DetectionTask, get_recipe
+    from pvtv2.engine import train
 
     if not Path(args.data).is_file():
         print(f"error: {args.data} not found; install Debian's labelme-examples (make setup)", file=sys.stderr)
@@ -50,28 +51,28 @@ def main(argv: list[str] | None = None) -> int:
     # Mask R-CNN: fewer sampled RoIs than torchvision's 512 per image, or a CPU step takes a minute
     options = {"box_batch_size_per_image": 64, "rpn_post_nms_top_n_train": 256} if args.arch == "mask_rcnn" else {}
     start = time.perf_counter()
-    summary = train(DetTrainConfig(
+    cfg = get_recipe("1x").replace(
         data=args.data, val_data=args.data, arch=args.arch, backbone=args.backbone,
-        backbone_weights=args.backbone_weights, max_iters=args.iters, batch_size=3, lr=args.lr,
+        backbone_weights=args.backbone_weights, steps=args.iters, batch_size=3, lr=args.lr,
         train_sizes=(args.size,), max_size=args.max_size, test_size=args.size, workers=0, threads=args.threads,
-        seed=args.seed, detector_options=options,
-        eval_every=0, save_every=args.iters, log_every=25, out=str(out), precision="fp32",
-    ))
+        seed=args.seed, detector_options=options, eval_every=args.iters, log_every=25, precision="fp32",
+    )
+    result = train(DetectionTask(cfg), out=out)
     train_s = time.perf_counter() - start
-    box = summary["metrics"]["bbox"]
+    box = {k.split("_", 1)[1]: v for k, v in result.metrics.items() if k.startswith("bbox_")}
     image = Path(args.data).parent / json.loads(Path(args.data).read_text())["images"][0]["file_name"]
     vis = out / "detect.png"
-    code = cli(["detect", str(image), "--checkpoint", summary["checkpoint"], "--save-vis", str(vis),
+    code = cli(["detect", str(image), "--checkpoint", str(result.checkpoint), "--save-vis", str(vis),
                 "--score-thresh", "0.3", "--device", "cpu"])
-    result = {
-        "arch": args.arch, "backbone": args.backbone, "iters": summary["steps"], "size": args.size,
+    report = {
+        "arch": args.arch, "backbone": args.backbone, "iters": result.steps, "size": args.size,
         "train_seconds": round(train_s, 1), "bbox": box, "detect_exit": code, "vis": str(vis),
-        "checkpoint": summary["checkpoint"],
+        "checkpoint": str(result.checkpoint),
     }
-    atomic_write_text(out / "acceptance.json", json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    atomic_write_text(out / "acceptance.json", json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
     ok = box["AP50"] >= args.min_ap50 and code == 0 and vis.is_file()
-    print(f"box AP50 {box['AP50']:.3f} (need >= {args.min_ap50}) after {summary['steps']} steps in {train_s:.0f} s: "
+    print(f"box AP50 {box['AP50']:.3f} (need >= {args.min_ap50}) after {result.steps} steps in {train_s:.0f} s: "
           f"{'PASS' if ok else 'FAIL'}")
     return 0 if ok else 1
 

@@ -39,27 +39,25 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    import torch
-
     from pvtv2._io import atomic_write_text
-    from pvtv2.segmentation import evaluate, format_results, load_segmentor, predict, save_visualization, voc
+    from pvtv2.engine import train
+    from pvtv2.segmentation import (SegmentationTask, evaluate, format_results, get_recipe, load_segmentor, predict,
+                                    save_visualization, voc)
     from pvtv2.segmentation.datasets import read_image
-    from pvtv2.segmentation.train import SegTrainConfig, train
 
-    torch.set_num_threads(args.threads)
     s = args.short_side
-    cfg = SegTrainConfig(
-        data=args.data, val_data=args.data, model=args.model, backbone_weights=args.backbone_weights,
-        iterations=args.iterations, batch_size=args.batch_size, lr=args.lr, warmup_iters=min(50, args.iterations // 10),
-        crop_size=s, scale=(4 * s, s), test_scale=(4 * s, s), eval_interval=max(args.iterations // 4, 1),
-        ckpt_interval=max(args.iterations // 4, 1), log_interval=25, workers=args.workers, out=args.out,
-        device="cpu",
+    cfg = get_recipe("ade20k_40k").replace(
+        data=args.data, val_data=args.data, backbone=args.model, backbone_weights=args.backbone_weights,
+        steps=args.iterations, batch_size=args.batch_size, lr=args.lr, warmup_steps=min(50, args.iterations // 10),
+        crop_size=s, scale=(4 * s, s), test_scale=(4 * s, s), eval_every=max(args.iterations // 4, 1),
+        ckpt_every=max(args.iterations // 4, 1), log_every=25, workers=args.workers, device="cpu",
+        threads=args.threads, warmup_ratio=1e-3,
     )
     start = time.perf_counter()
-    run = train(cfg)
+    run = train(SegmentationTask(cfg), out=args.out)
     train_s = time.perf_counter() - start
 
-    model, meta = load_segmentor(run["checkpoint"])
+    model, meta = load_segmentor(run.checkpoint)
     result = evaluate(model, voc(args.data), scale=(4 * s, s))
     print(format_results(result))
     image = read_image(sorted(Path(args.data, "JPEGImages").glob("*.jpg"))[1])
@@ -71,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         "miou": result["miou"], "miou_gt_classes": result["miou_gt"], "pixel_acc": result["pixel_acc"],
         "classes_present": result["classes_present"], "iterations": args.iterations, "batch_size": args.batch_size,
         "short_side": s, "train_seconds": round(train_s, 1), "wall_seconds": round(time.perf_counter() - start, 1),
-        "threads": args.threads, "backbone_weights": args.backbone_weights, "checkpoint": run["checkpoint"],
+        "threads": args.threads, "backbone_weights": args.backbone_weights, "checkpoint": str(run.checkpoint),
         "visualisation": str(vis), "per_class": [r for r in result["per_class"] if r["pixels"] or r["iou"] == r["iou"]],
     }
     atomic_write_text(Path(args.out) / "result.json", json.dumps(summary, indent=2) + "\n")

@@ -1,5 +1,5 @@
-"""Classification data: Fashion-MNIST IDX reading, samplers, the in-memory loader, robust image decoding,
-ImageFolder with bad files and empty classes, and the DeiT transforms."""
+"""Classification data: Fashion-MNIST IDX reading, the in-memory loader, robust image decoding, ImageFolder with
+bad files and empty classes, and the DeiT transforms."""
 
 from __future__ import annotations
 
@@ -11,21 +11,12 @@ import pytest
 import torch
 from PIL import Image
 
-from pvtv2.data import (
-    AugmentConfig,
-    BadImage,
-    EpochSampler,
-    ImageFolder,
-    SeededDataset,
-    TensorLoader,
-    collate_skip_bad,
-    eval_transform,
-    load_fashion_mnist,
-    load_image,
-    mixup_fn,
-    train_transform,
-)
+from pvtv2.classification.folder import ImageFolder, collate_skip_bad
+from pvtv2.classification.tensor_loader import TensorLoader, index_batches
+from pvtv2.classification.transforms import AugmentConfig, eval_transform, mixup_fn, train_transform
+from pvtv2.data import BadImage, load_fashion_mnist, load_image
 from pvtv2.data import fashion_mnist as fm
+from pvtv2.engine.sampling import SeededDataset, StepSampler
 from pvtv2.errors import DataError
 
 
@@ -76,50 +67,22 @@ def test_truncated_idx_is_reported(tiny_fashion):
         load_fashion_mnist("test", tiny_fashion)
 
 
-def _batches(sampler: EpochSampler, bs: int) -> list[list[tuple[int, int]]]:
-    items = list(sampler)
-    return [items[i : i + bs] for i in range(0, len(items) - bs + 1, bs)]
-
-
-def test_sampler_ranks_cover_the_single_process_batches():
-    single = _batches(EpochSampler(103, shuffle=True, seed=3, batch_size=8, drop_last=True), 8)
-    ranks = [_batches(EpochSampler(103, r, 2, shuffle=True, seed=3, batch_size=4, drop_last=True), 4) for r in (0, 1)]
-    assert len(single) == len(ranks[0]) == len(ranks[1]) == 103 // 8
-    for k, batch in enumerate(single):  # global batch k = rank 0's batch k + rank 1's batch k, seeds included
-        assert sorted(batch) == sorted(ranks[0][k] + ranks[1][k])
-
-
-def test_sampler_resume_skips_batches_and_is_deterministic():
-    s = EpochSampler(50, shuffle=True, seed=1, batch_size=5, drop_last=True)
-    s.set_epoch(2)
-    full = list(s)
-    s.set_epoch(2, start_batch=3)
-    assert list(s) == full[15:] and len(s) == 35
-    s.set_epoch(3)
-    assert list(s) != full  # a new order each epoch
-    ra = EpochSampler(12, 0, 3, shuffle=True, seed=0, repeats=3, batch_size=1)
-    copies = [EpochSampler(12, r, 3, shuffle=True, seed=0, repeats=3, batch_size=1) for r in range(3)]
-    first = [next(iter(c))[0] for c in copies]
-    assert len(set(first)) == 1 and len(ra) == 4  # a repeated image goes to each rank; epoch cut to n samples
-
-
 def test_tensor_loader_shapes_normalisation_and_seeded_augmentation(tiny_fashion):
     data = load_fashion_mnist("train", tiny_fashion)
-    sampler = EpochSampler(len(data), shuffle=True, seed=0, batch_size=8, drop_last=True)
-    loader = TensorLoader(data, sampler, 8, size=32, channels=3, mean=0.5, std=0.5, crop_pad=2, hflip=True,
-                          drop_last=True)
+    sampler = StepSampler(len(data), 8, seed=0, steps=2)
+    loader = TensorLoader(data, sampler, size=32, channels=3, mean=0.5, std=0.5, crop_pad=2, hflip=True)
     batches = list(loader)
-    assert len(batches) == len(loader) == 2
+    assert len(batches) == 2
     x, y = batches[0]
     assert x.shape == (8, 3, 32, 32) and x.dtype == torch.float32 and y.shape == (8,)
     assert torch.equal(x[:, 0], x[:, 2]) and x.min() >= -1 and x.max() <= 1
-    assert torch.equal(list(loader)[1][0], batches[1][0])  # same epoch -> same augmented images
-    plain = TensorLoader(data, EpochSampler(len(data), shuffle=False), 4, size=32, channels=1)
+    assert torch.equal(list(loader)[1][0], batches[1][0])  # same steps -> same augmented images
+    plain = TensorLoader(data, index_batches(range(len(data)), 4), size=32, channels=1)
     x0 = next(iter(plain))[0]
     assert x0.shape == (4, 1, 32, 32)
     assert torch.equal(x0[0, 0, 2:30, 2:30] * 255, data.images[0].float())  # centred zero padding
     assert x0[:, :, :2].abs().sum() == 0
-    big = TensorLoader(data, EpochSampler(len(data), shuffle=False), 4, size=48, channels=1, resize=42)
+    big = TensorLoader(data, index_batches(range(len(data)), 4), size=48, channels=1, resize=42)
     x1 = next(iter(big))[0]
     assert x1.shape == (4, 1, 48, 48) and x1[:, :, :3].abs().sum() == 0 and x1[:, :, 3:45].abs().sum() > 0
 

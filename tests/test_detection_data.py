@@ -56,7 +56,7 @@ def write_coco(root: Path, n: int = 2, size: tuple[int, int] = (96, 128), annota
 def test_reads_coco_skips_background_and_maps_labels(tmp_path: Path) -> None:
     data = load_coco(write_coco(tmp_path))
     assert [c["name"] for c in data.categories] == ["square", "disc"]  # _background_ dropped
-    assert data.class_names == ["__background__", "square", "disc"] and data.num_classes == 3
+    assert data.class_names == ["__background__", "square", "disc"] and data.num_classes == 2
     assert data.label_to_category() == {1: 3, 2: 7}
     assert len(data.images) == 2 and not data.problems
     inst = data.images[1].instances[0]
@@ -190,7 +190,7 @@ def test_gzipped_annotations(tmp_path: Path) -> None:
 
 def test_transforms_move_boxes_and_masks_together(tmp_path: Path) -> None:
     data = load_coco(write_coco(tmp_path, n=1))
-    recipe = get_recipe("1x", train_sizes=(48,), max_size=80, flip_prob=1.0)
+    recipe = get_recipe("1x").replace(train_sizes=(48,), max_size=80, flip_prob=1.0)
     image, target = DetectionDataset(data, train_transforms(recipe), with_masks=True)[0]
     assert image.dtype == torch.float32 and tuple(image.shape) == (3, 48, 64)  # 96x128 -> shorter side 48
     # square x 10..58 of 128 -> scaled by 0.5 -> 5..29, flipped in a 64-wide image -> 35..59
@@ -202,13 +202,17 @@ def test_transforms_move_boxes_and_masks_together(tmp_path: Path) -> None:
 
 
 def test_recipes_follow_the_released_schedules() -> None:
+    from pvtv2.detection import DETECTORS, DetectionTask
+
     one, three = get_recipe("1x"), get_recipe("3x")
-    assert one.train_sizes == (800,) and one.max_size == 1333 and one.epochs == 12 and one.milestones == (8, 11)
-    assert one.weight_decay == 1e-4 and one.base_lr("retinanet") == 1e-4 and one.base_lr("mask_rcnn") == 2e-4
-    assert one.base_lr("retinanet", batch_size=4) == pytest.approx(2.5e-5)
+    assert one.train_sizes == (800,) and one.max_size == 1333 and one.epochs == 12
+    assert [round(m * 12) for m in one.milestones] == [8, 11] and one.warmup_steps == 500 and one.decay_norms
+    assert one.weight_decay == 1e-4 and one.base_batch == 16 and one.batch_size == 16
+    assert DETECTORS["retinanet"].lr == 1e-4 and DETECTORS["mask_rcnn"].lr == 2e-4
+    assert DetectionTask(one.replace(arch="mask_rcnn")).default_base_lr() == 2e-4
     assert three.train_sizes[0] == 640 and three.train_sizes[-1] == 800 and len(three.train_sizes) == 161
-    assert three.epochs == 36 and three.weight_decay == 0.05
-    with pytest.raises(Exception, match="unknown detection recipe"):
+    assert three.epochs == 36 and three.weight_decay == 0.05 and [round(m * 36) for m in three.milestones] == [27, 33]
+    with pytest.raises(Exception, match="unknown recipe '2x'"):
         get_recipe("2x")
 
 

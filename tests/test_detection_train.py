@@ -1,11 +1,9 @@
-"""Detection training, evaluation and the command line: smoke run, exact resume, COCO AP, drawing, bad input."""
+"""Detection training, evaluation and the command line: smoke run, COCO AP, drawing, bad input. (Resume, Ctrl-C,
+NaN and torchrun are tested for every task at once in test_trainer.py.)"""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,15 +13,16 @@ from PIL import Image
 from test_detection_data import write_coco
 
 from pvtv2.cli import main as cli
-from pvtv2.detection import DetTrainConfig, load_coco, train
+from pvtv2.detection import DetectionTask, get_recipe, load_coco
 from pvtv2.detection.dataset import DetectionDataset, decode_masks
 from pvtv2.detection.evaluate import METRICS, coco_ground_truth, coco_metrics, to_coco_results
 from pvtv2.detection.visualize import draw_detections
-from pvtv2.engine import Interrupted
+from pvtv2.engine import train as engine_train
 from pvtv2.weights import read_checkpoint
 
-TINY = ["--backbone-override", "depths=1,1,1,1"]
-SMALL = ["--train-size", "64", "--max-size", "96", "--test-size", "64", "--workers", "0", "--threads", "1"]
+TINY = ["--backbone-overrides", "depths=1,1,1,1"]
+SMALL = ["--train-sizes", "64", "--max-size", "96", "--test-size", "64", "--workers", "0", "--threads", "1",
+         "--warmup-steps", "0", "--no-progress"]
 
 
 @pytest.fixture(autouse=True)
@@ -35,65 +34,35 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
-def _cfg(data: Path, out: Path, **kw) -> DetTrainConfig:
+def _cfg(data: Path, **kw):
     base = dict(data=str(data), backbone_overrides={"depths": (1, 1, 1, 1)}, batch_size=2, train_sizes=(64,),
-                max_size=96, test_size=64, workers=0, threads=1, lr=1e-4, warmup_iters=0, out=str(out), log_every=1)
-    return DetTrainConfig(**{**base, **kw})
+                max_size=96, test_size=64, workers=0, threads=1, lr=1e-4, warmup_steps=0)
+    return get_recipe("1x").replace(**{**base, **kw})
 
 
 def test_smoke_run_loss_goes_down_and_eval_has_ap_fields(tmp_path: Path) -> None:
     data = write_coco(tmp_path / "data", n=2)
-    summary = train(_cfg(data, tmp_path / "run", val_data=str(data), max_iters=6, eval_every=0))
+    result = engine_train(DetectionTask(_cfg(data, val_data=str(data), steps=6, eval_every=6)), out=tmp_path / "run",
+                          progress=False)
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     losses = [r["train_loss"] for r in records]
-    assert len(losses) == 6 and losses[-1] < 0.9 * losses[0]
-    assert set(summary["metrics"]["bbox"]) == set(METRICS)
-    assert all(0.0 <= v <= 1.0 for v in summary["metrics"]["bbox"].values())
-    assert records[-1]["bbox_AP50"] == summary["metrics"]["bbox"]["AP50"]
-    for name in ("last.pth", "config.json", "metrics.csv", "curves.png", "results.json", "summary.json"):
+    assert len(losses) == 6 and losses[-1] < 0.9 * losses[0]  # one step per epoch (2 images, batch 2)
+    assert {k.split("_", 1)[1] for k in result.metrics} == set(METRICS) and all(k.startswith("bbox_") for k in result.metrics)
+    assert all(0.0 <= v <= 1.0 for v in result.metrics.values())
+    assert records[-1]["bbox_AP50"] == result.metrics["bbox_AP50"] and "train_classification" in records[-1]
+    for name in ("last.pth", "config.json", "metrics.csv", "curves.png", "results.json", "summary.json",
+                 "predictions.png"):
         assert (tmp_path / "run" / name).is_file(), name
     ckpt = read_checkpoint(tmp_path / "run" / "last.pth")
     assert ckpt["step"] == 6 and ckpt["extra"]["detector"]["class_names"] == ["__background__", "square", "disc"]
 
 
-def test_resume_gives_the_same_weights(tmp_path: Path) -> None:
-    data = write_coco(tmp_path / "data", n=3)  # 2 steps per epoch: the stop falls mid-epoch
-    train(_cfg(data, tmp_path / "a", max_iters=4))
-    stopped = train(_cfg(data, tmp_path / "b", max_iters=4, stop_after=3))
-    assert stopped["steps"] == 3
-    # the CLI resumes with the run's own configuration from the checkpoint alone
-    assert cli(["det", "train", "--resume", stopped["checkpoint"], "--out", str(tmp_path / "c"), "--workers", "0",
-                "--device", "cpu"]) == 0
-    a, b, c = (read_checkpoint(tmp_path / run / "last.pth") for run in ("a", "b", "c"))
-    assert (a["step"], b["step"], c["step"]) == (4, 3, 4) and (b["epoch"], b["epoch_step"]) == (1, 1)
-    assert any(not torch.equal(a["model"][k], b["model"][k]) for k in a["model"])  # the 4th step moved weights
-    for key in a["model"]:
-        torch.testing.assert_close(c["model"][key], a["model"][key], rtol=0, atol=0, msg=key)
-    assert c["optimizer"]["state"].keys() == a["optimizer"]["state"].keys()
-
-
-def test_ctrl_c_writes_a_checkpoint_at_the_current_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    det_train = sys.modules["pvtv2.detection.train"]  # the module (the package exports the function `train`)
-
-    class PressedDuringStep2(det_train.InterruptGuard):
-        def check(self, loss: torch.Tensor, where: str = ""):  # type: ignore[override]
-            self.requested = self.requested or "step 2" in where  # as if Ctrl-C arrived during the 2nd step
-            return super().check(loss, where)
-
-    monkeypatch.setattr(det_train, "InterruptGuard", PressedDuringStep2)
-    data = write_coco(tmp_path / "data", n=4)
-    with pytest.raises(Interrupted, match="resume with --resume"):
-        train(_cfg(data, tmp_path / "run", max_iters=4))
-    ckpt = read_checkpoint(tmp_path / "run" / "last.pth")
-    assert (ckpt["epoch"], ckpt["epoch_step"], ckpt["step"]) == (0, 1, 1)  # step 2 not taken: it redoes on resume
-
-
 def test_cli_train_eval_detect(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = write_coco(tmp_path / "data", n=2)
     run = tmp_path / "run"
-    assert cli(["det", "train", "--data", str(data), "--val-data", str(data), "--max-iters", "2", "--batch-size", "2",
-                "--out", str(run), "--warmup-iters", "0", *TINY, *SMALL]) == 0
-    assert json.loads(capsys.readouterr().out)["steps"] == 2
+    assert cli(["det", "train", "--data", str(data), "--val-data", str(data), "--steps", "2", "--batch-size", "2",
+                "--out", str(run), *TINY, *SMALL]) == 0
+    assert json.loads((run / "summary.json").read_text())["steps"] == 2
     assert cli(["det", "eval", "--checkpoint", str(run / "last.pth"), "--data", str(data),
                 "--out", str(tmp_path / "ev"), "--device", "cpu"]) == 0
     assert capsys.readouterr().out.startswith("bbox  AP ")
@@ -119,7 +88,8 @@ def test_cli_bad_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture
     data = write_coco(tmp_path / "data", n=2, annotations=[
         {"id": 1, "image_id": 0, "category_id": 3, "bbox": [10, 10, 30, 30]},
         {"id": 2, "image_id": 1, "category_id": 3, "bbox": [10, 10, 0, 30]}])  # zero width
-    assert cli(["det", "train", "--data", str(data), "--strict", "--out", str(tmp_path / "r"), *SMALL]) == 2
+    assert cli(["det", "train", "--data", str(data), "--on-bad-data", "error", "--out", str(tmp_path / "r"),
+                *SMALL]) == 2
     err = capsys.readouterr().err.strip()
     assert "zero or negative area" in err and len(err.splitlines()) == 1
     weights = tmp_path / "w.pth"
@@ -163,34 +133,14 @@ def test_draw_detections_boxes_masks_labels(tmp_path: Path) -> None:
     assert np.asarray(changed).sum() < changed.numel() / 2
 
 
-def test_torchrun_two_processes_match_one(tmp_path: Path) -> None:
-    """DDP on gloo: 2 processes x 1 image = 1 process x 2 images (same-size images, no drop-path); rank 0 writes
-    every rank's RNG state; evaluation is sharded over the ranks and gathered."""
-    data = write_coco(tmp_path / "data", n=2)
-    common = ["det", "train", "--data", str(data), "--val-data", str(data), "--max-iters", "2", "--warmup-iters", "0",
-              "--backbone-override", "drop_path_rate=0.0", "--device", "cpu", *TINY, *SMALL]
-    assert cli([*common, "--batch-size", "2", "--out", str(tmp_path / "one")]) == 0
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "pvtv2",
-           *common, "--batch-size", "1", "--out", str(tmp_path / "two")]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    one, two = (read_checkpoint(tmp_path / run / "last.pth") for run in ("one", "two"))
-    assert two["step"] == 2 and len(two["rng"]) == 2 and json.loads((tmp_path / "two" / "config.json")
-                                                                     .read_text())["resolved"]["world_size"] == 2
-    for key, value in one["model"].items():
-        torch.testing.assert_close(two["model"][key], value, rtol=1e-4, atol=1e-5, msg=key)
-    m1, m2 = (json.loads((tmp_path / run / "summary.json").read_text())["metrics"]["bbox"] for run in ("one", "two"))
-    assert m2.keys() == m1.keys()
-
-
 def test_mask_rcnn_trains_and_reports_mask_ap(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = write_coco(tmp_path / "data", n=2)
-    few = ["--detector-option", "box_batch_size_per_image=32", "--detector-option", "rpn_post_nms_top_n_train=64",
-           "--detector-option", "rpn_post_nms_top_n_test=32", "--detector-option", "box_detections_per_img=5"]
-    assert cli(["det", "train", "--arch", "mask_rcnn", "--data", str(data), "--val-data", str(data), "--max-iters",
+    few = ["--detector-options", "box_batch_size_per_image=32", "--detector-options", "rpn_post_nms_top_n_train=64",
+           "--detector-options", "rpn_post_nms_top_n_test=32", "--detector-options", "box_detections_per_img=5"]
+    assert cli(["det", "train", "--arch", "mask_rcnn", "--data", str(data), "--val-data", str(data), "--steps",
                 "2", "--batch-size", "2", "--out", str(tmp_path / "run"), *few, *TINY, *SMALL]) == 0
-    metrics = json.loads(capsys.readouterr().out)["metrics"]
-    assert set(metrics) == {"bbox", "segm"} and set(metrics["segm"]) == set(METRICS)
+    metrics = json.loads((tmp_path / "run" / "summary.json").read_text())["metrics"]
+    assert {k.split("_")[0] for k in metrics} == {"bbox", "segm"} and {f"segm_{m}" for m in METRICS} <= set(metrics)
     ckpt = read_checkpoint(tmp_path / "run" / "last.pth")
     assert ckpt["extra"]["detector"]["options"]["box_detections_per_img"] == 5
     png = tmp_path / "vis.png"
@@ -198,3 +148,15 @@ def test_mask_rcnn_trains_and_reports_mask_ap(tmp_path: Path, capsys: pytest.Cap
                 "--save-vis", str(png), "--score-thresh", "0", "--device", "cpu", "--json"]) == 0
     found = json.loads(capsys.readouterr().out.split("\nwrote")[0])
     assert len(found) <= 5 and png.is_file()
+
+
+def test_compare_trains_every_detector_the_same_way_and_tabulates(tmp_path: Path, capsys) -> None:
+    data = write_coco(tmp_path / "data", n=2)
+    assert cli(["det", "compare", "--archs", "retinanet", "fcos", "--data", str(data), "--val-data", str(data),
+                "--steps", "2", "--batch-size", "2", "--out", str(tmp_path / "cmp"), *TINY, *SMALL[:-1]]) == 0
+    table = (tmp_path / "cmp" / "table.md").read_text()
+    assert "| retinanet |" in table and "| fcos |" in table and "train img/s" in table and table in capsys.readouterr().out
+    rows = json.loads((tmp_path / "cmp" / "table.json").read_text())
+    assert [r["arch"] for r in rows] == ["retinanet", "fcos"] and all(r["params_m"] > 0 and r["gflops"] > 0 for r in rows)
+    assert all(r["train_img_s"] > 0 and r["infer_ms"] > 0 for r in rows) and (tmp_path / "cmp" / "table.png").is_file()
+    assert (tmp_path / "cmp" / "fcos" / "last.pth").is_file()  # one run directory per detector

@@ -123,6 +123,10 @@ def test_param_groups_skip_norms_biases_and_embeddings():
     assert len(decayed) == 1 and len(decayed[0]["params"]) == 1  # fc.weight only
     assert sum(len(g["params"]) for g in groups) == 5
     assert scale_lr(5e-4, 1024) == pytest.approx(1e-3)
+    everything = param_groups(Tiny(), weight_decay=0.05, decay_norms=True)
+    assert len(everything) == 1 and everything[0]["weight_decay"] == 0.05
+    keyed = param_groups(Tiny(), weight_decay=0.05, no_decay_keys=("norm",))  # mmdet's custom_keys: by name only
+    assert [len(g["params"]) for g in keyed if g["weight_decay"] == 0] == [2]  # norm.weight, norm.bias; fc.bias decays
 
 
 def test_lr_schedule_warmup_cosine_and_state():
@@ -153,14 +157,21 @@ def test_guard_stops_on_nan_naming_the_last_checkpoint():
         guard.check(torch.tensor(float("inf")))
 
 
-def test_guard_turns_sigint_into_a_stop_flag():
-    with InterruptGuard() as guard:
-        os.kill(os.getpid(), signal.SIGINT)
-        assert guard.check(torch.tensor(0.5)).stop is True
-        os.kill(os.getpid(), signal.SIGTERM)  # torchrun's SIGTERM after the terminal's SIGINT: ignored
-        with pytest.raises(KeyboardInterrupt):  # a second Ctrl-C aborts at once
+@pytest.mark.parametrize("before", [signal.SIG_IGN, "custom"])
+def test_guard_turns_sigint_into_a_stop_flag_and_restores_the_handler_it_found(before):
+    """Also when the suite runs with SIGINT ignored (``nohup make test &``, background CI jobs)."""
+    handler = (lambda *_: None) if before == "custom" else before
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        with InterruptGuard() as guard:
             os.kill(os.getpid(), signal.SIGINT)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+            assert guard.check(torch.tensor(0.5)).stop is True
+            os.kill(os.getpid(), signal.SIGTERM)  # torchrun's SIGTERM after the terminal's SIGINT: ignored
+            with pytest.raises(KeyboardInterrupt):  # a second Ctrl-C aborts at once
+                os.kill(os.getpid(), signal.SIGINT)
+        assert signal.getsignal(signal.SIGINT) is handler
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def test_metrics_files_and_curves(tmp_path):
@@ -186,3 +197,44 @@ def test_precision_rules():
         Precision.resolve("fp16", "cpu")
     with Precision.resolve("bf16", "cpu").autocast():
         assert (torch.randn(2, 2) @ torch.randn(2, 2)).dtype == torch.bfloat16
+
+
+def test_files_follow_the_umask_not_mkstemps_0600(tmp_path):
+    from pvtv2._io import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        path = atomic_write_text(tmp_path / "config.json", "{}")
+        assert (path.stat().st_mode & 0o777) == 0o644
+        os.umask(0o077)
+        assert (atomic_write_text(tmp_path / "private.json", "{}").stat().st_mode & 0o777) == 0o600
+    finally:
+        os.umask(old)
+
+
+def test_full_disk_keeps_the_previous_checkpoint_and_says_so_in_one_line(tmp_path, monkeypatch):
+    import errno
+    import shutil
+
+    from pvtv2 import _io
+
+    model, opt, sched, ema, stepper = _setup()
+    first = save_checkpoint(tmp_path / "last.pth", model=model, optimizer=opt, state=TrainState(step=1))
+    before = first.read_bytes()
+    real_save = torch.save
+
+    def full(obj, f, *args, **kwargs):  # the disk fills up half way through the write
+        with open(f, "wb") as fh:
+            fh.write(b"x" * 1000)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(_io.OutOfSpace, match=r"no space left to write .*last.pth \(about .* MB needed, .* MB free"):
+        save_checkpoint(tmp_path / "last.pth", model=model, optimizer=opt, state=TrainState(step=2))
+    assert first.read_bytes() == before and not list(tmp_path.glob(".*.tmp"))  # intact, nothing half-written
+    monkeypatch.setattr(torch, "save", real_save)
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(_io.shutil, "disk_usage", lambda p: usage._replace(free=10))  # refused before writing
+    with pytest.raises(_io.OutOfSpace, match="0.0 MB free"):
+        save_checkpoint(tmp_path / "last.pth", model=model, optimizer=opt, state=TrainState(step=2))
+    assert first.read_bytes() == before

@@ -128,7 +128,7 @@ def test_drop_path_defaults_follow_the_spec() -> None:
     model = create_model("pvt_v2_b0")
     assert model.stages[0].blocks[0].drop_path.__class__.__name__ == "Identity"  # first rate is 0
     assert abs(model.stages[3].blocks[1].drop_path.p - 0.1) < 1e-9  # last rate is drop_path_rate
-    from pvtv2.engine.recipes import CLIP_GRAD
+    from pvtv2.classification.recipes import CLIP_GRAD
 
     assert CLIP_GRAD.get("pvt_v2_b3") == 1.0 and CLIP_GRAD.get("pvt_v2_b2") is None
 

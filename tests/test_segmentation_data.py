@@ -1,5 +1,5 @@
 """Segmentation data: the three layouts on real photos (labelme-examples), gzipped files, bad-input handling,
-the mmseg-style transforms, the resumable sampler and the metrics."""
+the mmseg-style transforms and the metrics."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from pvtv2.errors import DataError
 from pvtv2.segmentation import ConfusionMatrix, ade20k, build_dataset, collate_segmentation, folder, voc
 from pvtv2.segmentation.datasets import ResampleOnError
 from pvtv2.segmentation.layouts import evaluation_split
-from pvtv2.segmentation.sampler import InfiniteBatchSampler
+from pvtv2.engine.sampling import SeededDataset
 from pvtv2.segmentation.transforms import PadTo, RandomCropCatMax, RandomRescale, train_transforms
 
 LABELME = Path("/usr/share/doc/labelme-examples/examples/semantic_segmentation/data_dataset_voc")
@@ -130,9 +130,9 @@ def test_bad_samples_raise_or_skip(plain: Path, case: str) -> None:
 
 def test_bad_data_through_the_cli(plain: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _break(plain, "labels")
-    code = cli_main(["seg", "train", str(plain / "images"), "--masks", str(plain / "masks"), "--num-classes", "21",
-                     "--on-error", "raise", "--iterations", "1", "--batch-size", "3", "--workers", "1",
-                     "--out", str(tmp_path / "run")])
+    code = cli_main(["seg", "train", "--data", str(plain / "images"), "--masks", str(plain / "masks"),
+                     "--num-classes", "21", "--on-bad-data", "error", "--steps", "1", "--batch-size", "3",
+                     "--workers", "1", "--out", str(tmp_path / "run")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("error: mask") and "outside 0..20" in err and len(err.splitlines()) == 1
     assert cli_main(["seg", "eval", str(tmp_path / "missing"), "--checkpoint", str(tmp_path / "x.pth")]) == 2
@@ -176,21 +176,10 @@ def test_crop_respects_category_ratio_cap() -> None:
 
 
 def test_seeded_samples_are_reproducible() -> None:
-    ds = voc(LABELME, transforms=train_transforms(64, (256, 64)))
+    ds = SeededDataset(voc(LABELME, transforms=train_transforms(64, (256, 64))))
     a, b = ds[(1, 123)], ds[(1, 123)]
     assert torch.equal(a["image"], b["image"]) and torch.equal(a["mask"], b["mask"])
     assert not torch.equal(a["image"], ds[(1, 124)]["image"])
-
-
-# --- sampler and metrics ------------------------------------------------------------------------------------------
-def test_sampler_resumes_and_splits_across_processes() -> None:
-    it = iter(InfiniteBatchSampler(7, 4, seed=3))
-    straight = [next(it) for _ in range(6)]
-    resumed = iter(InfiniteBatchSampler(7, 4, seed=3, start_iter=4))
-    assert [next(resumed) for _ in range(2)] == straight[4:]
-    ranks = [InfiniteBatchSampler(7, 2, seed=3, rank=r, world_size=2).batch(1) for r in range(2)]
-    assert ranks[0] + ranks[1] == straight[1]  # the same stream, whatever the number of processes
-    assert sorted(i for i, _ in straight[0] + straight[1][:3]) == list(range(7))  # each pass is a permutation
 
 
 def test_confusion_matrix_metrics() -> None:

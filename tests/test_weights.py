@@ -181,8 +181,8 @@ def test_released_weights_offline_and_cached(tmp_path: Path, monkeypatch: pytest
     monkeypatch.setenv("PVTV2_OFFLINE", "1")
     with pytest.raises(CheckpointError, match=r"put https://github.com/whai362/PVT/releases/download/v2/pvt_v2_b0.pth at"):
         create_model("pvt_v2_b0", weights="official")
-    with pytest.raises(CheckpointError, match="no released weights for pvt_v1_tiny"):
-        create_model("pvt_v1_tiny", weights="official")
+    with pytest.raises(CheckpointError, match="no released weights for pvt_v1_small_ope"):
+        create_model("pvt_v1_small_ope", weights="official")
     released = create_model("pvt_v2_b0")
     (tmp_path / "checkpoints").mkdir()
     torch.save(convert(released.state_dict(), "pvtv2", "official"), tmp_path / "checkpoints" / "pvt_v2_b0.pth")

@@ -1,7 +1,7 @@
 """Per-operator counting rules in mmcv's convention, for ``torch.utils.flop_counter.FlopCounterMode``.
 
 The paper's "GFLOPs" are multiply-accumulates counted the way mmcv's ``get_model_complexity_info`` counts them,
-plus the attention matrix products added by hand (SPEC section 2). mmcv hooks modules; we count ATen operators
+plus the attention matrix products added by hand (as the authors' released get_flops.py does). mmcv hooks modules; we count ATen operators
 instead, so the rules see every model (torchvision detectors, timm ViTs, ours) and nothing depends on how a model
 is written. Each rule below says which operators it covers and what mmcv counts for the matching module:
 

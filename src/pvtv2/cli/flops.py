@@ -1,4 +1,5 @@
-"""``pvtv2 flops``: parameters and GFLOPs beside the published figures; ``--scaling`` (Figure 4), ``--table6``."""
+"""``pvtv2 flops``: parameters and GFLOPs beside the published figures; ``--scaling`` (Figure 4), ``--table6``,
+``--task det --table4``."""
 
 from __future__ import annotations
 
@@ -37,6 +38,17 @@ DENSE_COLUMNS = [
     ("paper_gflops", "paper GFLOPs", ".1f"),
     ("note", "note", ""),
 ]
+TABLE4_COLUMNS = [
+    ("detector", "detector", ""),
+    ("backbone", "backbone", ""),
+    ("paper_ap", "paper AP", ".1f"),
+    ("params_m", "params (M)", ".2f"),
+    ("paper_params_m", "paper", ".0f"),
+    ("gflops", "GFLOPs", ".1f"),
+    ("paper_gflops", "paper", ".0f"),
+    ("gflops_diff_pct", "diff %", "+.2f"),
+    ("note", "note", ""),
+]
 SCALING_COLUMNS = [
     ("label", "model", ""),
     ("size", "size", "d"),
@@ -63,6 +75,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--task", choices=["cls", "det", "seg"], default="cls",
                    help="classifiers (default), detectors at 1280x800 or segmenters at 512x512")
     p.add_argument("--table6", action="store_true", help="the Table 6 ablation rows beside the paper's top-1")
+    p.add_argument("--table4", action="store_true", help="with --task det: the 16 cells of Table 4 (four detectors on "
+                   "ResNet-50, Swin-T, PVT v2-B2-Li, B2) beside the paper")
     g = p.add_argument_group("Figure 4 (--scaling)")
     g.add_argument("--scaling", action="store_true", help="GFLOPs (and latency) against input size: PNG + CSV")
     g.add_argument("--sizes", metavar="S,S,...", help="square sizes (default 224,448,672,896,1120)")
@@ -92,6 +106,8 @@ def run_flops(args: argparse.Namespace) -> int:
               "The paper's #P/GFLOPs are whole RetinaNet detectors at 1280x800.")
         _maybe_csv(rows, args.csv)
         return 0
+    if args.table4:
+        return _table4(args)
     if args.task != "cls":
         return _dense(args)
     from ..analysis.tables import classification_rows, count_registered, format_table
@@ -157,6 +173,22 @@ def _dense(args: argparse.Namespace) -> int:
                        f"--task {args.task} needs the {package} package") from None
     rows = complexity_rows(list(args.models) or None)
     print(format_table(rows, DENSE_COLUMNS))
+    _maybe_csv(rows, args.csv)
+    return 0
+
+
+def _table4(args: argparse.Namespace) -> int:
+    from ..analysis.tables import format_table
+
+    if args.task != "det" or args.models or args.input_size != "224" or args.no_attn_matmul:
+        raise PVTError("--table4 takes no model names and no --input-size / --no-attn-matmul; "
+                       "run 'pvtv2 flops --task det --table4'")
+    from ..detection.table4 import table4_rows
+
+    rows = table4_rows()
+    print(format_table(rows, TABLE4_COLUMNS))
+    print("params and GFLOPs of one 800x1280 image, 80 classes: mmdet's forward_dummy counted as mmcv counts it, "
+          "plus the attention products (docs/detection.md, 'Table 4')")
     _maybe_csv(rows, args.csv)
     return 0
 

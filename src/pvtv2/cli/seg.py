@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from .options import add_train_arguments, run_training
+
 
 def _pair(kind: type) -> object:
     def parse(text: str) -> tuple:
@@ -36,41 +38,16 @@ def _add_test_args(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from ..segmentation.recipes import RECIPES
+
     seg = sub.add_parser("seg", help="semantic segmentation with Semantic FPN (train, eval)")
     seg_sub = seg.add_subparsers(dest="seg_command", metavar="{train,eval}")
     seg.set_defaults(func=lambda args: seg.print_help() or 1)
 
-    p = seg_sub.add_parser("train", help="train Semantic FPN (iteration-based; torchrun for several GPUs)")
-    p.add_argument("data", help="dataset root (ADE20K, VOC, or an image folder with --masks)")
-    _add_data_args(p)
-    p.add_argument("--train-split", default=None, help="ADE20K: training (default); VOC: an ImageSets split")
-    p.add_argument("--val-data", default=None, help="validation root (default: DATA with --val-split)")
-    p.add_argument("--val-split", default=None, help="validation split (ADE20K: validation); none: no validation")
-    p.add_argument("--model", default="pvt_v2_b0", help="backbone name (pvtv2 models)")
-    p.add_argument("--backbone-weights", default=None, help="'official' (released ImageNet weights) or a checkpoint")
-    p.add_argument("--iterations", type=int, default=40_000, help="optimizer steps (paper: 40000)")
-    p.add_argument("--batch-size", type=int, default=16, help="total batch over all processes (paper: 16)")
-    p.add_argument("--lr", type=float, default=2e-4, help="AdamW learning rate (released: 2e-4)")
-    p.add_argument("--weight-decay", type=float, default=1e-4)
-    p.add_argument("--power", type=float, default=0.9, help="poly decay exponent")
-    p.add_argument("--warmup-iters", type=int, default=0)
-    p.add_argument("--clip-grad", type=float, default=None, help="max gradient norm (default: none)")
-    p.add_argument("--crop-size", type=int, default=512, help="training crop")
-    p.add_argument("--scale", type=_pair(int), default=(2048, 512), metavar="LONG,SHORT",
-                   help="resize bound before the random ratio (default 2048,512)")
-    p.add_argument("--ratio-range", type=_pair(float), default=(0.5, 2.0), metavar="LO,HI")
-    p.add_argument("--cat-max-ratio", type=float, default=0.75, help="crop re-draw threshold (1 disables)")
-    p.add_argument("--test-scale", type=_pair(int), default=(2048, 512), metavar="LONG,SHORT")
-    p.add_argument("--eval-mode", default="whole", choices=["whole", "slide"])
-    p.add_argument("--eval-interval", type=int, default=4000)
-    p.add_argument("--ckpt-interval", type=int, default=4000)
-    p.add_argument("--log-interval", type=int, default=50)
-    p.add_argument("--workers", type=int, default=4, help="DataLoader workers per process")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (torchrun: cuda:LOCAL_RANK)")
-    p.add_argument("--out", default=None, help="run directory (default runs/<timestamp>)")
-    p.add_argument("--resume", default=None, help="continue exactly from a last.pth")
+    p = seg_sub.add_parser("train", help="train Semantic FPN (torchrun for several processes)",
+                           description="Train Semantic FPN on a PVT backbone; evaluates mIoU on --val-data / "
+                                       "--val-split.")
+    add_train_arguments(p, RECIPES, "ade20k_40k")
     p.set_defaults(func=run_train)
 
     p = seg_sub.add_parser("eval", help="mIoU, per-class IoU and pixel accuracy of a checkpoint on a dataset")
@@ -95,15 +72,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from ..segmentation.train import SegTrainConfig, train
+    from ..segmentation import SegmentationTask
+    from ..segmentation.recipes import RECIPES
 
-    cfg = SegTrainConfig(**{k: getattr(args, k) for k in SegTrainConfig.__dataclass_fields__ if hasattr(args, k)})
-    result = train(cfg)
-    summary = f"done: {len(result['losses'])} iterations in {result['seconds']:.0f} s; checkpoint {result['checkpoint']}"
-    if result["metrics"]:
-        summary += f"; val mIoU {100 * result['metrics']['miou']:.2f}"
-    print(summary)
-    return 0
+    return run_training(args, RECIPES, SegmentationTask)
 
 
 def _device(name: str):  # noqa: ANN202 - torch is imported lazily

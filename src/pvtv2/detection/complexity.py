@@ -60,14 +60,19 @@ class CostForward(nn.Module):
         return list(self.spec.cost_forward(self.detector, images).values())
 
 
-def detector_complexity(arch: str, backbone: str, input_size: Sequence[int] = INPUT_SIZE) -> Any:
-    """:func:`pvtv2.analysis.complexity` of ``arch`` on ``backbone`` with COCO's 80 classes (built on the meta
-    device: no memory)."""
+def detector_complexity(arch: str, backbone: str, input_size: Sequence[int] = INPUT_SIZE, **build: Any) -> Any:
+    """:func:`pvtv2.analysis.complexity` of ``arch`` on ``backbone`` (built on the meta device: no memory).
+
+    Args:
+        arch, backbone: registered names.
+        input_size: ``(H, W)`` of the image.
+        **build: builder arguments (default: COCO's 80 classes).
+    """
     from ..analysis import complexity
 
     spec = get_detector(arch)
     with torch.device("meta"):
-        det = spec.build(backbone=backbone, num_classes=80)
+        det = spec.build(backbone=backbone, **{"num_classes": 80, **build})
     return complexity(CostForward(det, spec), tuple(input_size))
 
 

@@ -136,6 +136,7 @@ def evaluate(
     results_path: str | os.PathLike[str] | None = None,
     num_workers: int = 0,
     progress: bool = False,
+    keep_results: list[dict[str, Any]] | None = None,
 ) -> dict[str, dict[str, float]]:
     """COCO AP of ``model`` on ``dataset``: ``{"bbox": {"AP": ..., "AP50": ...}, "segm": {...}}``.
 
@@ -149,9 +150,12 @@ def evaluate(
         results_path: write the COCO results list (JSON) there, atomically.
         num_workers: DataLoader workers.
         progress: show a progress bar.
+        keep_results: a list that receives the COCO results entries (replacing its contents).
     """
     results = predict(model, dataset, batch_size=batch_size, device=device, num_workers=num_workers,
                       progress=progress)
+    if keep_results is not None:
+        keep_results[:] = results
     if results_path is not None:
         atomic_write_text(results_path, json.dumps(results))
     gt = coco_ground_truth(dataset.data)

@@ -19,7 +19,7 @@ from torch import nn
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, LastLevelMaxPool, LastLevelP6P7
 
-from ..models.backbone import PVTBackbone, WeightsSource, pvt_backbone
+from ..models.backbone import StageBackbone, WeightsSource, pvt_backbone
 
 
 class ExtraConvs(LastLevelP6P7):
@@ -53,10 +53,11 @@ class PVTWithFPN(nn.Module):
         extra: ``"p6p7_input"`` (the released RetinaNet: P6 = conv(C5), P7 = conv(P6), mmdet
             ``add_extra_convs='on_input'`` without ``relu_before_extra_convs``), ``"p6p7_output"`` (the same from
             P5, mmdet ``'on_output'``), ``"p6p7"`` (from P5 with a ReLU before P7: torchvision's FCOS, mmdet's FCOS
-            configs), ``"maxpool"`` (Mask R-CNN's P6 = 1x1/2 max-pool of P5) or ``None``.
+            configs; ATSS and GFL use ``"p6p7_output"``), ``"maxpool"`` (Mask R-CNN's P6 = 1x1/2 max-pool of P5) or
+            ``None``.
     """
 
-    def __init__(self, body: PVTBackbone, out_channels: int = 256, extra: str | None = "maxpool") -> None:
+    def __init__(self, body: StageBackbone, out_channels: int = 256, extra: str | None = "maxpool") -> None:
         super().__init__()
         block: ExtraFPNBlock | None
         if extra == "maxpool":
@@ -103,10 +104,11 @@ def pvt_fpn(
     out_channels: int = 256,
     backbone_overrides: dict[str, Any] | None = None,
 ) -> PVTWithFPN:
-    """A registered PVT (:func:`~pvtv2.models.backbone.pvt_backbone`) with an FPN on ``stages``.
+    """A registered PVT or comparison backbone (:func:`~pvtv2.models.backbone.build_backbone`) with an FPN on
+    ``stages``.
 
     Args:
-        backbone: registered model name (``pvtv2.list_models()``).
+        backbone: registered model name (``pvtv2.list_models()``), ``"resnet50"`` or ``"swin_t"``.
         stages: stage indices (0..3) feeding the FPN.
         extra: extra FPN levels (see :class:`PVTWithFPN`).
         backbone_weights, trainable_stages, norm_eval, backbone_overrides: see

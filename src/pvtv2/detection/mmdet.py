@@ -29,7 +29,7 @@ from .registry import DETECTORS, get_detector
 StateDict = dict[str, torch.Tensor]
 
 # mmdet ``model.type`` -> registered detector
-MMDET_TYPES: dict[str, str] = {"RetinaNet": "retinanet", "MaskRCNN": "mask_rcnn"}
+MMDET_TYPES: dict[str, str] = {"RetinaNet": "retinanet", "MaskRCNN": "mask_rcnn", "ATSS": "atss", "GFL": "gfl"}
 
 # mmdet 2.x ``CocoDataset.CLASSES``: the 80 COCO categories in the order of the detectors' class outputs
 COCO_CLASSES = (
@@ -71,6 +71,10 @@ def is_mmdet_checkpoint(ckpt: Any) -> bool:
 def _arch_from_weights(sd: StateDict) -> str | None:
     if "bbox_head.retina_cls.weight" in sd:
         return "retinanet"
+    if "bbox_head.atss_cls.weight" in sd:
+        return "atss"
+    if "bbox_head.gfl_cls.weight" in sd:
+        return "gfl"
     if "roi_head.mask_head.conv_logits.weight" in sd and "rpn_head.rpn_cls.weight" in sd:
         return "mask_rcnn"
     return None

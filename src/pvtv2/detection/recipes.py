@@ -1,4 +1,13 @@
-"""The named detection recipes (SPEC section 4, the released mmdet configs) and their transforms v2 pipelines.
+"""Detection configuration and the named recipes of the released mmdet configs, with their transforms v2 pipelines.
+
+- ``1x``: 12 epochs, lr x0.1 after epochs 8 and 11, shorter side 800 / longer <= 1333, flip, AdamW weight decay 1e-4
+  on every parameter (no ``paramwise_cfg``), 500 warm-up iterations from 0.001 x lr; lr per detector from the
+  registry (RetinaNet 1e-4, Mask R-CNN 2e-4) for a total batch of 16 (8 GPUs x 2 images).
+- ``3x``: the paper's text: 36 epochs, steps after 27 and 33, multi-scale shorter side 640-800 (mmdet's "range"
+  mode), weight decay 0.05.
+- ``3x_mstrain``: the released ``*_3x_mstrain_fp16.py`` configs (ATSS, GFL, Cascade Mask R-CNN, Sparse R-CNN): the
+  3x schedule with DETR's augmentation (:mod:`.augment`: shorter side 480-800 step 32; half the time resize to
+  400 / 500 / 600, random crop 384-600, then that resize) and no weight decay on norms (``paramwise_cfg``).
 
 Training images are resized by the data pipeline (``torchvision.transforms.v2``: boxes and masks follow), so the
 detector's own transform only normalises them (``_skip_resize``); at evaluation the detector resizes to
@@ -7,59 +16,91 @@ detector's own transform only normalises them (``_skip_resize``); at evaluation 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torchvision.transforms import v2
 
+from ..engine.config import TrainConfig, option
+from ..engine.config import get_recipe as _get
 from ..errors import PVTError
+from .augment import mstrain_crop_transforms
 
 
 @dataclass(frozen=True)
-class DetectionRecipe:
-    """One training schedule. Learning rates are for the released total batch (8 GPUs x 2 images)."""
+class DetectionConfig(TrainConfig):
+    """Everything a detection run depends on (written to ``config.json`` and into every checkpoint)."""
 
-    name: str
-    train_sizes: tuple[int, ...]  # shorter side, drawn uniformly per image
-    max_size: int  # longer side at most
-    test_size: int  # shorter side at evaluation
-    epochs: int
-    milestones: tuple[int, ...]  # epochs after which the lr is multiplied by 0.1
-    weight_decay: float
-    batch_size: int = 16  # total images per step the learning rates belong to
-    warmup_iters: int = 500  # mmdet's linear warm-up ...
-    warmup_ratio: float = 0.001  # ... from lr * warmup_ratio
-    flip_prob: float = 0.5
-    clip_grad: float | None = None
+    # --- data ---
+    data: str | None = option(None, "training set: COCO instances .json, COCO root (with --split) or VOC folder")
+    split: str | None = option(None, "split of a COCO root (e.g. train2017) or VOC ImageSets/Main list")
+    images: str | None = option(None, "image folder of a COCO .json (none: the JSON's folder)")
+    val_data: str | None = option(None, "evaluation set (same layouts); none: no evaluation")
+    val_split: str | None = option(None, "split of the evaluation COCO root / VOC folder")
+    val_images: str | None = option(None, "image folder of the evaluation COCO .json")
+    train_sizes: tuple[int, ...] = option((800,), "shorter side(s) in training, one drawn per image")
+    max_size: int = option(1333, "longer side at most (training and evaluation)")
+    test_size: int = option(800, "shorter side at evaluation")
+    flip_prob: float = option(0.5, "horizontal flip probability in training")
+    crop_resize_sizes: tuple[int, ...] = option((), "with --crop-size: half the images are resized to one of these "
+                                                "shorter sides, cropped and resized as the others (3x_mstrain)")
+    crop_size: tuple[int, ...] = option((), "LOW,HIGH: random crop sides in pixels for those images (3x_mstrain)")
+    # --- model ---
+    arch: str = option("retinanet", "detector (pvtv2.detection.DETECTORS: retinanet, mask_rcnn, fcos, ...)")
+    backbone: str = option("pvt_v2_b0", "registered backbone name (pvtv2 models)")
+    backbone_weights: str | None = option(None, "'official' or a checkpoint in any format; none: random init")
+    backbone_overrides: dict[str, Any] = option({}, "a PVTConfig field, e.g. depths=1,1,1,1")
+    trainable_stages: int | None = option(None, "train only the last N backbone stages (none: all 4)")
+    norm_eval: bool = option(False, "freeze the backbone's LayerNorms")
+    detector_options: dict[str, Any] = option({}, "a detector constructor argument, e.g. box_batch_size_per_image=128")
+    score_thresh: float = option(0.05, "lowest score a detection is kept with at evaluation")
 
-    def replace(self, **changes: Any) -> DetectionRecipe:
-        """A copy with some fields changed (e.g. small sizes for a CPU run)."""
-        return replace(self, **changes)
-
-
-RECIPES: dict[str, DetectionRecipe] = {
-    # 1x: 12 epochs, steps after 8 and 11, shorter side 800 / longer <= 1333, flip, AdamW wd 1e-4.
-    "1x": DetectionRecipe("1x", (800,), 1333, 800, 12, (8, 11), 1e-4),
-    # 3x: 36 epochs, steps after 27 and 33, multi-scale shorter side 640-800 (mmdet's "range" mode), AdamW wd 0.05.
-    "3x": DetectionRecipe("3x", tuple(range(640, 801)), 1333, 800, 36, (27, 33), 0.05),
-}
-
-
-def get_recipe(name: str, **changes: Any) -> DetectionRecipe:
-    """A named recipe (``"1x"`` or ``"3x"``), optionally with fields changed."""
-    if name not in RECIPES:
-        raise PVTError(f"unknown detection recipe {name!r}; choose one of {', '.join(RECIPES)}")
-    return RECIPES[name].replace(**changes) if changes else RECIPES[name]
+    def check(self) -> None:
+        super().check()
+        if not self.data:
+            raise PVTError("det train needs --data PATH (a COCO .json, a COCO root with --split, or a VOC folder)")
 
 
-def train_transforms(recipe: DetectionRecipe) -> v2.Compose:
+ONE_X = DetectionConfig(
+    recipe="1x",
+    epochs=12,
+    batch_size=16,
+    base_batch=16,  # the registry's learning rates are for 8 GPUs x 2 images
+    weight_decay=1e-4,
+    decay_norms=True,
+    schedule="step",
+    milestones=(8 / 12, 11 / 12),
+    warmup_steps=500,
+    warmup_ratio=1e-3,
+)
+
+THREE_X = ONE_X.replace(recipe="3x", epochs=36, milestones=(27 / 36, 33 / 36), weight_decay=0.05,
+                        train_sizes=tuple(range(640, 801)))
+
+THREE_X_MSTRAIN = THREE_X.replace(recipe="3x_mstrain", train_sizes=tuple(range(480, 801, 32)),
+                                  crop_resize_sizes=(400, 500, 600), crop_size=(384, 600),
+                                  # mmdet's paramwise_cfg custom_keys of the released 3x_mstrain configs
+                                  no_decay_keys=("absolute_pos_embed", "relative_position_bias_table", "norm"))
+
+RECIPES: dict[str, DetectionConfig] = {"1x": ONE_X, "3x": THREE_X, "3x_mstrain": THREE_X_MSTRAIN}
+
+
+def get_recipe(name: str) -> DetectionConfig:
+    """A named recipe (``1x``, ``3x`` or ``3x_mstrain``)."""
+    return _get(RECIPES, name)
+
+
+def train_transforms(cfg: DetectionConfig) -> v2.Compose:
     """Resize (random shorter side from ``train_sizes``, longer <= ``max_size``), flip, to float, drop degenerate
-    boxes: the recipe's training augmentation on images, boxes and masks together."""
+    boxes: the recipe's training augmentation on images, boxes and masks together (with a crop policy:
+    :func:`.augment.mstrain_crop_transforms`)."""
+    if cfg.crop_size:
+        return mstrain_crop_transforms(cfg)
     return v2.Compose(
         [
-            v2.RandomShortestSize(min_size=list(recipe.train_sizes), max_size=recipe.max_size),
-            v2.RandomHorizontalFlip(recipe.flip_prob),
+            v2.RandomShortestSize(min_size=list(cfg.train_sizes), max_size=cfg.max_size),
+            v2.RandomHorizontalFlip(cfg.flip_prob),
             v2.ToDtype(torch.float32, scale=True),
             v2.SanitizeBoundingBoxes(),
         ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
@@ -72,3 +73,28 @@ def save_png(image: torch.Tensor, path: str | os.PathLike[str]) -> Path:
 
     pixels = image.permute(1, 2, 0).contiguous().cpu().numpy()  # (3, H, W) -> (H, W, 3)
     return atomic_write(path, lambda tmp: Image.fromarray(pixels).save(tmp, format="PNG"))
+
+
+@torch.no_grad()
+def prediction_rows(model: torch.nn.Module, dataset: Any, class_names: Sequence[str], *, n: int = 4,
+                    score_thresh: float = 0.3) -> list[list[tuple[str, torch.Tensor]]]:
+    """For the first ``n`` images of ``dataset`` (float images in [0, 1]): the ground truth beside the detections
+    scoring at least ``score_thresh`` (rows for :func:`pvtv2._io.save_image_grid`)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    rows = []
+    for i in range(min(n, len(dataset))):
+        image, target = dataset[i]
+        image = image.as_subclass(torch.Tensor)
+        pred = {k: v.cpu() for k, v in model([image.to(device)])[0].items()}
+        truth = {"boxes": target["boxes"].as_subclass(torch.Tensor), "labels": target["labels"],
+                 "scores": torch.ones(len(target["labels"]))}
+        if "masks" in target and "masks" in pred:
+            truth["masks"] = target["masks"].as_subclass(torch.Tensor)[:, None].float()
+        kept = int((pred["scores"] >= score_thresh).sum())
+        rows.append([(f"ground truth: {len(truth['labels'])} objects", draw_detections(image, truth, class_names)),
+                     (f"predicted: {kept} with score >= {score_thresh}",
+                      draw_detections(image, pred, class_names, score_thresh=score_thresh))])
+    model.train(was_training)
+    return rows

@@ -1,6 +1,10 @@
-"""The task-agnostic training engine shared by classification, detection and segmentation.
+"""The task-agnostic training engine: one trainer and the pieces it is made of, for every task.
 
-Pieces (each module's docstring shows how a task uses it):
+- :mod:`.trainer`: :func:`train` runs any :class:`~.task.Task` (classification, detection, segmentation).
+- :mod:`.task`: the task protocol; :mod:`.config`: :class:`TrainConfig`, the fields every run shares.
+- :mod:`.sampling`: which samples each step reads, per rank, with which augmentation seed (exact resume).
+
+Pieces (each module's docstring shows how it is used):
 
 - :mod:`.distributed`: torchrun set-up (gloo on CPU, NCCL on CUDA), rank/device, DDP wrapping, reductions.
 - :mod:`.checkpoint`: atomic, weights-only-loadable training checkpoints with RNG states; exact resume.
@@ -11,6 +15,7 @@ Pieces (each module's docstring shows how a task uses it):
 """
 
 from .amp import Precision
+from .config import TrainConfig, option
 from .checkpoint import (
     TrainState,
     capture_rng_state,
@@ -39,6 +44,9 @@ from .guards import InterruptGuard, Interrupted, check_finite
 from .loop import Stepper
 from .metrics import MetricsLogger, RunDir, plot_curves
 from .optim import LRSchedule, create_optimizer, param_groups, scale_lr
+from .sampling import SeededDataset, StepSampler, seeded, shard
+from .task import Task
+from .trainer import TrainResult, resume_config, train
 
 __all__ = [
     "DistEnv",
@@ -48,7 +56,12 @@ __all__ = [
     "MetricsLogger",
     "Precision",
     "RunDir",
+    "SeededDataset",
+    "StepSampler",
     "Stepper",
+    "Task",
+    "TrainConfig",
+    "TrainResult",
     "TrainState",
     "all_gather_object",
     "barrier",
@@ -62,6 +75,7 @@ __all__ = [
     "init_distributed",
     "is_main_process",
     "load_checkpoint",
+    "option",
     "param_groups",
     "plot_curves",
     "read_train_checkpoint",
@@ -69,8 +83,12 @@ __all__ = [
     "reduce_mean",
     "reduce_sum",
     "restore_rng_state",
+    "resume_config",
     "save_checkpoint",
     "scale_lr",
+    "seeded",
+    "shard",
+    "train",
     "unwrap_model",
     "wrap_ddp",
 ]

@@ -39,6 +39,7 @@ from torch import nn
 from .._io import atomic_write
 from ..errors import CheckpointError, TrainingError
 from ..weights import read_checkpoint
+from .config import plain
 from .distributed import all_gather_object, get_rank, get_world_size, is_main_process, unwrap_model
 
 log = logging.getLogger(__name__)
@@ -130,9 +131,20 @@ def save_checkpoint(
         "ema": ema.state_dict() if ema is not None else None,
         "rng": rng,
         **{k: v for k, v in asdict(state).items()},
-        "config": _plain(config or {}),
+        "config": plain(config or {}),
     }
-    return atomic_write(path, lambda tmp: torch.save(ckpt, tmp))
+    return atomic_write(path, lambda tmp: torch.save(ckpt, tmp), size_hint=_tensor_bytes(ckpt))
+
+
+def _tensor_bytes(obj: Any) -> int:
+    """Bytes of the tensors in a nested container: about the size of its ``torch.save`` file."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
 
 
 def read_train_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -198,14 +210,3 @@ def load_checkpoint(
 def checkpoint_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The resolved configuration a training checkpoint was written with."""
     return dict(read_train_checkpoint(path).get("config") or {})
-
-
-def _plain(v: Any) -> Any:
-    """JSON-like copy: tuples become lists, paths strings (weights-only loadable and diff-able)."""
-    if isinstance(v, dict):
-        return {str(k): _plain(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
-    if isinstance(v, os.PathLike):
-        return os.fspath(v)
-    return v

@@ -28,7 +28,12 @@ def scale_lr(base_lr: float, total_batch: int, base_batch: int = 512) -> float:
 
 
 def param_groups(
-    model: nn.Module, weight_decay: float, skip: Iterable[str] = (), lr_scale: dict[str, float] | None = None
+    model: nn.Module,
+    weight_decay: float,
+    skip: Iterable[str] = (),
+    lr_scale: dict[str, float] | None = None,
+    decay_norms: bool = False,
+    no_decay_keys: Iterable[str] = (),
 ) -> list[dict[str, Any]]:
     """Two parameter groups: decayed weights, and the rest (1-D tensors = biases and norm weights, plus the names
     in ``skip`` and ``model.no_weight_decay()``: position embeddings and class tokens).
@@ -39,6 +44,9 @@ def param_groups(
         skip: extra parameter names (or name suffixes) without decay.
         lr_scale: optional ``{name prefix: factor}`` giving some parameters a scaled lr (e.g. ``{"backbone.": 0.1}``);
             each distinct factor becomes its own pair of groups with an ``lr_scale`` entry.
+        decay_norms: decay every parameter (the released mmdet and mmseg configs, which set no ``paramwise_cfg``).
+        no_decay_keys: when given, exactly the parameters whose name contains one of these go without decay
+            (mmdet's ``paramwise_cfg=dict(custom_keys={key: dict(decay_mult=0.0)})``), instead of the rule above.
     """
     skip = set(skip)
     nwd = getattr(model, "no_weight_decay", None)
@@ -48,7 +56,11 @@ def param_groups(
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        no_decay = p.ndim <= 1 or name.endswith(".bias") or any(name == s or name.endswith("." + s) for s in skip)
+        if no_decay_keys:
+            no_decay = any(k in name for k in no_decay_keys)
+        else:
+            no_decay = not decay_norms and (
+                p.ndim <= 1 or name.endswith(".bias") or any(name == s or name.endswith("." + s) for s in skip))
         scale = 1.0
         for prefix, f in (lr_scale or {}).items():
             if name.startswith(prefix):
@@ -68,9 +80,12 @@ def create_optimizer(
     betas: tuple[float, float] = (0.9, 0.999),
     skip: Iterable[str] = (),
     lr_scale: dict[str, float] | None = None,
+    decay_norms: bool = False,
+    no_decay_keys: Iterable[str] = (),
 ) -> torch.optim.AdamW:
-    """AdamW as in the released recipes (eps 1e-8, decay 0.05; no decay on biases, norms, pos_embed, cls_token)."""
-    groups = param_groups(model, weight_decay, skip, lr_scale)
+    """AdamW as in the released recipes (eps 1e-8, decay 0.05; no decay on biases, norms, pos_embed, cls_token
+    unless ``decay_norms``; or exactly the names containing ``no_decay_keys``)."""
+    groups = param_groups(model, weight_decay, skip, lr_scale, decay_norms, tuple(no_decay_keys))
     for g in groups:
         g["lr"] = lr * g["lr_scale"]
     params = [p for g in groups for p in g["params"]]

@@ -80,19 +80,17 @@ def create_model(
     Args:
         name: a name from :func:`list_models`.
         num_classes: head size; 0 for a headless backbone.
-        weights: ``None`` (random init), ``"official"`` (the authors' release, via torch.hub's cache), a checkpoint
-            path in any supported format, or a state dict.
-        ignore_head: drop the checkpoint's head instead of loading it. Default: drop it when ``num_classes``
-            differs from the released 1000 classes with ``weights="official"``, or when ``num_classes == 0``.
+        weights: ``None`` (random init), ``"official"`` (the authors' release, via torch.hub's cache, checked), a
+            Hugging Face Hub name (``"hf-hub:timm/pvt_v2_b0.in1k"``, ``"OpenGVLab/pvt_v2_b0"``), a checkpoint path
+            in any supported format, or a state dict.
+        ignore_head: drop the checkpoint's head instead of loading it. Default: drop it when it does not fit
+            (``num_classes`` differs from the checkpoint's, or 0).
         **overrides: :class:`PVTConfig` fields to change (``drop_path_rate=0.2``, ``attn_mode="linear"``...).
     """
     info = model_info(name)
     model = PyramidVisionTransformer(info.cfg.replace(**overrides), num_classes=num_classes)
     if weights is not None:
-        from ..weights import load_weights, released_state_dict
+        from ..weights import load_weights, weights_state_dict
 
-        if ignore_head is None:
-            ignore_head = num_classes == 0 or (weights == "official" and num_classes != 1000)
-        source = released_state_dict(name) if weights == "official" else weights
-        load_weights(model, source, ignore_head=ignore_head)
+        load_weights(model, weights_state_dict(weights, name), ignore_head=ignore_head)
     return model

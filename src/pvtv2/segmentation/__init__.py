@@ -3,7 +3,9 @@
 >>> model = pvtv2.segmentation.semantic_fpn(backbone="pvt_v2_b0", num_classes=150)
 >>> logits = model(torch.randn(1, 3, 512, 512))  # (1, 150, 512, 512)
 
-Data (:mod:`.datasets`, :mod:`.transforms`) never imports model code; training builds on :mod:`pvtv2.engine`.
+Data (:mod:`.datasets`, :mod:`.layouts`, :mod:`.transforms`) never imports model code; :mod:`.recipes` holds
+:class:`SegmentationConfig` and the released recipe, :mod:`.task` the :class:`SegmentationTask` that
+:func:`pvtv2.engine.train` runs.
 """
 
 from .checkpoint import load_segmentor, save_segmentor
@@ -16,16 +18,21 @@ from .head import SemanticFPNHead
 from .inference import predict, predict_logits
 from .metrics import ConfusionMatrix
 from .model import SemanticFPN, semantic_fpn
+from .recipes import RECIPES, SegmentationConfig, get_recipe
+from .task import SegmentationTask
 from .transforms import train_transforms
 from .visualize import overlay, save_visualization
 
 __all__ = [
     "ADE20K_CLASSES",
     "PAPER_TABLE5",
+    "RECIPES",
     "VOC_CLASSES",
     "ConfusionMatrix",
     "DatasetMeta",
+    "SegmentationConfig",
     "SegmentationDataset",
+    "SegmentationTask",
     "SemanticFPN",
     "SemanticFPNHead",
     "ade20k",
@@ -35,6 +42,7 @@ __all__ = [
     "evaluate",
     "folder",
     "format_results",
+    "get_recipe",
     "load_segmentor",
     "overlay",
     "palette",

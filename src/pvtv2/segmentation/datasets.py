@@ -111,8 +111,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         on_error: ``"skip"`` (log, count, return None) or ``"raise"`` (DataError) for a bad sample.
         name: shown in messages.
 
-    ``dataset[i]`` also accepts ``(i, seed)``: the transforms then draw from a generator seeded with ``seed``
-    (what the training sampler does for exact resume), leaving the caller's RNG untouched.
+    Training wraps it in :class:`~pvtv2.engine.sampling.SeededDataset`, which seeds the transforms per sample.
     """
 
     def __init__(
@@ -165,10 +164,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
             )
         return mask
 
-    def __getitem__(self, index: int | tuple[int, int]) -> Sample | None:
-        seed = None
-        if isinstance(index, tuple):
-            index, seed = index
+    def __getitem__(self, index: int) -> Sample | None:
         try:
             sample = self.load(index)
         except DataError as e:
@@ -180,12 +176,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
             self.skipped[path] = str(e)
             return None
         if self.transforms is not None:
-            if seed is None:
-                sample["image"], sample["mask"] = self.transforms(sample["image"], sample["mask"])
-            else:
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(seed)
-                    sample["image"], sample["mask"] = self.transforms(sample["image"], sample["mask"])
+            sample["image"], sample["mask"] = self.transforms(sample["image"], sample["mask"])
         return sample
 
     def check(self) -> dict[str, str]:
@@ -213,12 +204,11 @@ class ResampleOnError(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int | tuple[int, int]) -> Sample:
-        i, seed = index if isinstance(index, tuple) else (index, None)
+    def __getitem__(self, i: int) -> Sample:
         skipped = []
         for k in range(len(self.dataset)):
             j = (i + k) % len(self.dataset)
-            sample = self.dataset[(j, seed) if seed is not None else j]
+            sample = self.dataset[j]
             if sample is not None:
                 sample["skipped"] = skipped
                 return sample

@@ -7,7 +7,6 @@ mmseg's ``FPN(num_outs=4)``); the decoder is :class:`~pvtv2.segmentation.head.Se
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict
 from typing import Any
 

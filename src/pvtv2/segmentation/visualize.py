@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torchvision.utils import draw_segmentation_masks
@@ -74,3 +75,24 @@ def save_visualization(
     if handles:
         fig.legend(handles=handles, loc="center right", fontsize=8, frameon=False)
     return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+
+
+def prediction_rows(model: torch.nn.Module, dataset: Any, class_names: Sequence[str], *, n: int = 4,
+                    scale: tuple[int, int] | None = (2048, 512)) -> list[list[tuple[str, torch.Tensor]]]:
+    """For the first ``n`` samples of ``dataset`` (read without transforms): the image, the ground truth and the
+    prediction as colour overlays (rows for :func:`pvtv2._io.save_image_grid`)."""
+    from .inference import predict
+
+    palette = palette_for(list(class_names))
+    was_training = model.training
+    model.eval()
+    rows = []
+    for i in range(min(n, len(dataset))):
+        sample = dataset.load(i)
+        image, truth = sample["image"].as_subclass(torch.Tensor), sample["mask"].as_subclass(torch.Tensor)
+        pred = predict(model, image, scale=scale).cpu()
+        acc = float((pred == truth)[truth != 255].float().mean()) if (truth != 255).any() else float("nan")
+        rows.append([("image", image), ("ground truth", overlay(image, truth, palette)),
+                     (f"predicted (pixel acc {100 * acc:.0f}%)", overlay(image, pred, palette))])
+    model.train(was_training)
+    return rows

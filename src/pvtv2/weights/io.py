@@ -5,13 +5,12 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-import socket
+import re
 import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.error import URLError
 
 import torch
 from torch import nn
@@ -27,10 +26,18 @@ _PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel, torch.compile
 
 
 def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a ``.safetensors``, ``.pth``, ``.pt`` or ``.bin`` file safely (tensors and plain containers only)."""
-    path = Path(path)
+    """Read a ``.safetensors``, ``.pth``, ``.pt`` or ``.bin`` file safely (tensors and plain containers only).
+
+    ``path`` may also name a file on the Hugging Face Hub (``hf-hub:OWNER/NAME``, see :mod:`pvtv2.weights.hub`).
+    """
+    from .hub import hub_file
+
+    path = hub_file(path) or Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+        hint = ""
+        if re.fullmatch(r"[\w.-]+/[\w.-]+", str(path)) and not path.suffix.startswith((".pt", ".bin", ".safe")):
+            hint = f" (a Hugging Face Hub repository? write hf-hub:{path})"
+        raise CheckpointError(f"checkpoint {path} does not exist{hint}")
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -121,6 +128,13 @@ def _is_state_dict(d: dict[str, Any]) -> bool:
     return bool(d) and sum(isinstance(v, torch.Tensor) for v in d.values()) > len(d) // 2
 
 
+def head_classes(sd: StateDict) -> int | None:
+    """Outputs of the classification head of a state dict in any format (``None``: no head, or no PVT layout)."""
+    fmt = detect_format(sd)
+    head = convert(sd, fmt, "pvtv2").get("head.weight") if fmt else None
+    return int(head.shape[0]) if head is not None else None
+
+
 @dataclass
 class LoadReport:
     """What :func:`load_weights` did."""
@@ -131,6 +145,7 @@ class LoadReport:
     unexpected: list[str] = field(default_factory=list)
     mismatched: list[str] = field(default_factory=list)
     dropped_head: bool = False
+    checkpoint_classes: int | None = None  # outputs of the checkpoint's classification head (None: it has none)
 
 
 def load_weights(
@@ -138,7 +153,7 @@ def load_weights(
     source: str | os.PathLike[str] | dict[str, Any],
     *,
     strict: bool = True,
-    ignore_head: bool = False,
+    ignore_head: bool | None = False,
     format: str | None = None,
 ) -> LoadReport:
     """Load weights in any supported format into a pvtv2 model (or anything holding one as ``.backbone``).
@@ -149,7 +164,8 @@ def load_weights(
             Face, mmdet or pvtv2 format (detected from the keys), possibly wrapped as ``{"model": ...}``.
         strict: raise on any missing, unexpected or mis-shaped key (default); if False, load what fits and log a
             warning naming what did not.
-        ignore_head: leave the model's classification head as it is (fine-tuning to other classes).
+        ignore_head: leave the model's classification head as it is (fine-tuning to other classes); ``None``: do
+            so exactly when the checkpoint's head does not fit the model's (another class count, or only one has a head).
         format: skip detection and read the keys as this format.
 
     Raises:
@@ -168,9 +184,14 @@ def load_weights(
         sd = convert(sd, fmt, "pvtv2")
     except (KeyError, ValueError) as e:
         raise CheckpointError(f"{where}: cannot convert from the {fmt} format: {e}") from None
+    own = model.state_dict()
+    head = sd.get("head.weight")
+    if ignore_head is None:  # the two heads differ in presence or shape
+        mine = own.get("head.weight")
+        ignore_head = (head is None) != (mine is None) or (head is not None and mine is not None
+                                                            and head.shape != mine.shape)
     if ignore_head:
         sd = {k: v for k, v in sd.items() if not k.startswith("head.")}
-    own = model.state_dict()
     skip = {k for k in own if k.startswith("head.")} if ignore_head else set()
     report = LoadReport(
         format=fmt,
@@ -183,6 +204,7 @@ def load_weights(
             if k in own and v.shape != own[k].shape
         ],
         dropped_head=ignore_head,
+        checkpoint_classes=int(head.shape[0]) if head is not None else None,
     )
     problems = _describe(report)
     if problems and strict:
@@ -230,28 +252,19 @@ def save_weights(
 
 
 def released_state_dict(name: str) -> StateDict:
-    """The authors' released ImageNet weights of ``name``, from torch.hub's cache or downloaded into it."""
-    from .release import RELEASES, release
+    """The authors' released ImageNet weights of ``name`` (v1 or v2), from torch.hub's cache or downloaded and
+    checked into it (see :mod:`pvtv2.weights.download`)."""
+    from .download import released_file
 
-    rel = release(name)
-    if rel is None:
-        raise CheckpointError(f"no released weights for {name}; the authors released {', '.join(RELEASES)}")
-    url = rel.url
-    dst = Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
-    if not dst.is_file():
-        try:
-            if os.environ.get("PVTV2_OFFLINE"):
-                raise URLError("PVTV2_OFFLINE is set")
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            old = socket.getdefaulttimeout()
-            socket.setdefaulttimeout(30)
-            try:
-                torch.hub.download_url_to_file(url, str(dst), progress=True)
-            finally:
-                socket.setdefaulttimeout(old)
-        except (URLError, OSError) as e:
-            raise CheckpointError(
-                f"could not download the released {name} weights ({getattr(e, 'reason', e)}); "
-                f"put {url} at {dst} or pass weights=PATH (CLI: --weights PATH)"
-            ) from None
-    return unwrap_state_dict(read_checkpoint(dst), where=str(dst))
+    path = released_file(name)
+    return unwrap_state_dict(read_checkpoint(path), where=str(path))
+
+
+def weights_state_dict(source: str | os.PathLike[str] | StateDict, name: str) -> StateDict:
+    """The state dict a ``weights=`` argument names for model ``name``: ``"official"`` (the authors' release of
+    ``name``), a Hub name, a checkpoint path, or a state dict (unwrapped from training checkpoints)."""
+    if isinstance(source, dict):
+        return unwrap_state_dict(source, where="state dict")
+    if source == "official":
+        return released_state_dict(name)
+    return unwrap_state_dict(read_checkpoint(source), where=str(source))

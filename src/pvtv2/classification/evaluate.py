@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .amp import Precision
-from .distributed import reduce_sum
+from ..engine.amp import Precision
+from ..engine.distributed import reduce_sum
 
 
 @torch.no_grad()

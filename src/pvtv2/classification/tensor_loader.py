@@ -2,19 +2,18 @@
 
 Each batch is gathered, augmented (random crop with zero padding, horizontal flip), normalised and expanded to
 the model's channels as whole-tensor operations on the training device. The augmentation of a sample is a
-function of its seed from :class:`~pvtv2.data.samplers.EpochSampler`, so resumed and multi-process runs see
+function of its seed from :class:`~pvtv2.engine.sampling.StepSampler`, so resumed and multi-process runs see
 exactly the images a single uninterrupted run sees.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from .fashion_mnist import TensorDataset
-from .samplers import EpochSampler
+from ..data.fashion_mnist import TensorDataset
 
 
 class TensorLoader:
@@ -22,23 +21,22 @@ class TensorLoader:
 
     Args:
         data: the split (uint8 ``(N, H, W)`` images).
-        sampler: gives the order and per-sample seeds (set its epoch before each pass).
-        batch_size: per-process batch size.
+        batches: the batches to read, each a list of ``(index, augmentation seed)`` (a
+            :class:`~pvtv2.engine.sampling.StepSampler`, or :func:`index_batches` for evaluation).
         size: output side; images are zero-padded (centred) from ``H`` to ``size``.
         channels: output channels (1, or 3 by repeating the grey channel).
         mean, std: normalisation of the [0, 1] pixel values.
         crop_pad: random-crop translation range in pixels (0: no random crop).
         hflip: apply random horizontal flips.
         device: where batches are built (the training device).
-        drop_last: drop a final incomplete batch.
         resize: first rescale the images (bilinear, once, kept as uint8) to ``resize x resize``.
     """
 
     def __init__(
         self,
         data: TensorDataset,
-        sampler: EpochSampler,
-        batch_size: int,
+        batches: Iterable[list[tuple[int, int]]],
+        *,
         size: int = 32,
         channels: int = 3,
         mean: float = 0.0,
@@ -46,12 +44,11 @@ class TensorLoader:
         crop_pad: int = 0,
         hflip: bool = False,
         device: torch.device | str = "cpu",
-        drop_last: bool = False,
         resize: int | None = None,
     ) -> None:
-        self.data, self.sampler, self.batch_size = data, sampler, batch_size
+        self.data, self.batches = data, batches
         self.size, self.channels, self.mean, self.std = size, channels, mean, std
-        self.crop_pad, self.hflip, self.drop_last = crop_pad, hflip, drop_last
+        self.crop_pad, self.hflip = crop_pad, hflip
         self.device = torch.device(device)
         images = data.images
         if resize is not None and tuple(images.shape[-2:]) != (resize, resize):
@@ -65,21 +62,11 @@ class TensorLoader:
         self.images = padded.to(self.device)  # (N, S + 2p, S + 2p) uint8
         self.labels = data.labels.to(self.device)
 
-    def __len__(self) -> int:
-        n = len(self.sampler)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        pairs = list(self.sampler)
-        if not pairs:
-            return
-        idx = torch.tensor([i for i, _ in pairs])
-        seeds = torch.tensor([s for _, s in pairs])
-        for start in range(0, len(idx), self.batch_size):
-            b_idx, b_seed = idx[start : start + self.batch_size], seeds[start : start + self.batch_size]
-            if self.drop_last and len(b_idx) < self.batch_size:
-                return
-            yield self._batch(b_idx.to(self.device), b_seed.to(self.device))
+        for pairs in self.batches:
+            idx = torch.tensor([i for i, _ in pairs], device=self.device)
+            seeds = torch.tensor([s for _, s in pairs], device=self.device)
+            yield self._batch(idx, seeds)
 
     def _batch(self, idx: torch.Tensor, seed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         imgs = self.images[idx]  # (B, S + 2p, S + 2p) uint8
@@ -97,3 +84,8 @@ class TensorLoader:
         x = (imgs.float() / 255.0 - self.mean) / self.std
         x = x[:, None].expand(-1, self.channels, -1, -1).contiguous()  # (B, S, S) -> (B, C, S, S)
         return x, self.labels[idx]
+
+
+def index_batches(indices: Sequence[int], batch_size: int) -> list[list[tuple[int, int]]]:
+    """``indices`` in batches of ``batch_size`` ``(index, seed 0)`` pairs: an evaluation pass, no augmentation."""
+    return [[(i, 0) for i in indices[k : k + batch_size]] for k in range(0, len(indices), batch_size)]

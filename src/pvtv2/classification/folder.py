@@ -10,19 +10,17 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import Dataset
 from torch.utils.data import default_collate
 
 from ..errors import DataError
-from .images import BadImage, load_image
+from ..data.images import BadImage, load_image
 
 log = logging.getLogger(__name__)
 
@@ -98,28 +96,6 @@ class ImageFolder(Dataset):
                 raise
             return None
         return (self.transform(img) if self.transform is not None else img), target
-
-
-class SeededDataset(Dataset):
-    """Wraps a dataset so that ``ds[(index, seed)]`` seeds python, numpy and torch before the transform runs:
-    augmentations then depend on the sample's seed only (not on the worker or the rank), which makes resumed
-    and multi-process runs see the same augmented images."""
-
-    def __init__(self, dataset: Dataset) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
-
-    def __getitem__(self, key: tuple[int, int] | int) -> Any:
-        if isinstance(key, tuple):
-            index, seed = key
-            random.seed(seed)
-            np.random.seed(seed)
-            torch.manual_seed(seed)
-        else:
-            index = key
-        return self.dataset[index]
 
 
 def collate_skip_bad(batch: list[Any]) -> tuple[torch.Tensor, torch.Tensor, int]:

@@ -19,15 +19,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data import EpochSampler, ImageFolder, SeededDataset, collate_skip_bad, eval_transform, load_image
+from ..data import load_image
+from ..engine.checkpoint import read_train_checkpoint
 from ..errors import CheckpointError, DataError
-from .checkpoint import read_train_checkpoint
+from ..weights.release import IMAGENET_EVAL
 from .evaluate import evaluate
+from .folder import ImageFolder, collate_skip_bad
 from .recipes import ClassificationConfig
+from .transforms import eval_transform
 
 log = logging.getLogger(__name__)
 
-IMAGENET_PREPROCESS = {"kind": "imagenet", "size": 224, "crop_pct": 0.875, "interpolation": "bicubic"}
 
 
 @dataclass
@@ -116,15 +118,14 @@ def load_classifier(
         use_ema: take the checkpoint's EMA weights (when the run kept an EMA).
     """
     from ..models import create_model
-    from ..weights import convert, detect_format, load_weights, read_checkpoint, released_state_dict, unwrap_state_dict
-    from .classification import build_model
+    from ..weights import head_classes, load_weights, weights_state_dict
+    from .task import build_model
 
     if (checkpoint is None) == (weights is None):
         raise CheckpointError("give exactly one of --checkpoint RUN/best.pth or --weights PATH|official")
     if checkpoint is not None:
         ckpt = read_train_checkpoint(checkpoint)
-        known = set(ClassificationConfig().to_dict())
-        cfg = ClassificationConfig.from_dict({k: v for k, v in (ckpt.get("config") or {}).items() if k in known})
+        cfg = ClassificationConfig.from_dict(ckpt.get("config") or {})
         extra = ckpt.get("extra") or {}
         classes = list(extra.get("classes") or [])
         net = build_model(cfg.replace(weights=None), len(classes) or int(ckpt["model"]["head.weight"].shape[0]))
@@ -135,22 +136,19 @@ def load_classifier(
             state = {k[len("module."):]: v for k, v in ckpt["ema"].items() if k.startswith("module.")}
         net.load_state_dict(state)
         names = classes or [str(i) for i in range(net.num_classes)]
-        clf = Classifier(net, classes or None, names, dict(extra.get("preprocess") or IMAGENET_PREPROCESS),
+        clf = Classifier(net, classes or None, names, dict(extra.get("preprocess") or IMAGENET_EVAL),
                          str(checkpoint), cfg.model)
     else:
         assert weights is not None
-        sd = released_state_dict(model) if weights == "official" else unwrap_state_dict(read_checkpoint(weights),
-                                                                                          where=weights)
-        fmt = detect_format(sd)
-        head = convert(sd, fmt, "pvtv2").get("head.weight") if fmt else None
-        n = num_classes or (int(head.shape[0]) if head is not None else 1000)
+        sd = weights_state_dict(weights, model)
+        n = num_classes or head_classes(sd) or 1000
         net = create_model(model, num_classes=n)
-        load_weights(net, sd, ignore_head=head is None or int(head.shape[0]) != n)
+        load_weights(net, sd, ignore_head=None)
         if n == 1000:
             ids, names = imagenet_classes()
         else:
             ids, names = None, [str(i) for i in range(n)]
-        clf = Classifier(net, ids, names, dict(IMAGENET_PREPROCESS), str(weights), model)
+        clf = Classifier(net, ids, names, dict(IMAGENET_EVAL), str(weights), model)
     clf.model.to(device).eval()
     return clf
 
@@ -245,11 +243,9 @@ def evaluate_folder(
         raise DataError(f"{root} has {len(ds.classes)} class folders but the model has {len(clf.class_names)} "
                         "outputs and no class names to match them by")
     base: Any = ds if limit is None else torch.utils.data.Subset(ds, range(min(limit, len(ds))))
-    data = SeededDataset(base)
-    loader = torch.utils.data.DataLoader(data, batch_size=batch_size, sampler=EpochSampler(len(data), shuffle=False,
-                                         pad=False), num_workers=workers, collate_fn=collate_skip_bad)
+    loader = torch.utils.data.DataLoader(base, batch_size=batch_size, num_workers=workers, collate_fn=collate_skip_bad)
     size = int(clf.preprocess.get("size", 224))
-    example = torch.zeros(min(batch_size, len(data)), int(clf.preprocess.get("channels", 3)), size, size)
+    example = torch.zeros(min(batch_size, len(base)), int(clf.preprocess.get("channels", 3)), size, size)
     run = _runner(clf, backend, example, device)
     res = evaluate(run, loader, device, num_classes=len(clf.class_names))
     if res["skipped"]:

@@ -1,0 +1,70 @@
+"""The released "3x mstrain" training augmentation (whai362/PVT ``detection/configs/{atss,gfl,cascade_mask_rcnn,
+sparse_rcnn}_pvt_v2_b2*_3x_mstrain_fp16.py``, "augmentation strategy originates from DETR / Sparse RCNN") in
+``torchvision.transforms.v2``, on images, boxes and masks together.
+
+mmdet's pipeline: ``RandomFlip(0.5)``, then ``AutoAugment`` picking one of two policies with equal probability:
+(1) ``Resize`` to a shorter side drawn from 480, 512, ..., 800 (longer <= 1333, keep ratio); (2) ``Resize`` to a
+shorter side of 400, 500 or 600, ``RandomCrop(crop_type='absolute_range', crop_size=(384, 600),
+allow_negative_crop=True)``, then the resize of (1) again. ``Pad(size_divisor=32)`` is the detector's transform.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
+from torchvision.transforms.v2._utils import query_size
+
+from ..errors import PVTError
+
+if TYPE_CHECKING:
+    from .recipes import DetectionConfig
+
+
+class RandomSizeCrop(v2.Transform):
+    """A crop whose height and width are each drawn uniformly from ``[min(side, low), min(side, high)]`` pixels, at a
+    uniform position (mmdet's ``RandomCrop(crop_type='absolute_range', crop_size=(low, high))``). Boxes are shifted
+    and clipped; a crop with no box left is kept (``allow_negative_crop=True``).
+
+    Args:
+        low, high: the range of each side.
+    """
+
+    def __init__(self, low: int, high: int) -> None:
+        super().__init__()
+        if not 0 < low <= high:
+            raise PVTError(f"crop range must satisfy 0 < low <= high, got ({low}, {high})")
+        self.low, self.high = low, high
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        h, w = query_size(flat_inputs)
+        ch = int(torch.randint(min(h, self.low), min(h, self.high) + 1, ()))
+        cw = int(torch.randint(min(w, self.low), min(w, self.high) + 1, ()))
+        top = int(torch.randint(0, h - ch + 1, ()))
+        left = int(torch.randint(0, w - cw + 1, ()))
+        return {"top": top, "left": left, "height": ch, "width": cw}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        return self._call_kernel(F.crop, inpt, **params)
+
+
+def mstrain_crop_transforms(cfg: DetectionConfig) -> v2.Compose:
+    """Flip, then half the time a multi-scale resize (``train_sizes``) and half the time a resize to
+    ``crop_resize_sizes``, a :class:`RandomSizeCrop` of ``crop_size`` and the multi-scale resize; to float; boxes
+    that degenerate (under 1 px a side) dropped with their labels and masks."""
+    if len(cfg.crop_size) != 2 or not cfg.crop_resize_sizes:
+        raise PVTError(f"a crop policy needs crop_size LOW,HIGH and crop_resize_sizes; got {cfg.crop_size} and "
+                       f"{cfg.crop_resize_sizes}")
+
+    def resize(sizes: tuple[int, ...]) -> v2.RandomShortestSize:
+        return v2.RandomShortestSize(min_size=list(sizes), max_size=cfg.max_size)
+
+    crop = v2.Compose([resize(cfg.crop_resize_sizes), RandomSizeCrop(*cfg.crop_size), resize(cfg.train_sizes)])
+    return v2.Compose([
+        v2.RandomHorizontalFlip(cfg.flip_prob),
+        v2.RandomChoice([resize(cfg.train_sizes), crop]),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.SanitizeBoundingBoxes(),
+    ])

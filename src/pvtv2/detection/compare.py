@@ -1,0 +1,118 @@
+"""Every registered detector trained the same way, side by side: the CPU-sized version of the paper's Tables 3
+and 4 (``pvtv2 det compare``).
+
+Each detector gets the same configuration (backbone, data, run length, batch, seed; its own released learning
+rate unless the configuration sets one) and its own run directory; the table gives COCO AP, AP50, AP75,
+AP_S/M/L (and mask AP), parameters, GFLOPs at the evaluation size, training images/s and inference ms per image.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .._io import atomic_write_text, save_figure
+from ..engine import train
+from .complexity import detector_complexity
+from .dataset import DetectionDataset
+from .inference import load_detector
+from .recipes import DetectionConfig, eval_transforms
+from .registry import DETECTORS, get_detector
+from .task import DetectionTask
+
+log = logging.getLogger(__name__)
+
+COLUMNS = (("arch", "detector", "{}"), ("bbox_AP", "AP", "{:.3f}"), ("bbox_AP50", "AP50", "{:.3f}"),
+           ("bbox_AP75", "AP75", "{:.3f}"), ("bbox_APs", "AP_S", "{:.3f}"), ("bbox_APm", "AP_M", "{:.3f}"),
+           ("bbox_APl", "AP_L", "{:.3f}"), ("segm_AP", "mask AP", "{:.3f}"), ("params_m", "#P (M)", "{:.2f}"),
+           ("gflops", "GFLOPs", "{:.1f}"), ("train_img_s", "train img/s", "{:.1f}"),
+           ("infer_ms", "infer ms/img", "{:.0f}"), ("train_minutes", "train min", "{:.1f}"))
+
+
+@torch.no_grad()
+def inference_ms(model: torch.nn.Module, dataset: DetectionDataset, n: int = 20) -> float:
+    """Median milliseconds per image of ``model`` (eval mode, batch 1) over ``n`` calls on the first images of
+    ``dataset``."""
+    model.eval()
+    device = next(model.parameters()).device
+    images = [dataset[i][0].as_subclass(torch.Tensor).to(device) for i in range(min(n, len(dataset)))]
+    times = []
+    for k in range(max(n, 1) + 1):
+        t = time.perf_counter()
+        model([images[k % len(images)]])
+        if k:  # the first call warms up the allocator and the kernels
+            times.append(1000 * (time.perf_counter() - t))
+    return statistics.median(times)
+
+
+def compare(cfg: DetectionConfig, out: str | Path, *, archs: list[str] | None = None,
+            progress: bool = True) -> list[dict[str, Any]]:
+    """Train and evaluate each detector of ``archs`` (default: every registered one) with ``cfg``; write
+    ``table.md``, ``table.json`` and ``table.png`` into ``out`` (one run directory per detector beside them)."""
+    out = Path(out)
+    names = archs or list(DETECTORS)
+    for name in names:
+        get_detector(name)  # unknown names fail before anything trains
+    rows = []
+    for name in names:
+        run_cfg = replace(cfg, arch=name)
+        task = DetectionTask(run_cfg)
+        result = train(task, out=out / name, progress=progress)
+        records = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+        speeds = [r["train_img_s"] for r in records if r.get("train_img_s")]
+        model, _ = load_detector(result.checkpoint)
+        cost = detector_complexity(name, cfg.backbone, (cfg.test_size, cfg.test_size),
+                                   num_classes=task.data.num_classes, backbone_overrides=cfg.backbone_overrides,
+                                   **cfg.detector_options)
+        row = {"arch": name, **result.metrics, "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+               "gflops": cost.gflops, "train_img_s": statistics.median(speeds) if speeds else float("nan"),
+               "infer_ms": inference_ms(model, DetectionDataset(task.val_set.data, eval_transforms()))
+               if task.val_set is not None else float("nan"),
+               "train_minutes": sum(r.get("train_seconds", 0.0) for r in records) / 60, "run_dir": str(result.run_dir)}
+        rows.append(row)
+        log.info("%s: %s", name, format_row(row))
+    write_table(rows, out, cfg)
+    return rows
+
+
+def format_row(row: dict[str, Any]) -> str:
+    return ", ".join(f"{title} {fmt.format(row[key])}" for key, title, fmt in COLUMNS[1:] if key in row)
+
+
+def write_table(rows: list[dict[str, Any]], out: Path, cfg: DetectionConfig) -> None:
+    """``table.md`` (Markdown), ``table.json`` and ``table.png`` (AP bars, AP against inference time)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    head = "| " + " | ".join(t for _, t, _ in COLUMNS) + " |"
+    lines = [f"Detectors on `{cfg.data}` (evaluated on `{cfg.val_data}`), backbone {cfg.backbone}, "
+             f"{cfg.steps or cfg.epochs} {'steps' if cfg.steps else 'epochs'} of batch {cfg.batch_size}, "
+             f"train size {list(cfg.train_sizes)}, test size {cfg.test_size}, seed {cfg.seed}.", "",
+             head, "|" + "---|" * len(COLUMNS)]
+    for r in rows:
+        lines.append("| " + " | ".join(fmt.format(r[k]) if k in r else "-" for k, _, fmt in COLUMNS) + " |")
+    atomic_write_text(out / "table.md", "\n".join(lines) + "\n")
+    atomic_write_text(out / "table.json", json.dumps(rows, indent=2))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    names = [r["arch"] for r in rows]
+    ax1.bar(names, [r.get("bbox_AP", 0) for r in rows], label="box AP")
+    ax1.bar(names, [r.get("bbox_AP50", 0) for r in rows], alpha=0.35, label="box AP50")
+    ax1.set_title("held-out COCO AP")
+    ax1.legend(fontsize=8)
+    for r in rows:
+        ax2.scatter(r["infer_ms"], r.get("bbox_AP", 0))
+        ax2.annotate(r["arch"], (r["infer_ms"], r.get("bbox_AP", 0)), fontsize=8)
+    ax2.set_xlabel("inference ms / image (CPU, batch 1)")
+    ax2.set_ylabel("box AP")
+    ax2.grid(alpha=0.3)
+    fig.tight_layout()
+    save_figure(fig, out / "table.png")

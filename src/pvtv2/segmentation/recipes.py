@@ -1,0 +1,79 @@
+"""Semantic segmentation configuration and the named recipe of the released Semantic FPN configs.
+
+- ``ade20k_40k`` (the released ``fpn_pvt_v2_*_ade20k_40k`` configs): 40k iterations of batch 16 (8 GPUs x 2), AdamW
+  lr 2e-4 (the paper's text says 1e-4) and weight decay 1e-4 on every parameter, poly decay (power 0.9) to 0;
+  random resize (2048x512 x 0.5-2.0) + crop 512 (cat_max_ratio 0.75) + flip + photometric distortion; test: shorter
+  side 512; evaluation every 4000 iterations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..engine.config import TrainConfig, option
+from ..engine.config import get_recipe as _get
+from ..errors import PVTError
+
+
+@dataclass(frozen=True)
+class SegmentationConfig(TrainConfig):
+    """Everything a Semantic FPN run depends on."""
+
+    # --- data ---
+    data: str | None = option(None, "dataset root (ADE20K, VOC, or an image folder with --masks)")
+    layout: str = option("auto", "dataset layout (auto: images/+annotations/ = ADE20K, JPEGImages/ = VOC, else folder)",
+                         choices=("auto", "ade20k", "voc", "folder"))
+    train_split: str | None = option(None, "ADE20K: training (default); VOC: an ImageSets split (none: every mask)")
+    val_data: str | None = option(None, "evaluation root (none: --data with --val-split)")
+    val_split: str | None = option(None, "evaluation split (ADE20K: validation); none without --val-data: no "
+                                         "evaluation")
+    masks: str | None = option(None, "mask folder of the folder layout (masks named like the images)")
+    num_classes: int | None = option(None, "classes of the folder layout")
+    reduce_zero_label: bool = option(False, "folder layout: label 0 is ignored (as ADE20K's)")
+    crop_size: int = option(512, "training crop")
+    scale: tuple[int, int] = option((2048, 512), "keep-ratio resize bound (long short) before the random ratio")
+    ratio_range: tuple[float, float] = option((0.5, 2.0), "random resize ratio range")
+    cat_max_ratio: float = option(0.75, "re-draw crops where one class covers more than this (1: off)")
+    test_scale: tuple[int, int] = option((2048, 512), "evaluation keep-ratio resize bound (long short)")
+    eval_mode: str = option("whole", "evaluation on the whole image or sliding windows", choices=("whole", "slide"))
+    # --- model ---
+    backbone: str = option("pvt_v2_b0", "registered backbone name (pvtv2 models)")
+    backbone_weights: str | None = option(None, "'official' or a checkpoint in any format; none: random init")
+    backbone_overrides: dict[str, Any] = option({}, "a PVTConfig field, e.g. depths=1,1,1,1")
+    trainable_stages: int | None = option(None, "train only the last N backbone stages (none: all 4)")
+    norm_eval: bool = option(False, "freeze the backbone's LayerNorms")
+    head_norm: str = option("bn", "decoder norm: bn (released: SyncBN) or gn (GroupNorm 32: small batches)",
+                            choices=("bn", "gn"))
+    head_dropout: float = option(0.1, "dropout before the classifier")
+
+    def check(self) -> None:
+        super().check()
+        if not self.data:
+            raise PVTError("seg train needs --data ROOT (ADE20K, VOC, or an image folder with --masks)")
+
+
+ADE20K_40K = SegmentationConfig(
+    recipe="ade20k_40k",
+    steps=40_000,
+    batch_size=16,
+    base_lr=2e-4,
+    base_batch=16,
+    weight_decay=1e-4,
+    decay_norms=True,
+    schedule="poly",
+    power=0.9,
+    min_lr_ratio=0.0,
+    warmup_ratio=1.0,
+    eval_every=4000,
+    ckpt_every=4000,
+    log_every=50,
+    workers=4,
+)
+
+RECIPES: dict[str, SegmentationConfig] = {"ade20k_40k": ADE20K_40K}
+
+
+def get_recipe(name: str) -> SegmentationConfig:
+    """A named recipe (``ade20k_40k``)."""
+    return _get(RECIPES, name)

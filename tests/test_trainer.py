@@ -1,0 +1,239 @@
+"""The one trainer's promises, tested once for every task (classification, detection, segmentation):
+
+- a run killed with SIGKILL mid-epoch and resumed from its last.pth ends with bit-identical weights;
+- Ctrl-C finishes the step, writes a resumable checkpoint, and the resumed run is bit-identical too;
+- a NaN loss stops the run before it touches the weights and names the last good checkpoint;
+- two gloo processes under torchrun equal one process with the same global batch;
+- a full disk stops with one line and keeps the previous checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from test_detection_data import write_coco
+
+from pvtv2.classification import ClassificationTask, get_recipe as cls_recipe
+from pvtv2.cli import main as cli
+from pvtv2.detection import DetectionTask, get_recipe as det_recipe
+from pvtv2.engine import Interrupted, read_train_checkpoint, train
+from pvtv2.errors import CheckpointError, TrainingError
+from pvtv2.segmentation import SegmentationTask, get_recipe as seg_recipe
+
+TINY = "depths=1,1,1,1"
+COMMON = ["--threads", "1", "--workers", "0", "--no-progress", "--seed", "3"]
+
+
+@dataclass
+class Case:
+    """One task, sized to take a second or two per run on one thread."""
+
+    name: str
+    make_task: Callable[[Any], Any]
+    base: Any  # the recipe
+    changes: dict[str, Any]  # tiny sizes
+    cli: list[str]  # the same as command-line arguments
+    tol: float  # torchrun equality tolerance
+
+    def cfg(self, **kw: Any) -> Any:
+        return self.base.replace(**{**self.changes, **kw})
+
+
+def _case(name: str, tmp: Path) -> Case:
+    if name == "cls":
+        ch = dict(train_subset=64, val_subset=32, batch_size=8, epochs=2, model_overrides={"depths": (1, 1, 1, 1)},
+                  threads=1, seed=3)
+        args = ["train", "--train-subset", "64", "--val-subset", "32", "--batch-size", "8", "--epochs", "2",
+                "--model-overrides", TINY]
+        return Case(name, ClassificationTask, cls_recipe("fashion_mnist"), ch, args, 1e-5)
+    if name == "det":
+        data = str(write_coco(tmp / "coco", n=4))
+        ch = dict(data=data, val_data=data, batch_size=2, epochs=2, train_sizes=(64,), max_size=96, test_size=64,
+                  warmup_steps=0, backbone_overrides={"depths": (1, 1, 1, 1)}, workers=0, threads=1, seed=3)
+        args = ["det", "train", "--data", data, "--val-data", data, "--batch-size", "2", "--epochs", "2",
+                "--train-sizes", "64", "--max-size", "96", "--test-size", "64", "--warmup-steps", "0",
+                "--backbone-overrides", TINY]
+        return Case(name, DetectionTask, det_recipe("1x"), ch, args, 1e-4)
+    images, masks = _seg_folder(tmp / "seg")  # every pixel labelled: per-process loss means = the global mean
+    ch = dict(data=images, masks=masks, num_classes=4, val_data=images, batch_size=2, steps=6, eval_every=3,
+              crop_size=64, scale=(256, 64), ratio_range=(1.0, 1.0), test_scale=(256, 64),
+              backbone_overrides={"depths": (1, 1, 1, 1)}, workers=0, threads=1, seed=3, head_norm="gn")
+    args = ["seg", "train", "--data", images, "--masks", masks, "--num-classes", "4", "--val-data", images,
+            "--batch-size", "2", "--steps", "6", "--eval-every", "3", "--crop-size", "64", "--scale", "256", "64",
+            "--ratio-range", "1", "1", "--test-scale", "256", "64", "--head-norm", "gn", "--backbone-overrides", TINY]
+    return Case(name, SegmentationTask, seg_recipe("ade20k_40k"), ch, args, 1e-4)
+
+
+def _seg_folder(root: Path, n: int = 4) -> tuple[str, str]:
+    """Images (80 x 96) with a lighter rectangle per class 1..3 and their label masks (no ignored pixel)."""
+    import numpy as np
+    from PIL import Image
+
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        mask = np.zeros((80, 96), dtype=np.uint8)
+        for c in (1, 2, 3):
+            y, x = rng.integers(0, 50), rng.integers(0, 60)
+            mask[y : y + 30, x : x + 36] = c
+        pixels = (rng.integers(0, 40, (80, 96, 3)) + 60 * mask[..., None]).astype(np.uint8)
+        Image.fromarray(pixels).save(root / "images" / f"{i}.png")
+        Image.fromarray(mask).save(root / "masks" / f"{i}.png")
+    return str(root / "images"), str(root / "masks")
+
+
+@pytest.fixture(params=["cls", "det", "seg"])
+def case(request: pytest.FixtureRequest, tmp_path: Path) -> Case:
+    return _case(request.param, tmp_path)
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    """train() sets the process's CPU threads (as a CLI run should); give the other tests theirs back."""
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def _env() -> dict[str, str]:
+    # passive OpenMP waits: spinning threads make a busy machine many times slower (see docs/classification.md)
+    env = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE", PVTV2_OFFLINE="1")
+    env.pop("PYTEST_XDIST_WORKER", None)
+    return env
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return read_train_checkpoint(path)["model"]
+
+
+def _identical(a: Path, b: Path) -> None:
+    wa, wb = _weights(a), _weights(b)
+    assert wa.keys() == wb.keys()
+    different = [k for k in wa if not torch.equal(wa[k], wb[k])]
+    assert not different, different[:5]
+
+
+def test_sigkill_then_resume_is_bit_identical(case: Case, tmp_path: Path) -> None:
+    args = [*case.cli, *COMMON, "--ckpt-every", "1"]
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "pvtv2", *args, "--out", str(killed)], env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    last, deadline = killed / "last.pth", time.time() + 240
+    while not last.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    _, err = proc.communicate()
+    assert last.exists(), err[-2000:]
+    step = read_train_checkpoint(last)["step"]
+    ref = train(case.make_task(case.cfg()), out=tmp_path / "ref", progress=False)
+    assert 1 <= step < ref.steps  # killed mid-run
+    assert cli([*case.cli[: 2 if case.name != "cls" else 1], "--resume", str(last), "--threads", "1",
+                "--no-progress"]) == 0
+    assert read_train_checkpoint(last)["step"] == ref.steps
+    _identical(ref.checkpoint, last)
+    records = [json.loads(x) for x in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == sorted({r["step"] for r in records})  # no duplicate after the resume
+
+
+def test_ctrl_c_checkpoints_the_step_and_resumes_exactly(case: Case, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from pvtv2.engine import loop
+
+    real_step, calls = loop.Stepper.step, []
+
+    def step(self: Any, loss: torch.Tensor) -> Any:
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C during step 2: seen at the next step's check
+        return real_step(self, loss)
+
+    ref = train(case.make_task(case.cfg()), out=tmp_path / "ref", progress=False)
+    monkeypatch.setattr(loop.Stepper, "step", step)
+    with pytest.raises(Interrupted, match="resume with --resume"):
+        train(case.make_task(case.cfg()), out=tmp_path / "run", progress=False)
+    assert read_train_checkpoint(tmp_path / "run/last.pth")["step"] == 3  # step 3 finished, then saved
+    monkeypatch.setattr(loop.Stepper, "step", real_step)
+    result = train(case.make_task(case.cfg()), resume=tmp_path / "run/last.pth", progress=False)
+    assert result.run_dir == tmp_path / "run" and result.steps == ref.steps
+    _identical(ref.checkpoint, result.checkpoint)
+
+
+def test_nan_stops_and_keeps_the_last_good_checkpoint(case: Case, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from pvtv2.engine import loop
+
+    real_step, calls = loop.Stepper.step, []
+
+    def step(self: Any, loss: torch.Tensor) -> Any:
+        calls.append(1)
+        out = real_step(self, loss)
+        if len(calls) == 3:  # poison the weights after step 3: the loss of step 4 is NaN
+            with torch.no_grad():
+                for p in self.model.parameters():
+                    p.fill_(float("nan"))
+        return out
+
+    monkeypatch.setattr(loop.Stepper, "step", step)
+    # caught by the next loss (step 4), or by the checkpoint of step 3 (segmentation evaluates there)
+    with pytest.raises(TrainingError, match=r"(loss became nan at step 4 |weights became non-finite .* by step 3)"
+                                            r".*last good checkpoint is .*last.pth"):
+        train(case.make_task(case.cfg(ckpt_every=2)), out=tmp_path / "run", progress=False)
+    state = read_train_checkpoint(tmp_path / "run/last.pth")
+    assert state["step"] == 2 and all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_two_gloo_processes_equal_one(case: Case, tmp_path: Path) -> None:
+    no_noise = ["--stop-after", "3"]  # drop path / dropout draw per process: switch them off
+    if case.name == "cls":
+        no_noise += ["--drop-path", "0"]
+    else:
+        no_noise += ["--backbone-overrides", "drop_path_rate=0.0"] + (["--head-dropout", "0"] if case.name == "seg"
+                                                                       else [])
+    args = [*case.cli, *COMMON, *no_noise]
+    assert cli([*args, "--out", str(tmp_path / "one")]) == 0
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "pvtv2",
+           *args, "--out", str(tmp_path / "two")]
+    two = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    one_w, two_w = _weights(tmp_path / "one/last.pth"), _weights(tmp_path / "two/last.pth")
+    for k, v in one_w.items():
+        torch.testing.assert_close(two_w[k], v, rtol=case.tol, atol=case.tol, msg=k)
+    ckpt = read_train_checkpoint(tmp_path / "two/last.pth")
+    assert ckpt["step"] == 3 and len(ckpt["rng"]) == 2  # every rank's RNG state, written once by rank 0
+    config = json.loads((tmp_path / "two/config.json").read_text())
+    assert config["resolved"]["world_size"] == 2 and config["batch_size"] == case.cfg().batch_size
+    assert not list((tmp_path / "two").glob(".*.tmp"))
+
+
+def test_full_disk_stops_in_one_line_keeping_the_last_checkpoint(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    case = _case("cls", tmp_path)
+    real_save, calls = torch.save, []
+
+    def save(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
+        calls.append(1)
+        if len(calls) == 2:  # the second checkpoint finds the disk full
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    with pytest.raises(CheckpointError) as info:
+        train(case.make_task(case.cfg()), out=tmp_path / "run", progress=False)
+    msg = str(info.value)
+    assert "no space left to write" in msg and "MB free" in msg and "\n" not in msg
+    assert f"the last good checkpoint {tmp_path / 'run/last.pth'} is intact" in msg and "--resume" in msg
+    assert read_train_checkpoint(tmp_path / "run/last.pth")["step"] == 8  # epoch 1's checkpoint survived
