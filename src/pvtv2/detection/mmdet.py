@@ -5,7 +5,7 @@ An mmdet checkpoint is ``{"meta": {"mmdet_version", "config" (the config as Pyth
 ``MaskRCNN``...) and the backbone: the authors' ``detection/pvt_v2.py`` classes (``type='pvt_v2_b2'``, weights named
 ``backbone.patch_embed1...``, ``backbone.block1.0...``) or mmdet's own ``PyramidVisionTransformerV2`` (``embed_dims``,
 ``num_layers``; weights named ``backbone.layers.0.0.projection...``). Without a config both are read from the
-weights' names and shapes (:mod:`pvtv2.weights.openmmlab`). The detector's registry record converts the rest
+weights' names and shapes (:mod:`pvtv2.models.openmmlab`). The detector's registry record converts the rest
 (:attr:`DetectorSpec.from_mmdet`), with :func:`convert_detector` and :func:`fpn_to_ours`.
 
 Detector types read so far: :data:`MMDET_TYPES` (add a line with each converter).
@@ -22,8 +22,8 @@ from torch import nn
 
 from ..errors import CheckpointError
 from ..weights import read_checkpoint
-from ..weights.openmmlab import (backbone_state_dict, backbone_variant, checkpoint_config, fpn_pairs, load_strict,
-                                 rename_prefixes)
+from ..models.openmmlab import backbone_variant
+from ..weights.openmmlab import backbone_state_dict, checkpoint_config, fpn_pairs, load_strict, rename_prefixes
 from .registry import DETECTORS, get_detector
 
 StateDict = dict[str, torch.Tensor]

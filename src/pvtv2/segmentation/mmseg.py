@@ -20,8 +20,8 @@ import torch
 
 from ..errors import CheckpointError
 from ..weights import read_checkpoint
-from ..weights.openmmlab import (backbone_state_dict, backbone_variant, checkpoint_config, fpn_pairs, load_strict,
-                                 rename_prefixes)
+from ..models.openmmlab import backbone_variant
+from ..weights.openmmlab import backbone_state_dict, checkpoint_config, fpn_pairs, load_strict, rename_prefixes
 from .classes import ADE20K_CLASSES
 from .datasets import DatasetMeta
 from .model import SemanticFPN, semantic_fpn

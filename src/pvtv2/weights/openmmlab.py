@@ -2,7 +2,7 @@
 backbone under ``backbone.*``, in the authors' layout (their ``pvt_v2.py`` classes ``pvt_v2_b0``...:
 ``patch_embed1``, ``block1.0``, ``norm1``) or mmdet's own ``PyramidVisionTransformerV2`` (``layers.0.0.projection``...).
 The detection and segmentation readers (:mod:`pvtv2.detection.mmdet`, :mod:`pvtv2.segmentation.mmseg`) build on
-these; nothing here knows a head.
+these; nothing here knows a head or a model (which registered variant a backbone is: :mod:`pvtv2.models.openmmlab`).
 """
 
 from __future__ import annotations
@@ -62,50 +62,6 @@ def backbone_state_dict(sd: StateDict, prefix: str) -> StateDict:
         raise CheckpointError(f"the checkpoint's backbone is not a PVT v2 in the authors' or mmdet's layout "
                               f"(first key {next(iter(body))!r})")
     return {prefix + k: v for k, v in convert(body, fmt, "pvtv2").items() if not k.startswith("head.")}
-
-
-def variant_from_config(backbone: dict[str, Any]) -> str | None:
-    """Our variant name for a config's backbone entry: the authors' class name (``type='pvt_v2_b2'``), or mmdet's
-    ``PyramidVisionTransformerV2`` by its ``embed_dims`` and ``num_layers``; None if neither fits."""
-    from ..models import list_models, model_info
-
-    kind = str(backbone.get("type", ""))
-    if kind in list_models():
-        return kind
-    if kind == "PyramidVisionTransformerV2":
-        width, depths = backbone.get("embed_dims", 64), tuple(backbone.get("num_layers", (3, 4, 6, 3)))
-        for name in list_models():
-            cfg = model_info(name).cfg
-            if name.startswith("pvt_v2_") and cfg.embed_dims[0] == width and tuple(cfg.depths) == depths \
-                    and cfg.attn_mode == "sra":
-                return name
-    return None
-
-
-def variant_from_weights(sd: StateDict) -> str | None:
-    """The registered PVT v2 variant whose weights have the names and shapes of the checkpoint's backbone (each
-    candidate built on the meta device); None if none has."""
-    from ..models import create_model, list_models
-
-    ours = {k: tuple(v.shape) for k, v in backbone_state_dict(sd, "").items()}
-    for name in list_models():
-        if name.startswith("pvt_v2_"):
-            with torch.device("meta"):
-                model = create_model(name, num_classes=0)
-            if {k: tuple(v.shape) for k, v in model.state_dict().items()} == ours:
-                return name
-    return None
-
-
-def backbone_variant(model_cfg: dict[str, Any], sd: StateDict, *, given: str | None, overridden: bool,
-                     where: str = "checkpoint") -> str:
-    """The variant to build: ``given``, else the config's, else (unless the caller overrides the config of the
-    variant) the one the weights fit; ``where`` names the file in the error."""
-    name = given or variant_from_config(model_cfg.get("backbone") or {})
-    name = name or (None if overridden else variant_from_weights(sd))
-    if name is None:
-        raise CheckpointError(f"{where}: cannot tell which PVT v2 variant the backbone is; pass --backbone")
-    return name
 
 
 def load_strict(model: torch.nn.Module, sd: StateDict, what: str) -> None:
