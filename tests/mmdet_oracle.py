@@ -92,21 +92,11 @@ except ImportError as e:  # pragma: no cover - `make test` installs them
                 "or the Makefile's oracle step", allow_module_level=True)
 
 import pvtv2  # noqa: E402
+from pvtv2.detection.mmdet import COCO_CLASSES  # noqa: E402
 
 mmcv.utils.get_logger("mmcv").setLevel(logging.WARNING)  # init_weights logs every parameter's initialiser
 from pvtv2.weights import convert  # noqa: E402
 
-COCO_CLASSES = (
-    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
-    "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow", "elephant",
-    "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard",
-    "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard", "tennis racket", "bottle",
-    "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple", "sandwich", "orange", "broccoli",
-    "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch", "potted plant", "bed", "dining table", "toilet",
-    "tv", "laptop", "mouse", "remote", "keyboard", "cell phone", "microwave", "oven", "toaster", "sink",
-    "refrigerator", "book", "clock", "vase", "scissors", "teddy bear", "hair drier", "toothbrush",
-)  # fmt: skip  # mmdet 2.13 CocoDataset.CLASSES
-assert len(COCO_CLASSES) == 80
 assert tuple(CocoDataset.CLASSES) == COCO_CLASSES
 
 
@@ -293,23 +283,20 @@ def build_mmdet(cfg: dict[str, Any], *, seed: int = 0, noise: float = 0.0) -> nn
     ``noise``), in eval mode, with ``model.cfg`` set for ``inference_detector``."""
     from mmdet.models import build_detector
 
-    config = Config(copy.deepcopy(cfg))
-    torch.manual_seed(seed)
-    model = build_detector(config.model)
-    model.init_weights()
-    if noise:
-        seed_weights(model, seed=seed, noise=noise)
-    model.cfg = config
-    return model.eval()
+    return _build(build_detector, cfg, seed, noise)
 
 
 def build_mmseg(cfg: dict[str, Any], *, seed: int = 0, noise: float = 0.0) -> nn.Module:
     """An mmseg segmentor from a config dict (as :func:`build_mmdet`)."""
     from mmseg.models import build_segmentor
 
+    return _build(build_segmentor, cfg, seed, noise)
+
+
+def _build(builder: Any, cfg: dict[str, Any], seed: int, noise: float) -> nn.Module:
     config = Config(copy.deepcopy(cfg))
     torch.manual_seed(seed)
-    model = build_segmentor(config.model)
+    model = builder(config.model)
     model.init_weights()
     if noise:
         seed_weights(model, seed=seed, noise=noise)
@@ -436,6 +423,22 @@ def forward_train(model: nn.Module, images: torch.Tensor, metas: list[dict[str, 
         if "loss" in name:
             out[name] = sum(value) if isinstance(value, (list, tuple)) else value
     return out
+
+
+def train_losses(theirs: nn.Module, ours: nn.Module, images: Sequence[np.ndarray],
+                 targets: list[dict[str, torch.Tensor]]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """mmdet's (:func:`forward_train`) and our detector's training losses on the same photos (all padding to one
+    size) and targets; ours sees the photos unresized, as the trainer's data pipeline hands them over."""
+    x = torch.cat([preprocess(im)[0] for im in images])
+    expected = forward_train(theirs, x, [preprocess(im)[1][0] for im in images], targets)
+    ours.train()
+    ours.transform._skip_resize = True
+    try:
+        got = ours([torch.tensor(im).permute(2, 0, 1).float() / 255 for im in images], targets)
+    finally:
+        ours.transform._skip_resize = False
+        ours.eval()
+    return expected, got
 
 
 def _pad(masks: np.ndarray, h: int, w: int) -> np.ndarray:

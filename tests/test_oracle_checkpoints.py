@@ -14,7 +14,9 @@ from PIL import Image
 import mmdet_oracle as O
 from pvtv2.cli import main as cli
 from pvtv2.detection import build_detector, get_detector
-from pvtv2.detection.mmdet import _variant_from_config, load_mmdet_checkpoint, parse_config
+from pvtv2.detection.mmdet import load_mmdet_checkpoint
+from pvtv2.models.openmmlab import variant_from_config
+from pvtv2.weights.openmmlab import parse_config
 from pvtv2.errors import CheckpointError
 
 RELEASED = ["pvt_v2_b0", "pvt_v2_b1", "pvt_v2_b2", "pvt_v2_b2_li", "pvt_v2_b3", "pvt_v2_b4", "pvt_v2_b5"]
@@ -46,11 +48,11 @@ def test_every_released_config_converts_with_mmdets_counts(arch: str) -> None:
         expected = ours.state_dict()
         assert set(converted) == set(expected), name
         assert all(converted[k].shape == expected[k].shape for k in expected), name
-        assert _variant_from_config(O.released_backbone(name)) == name
+        assert variant_from_config(O.released_backbone(name)) == name
         if name in MMDET_PVT:
             width, depths = MMDET_PVT[name]
             entry = {"type": "PyramidVisionTransformerV2", "embed_dims": width, "num_layers": depths}
-            assert _variant_from_config(entry) == name
+            assert variant_from_config(entry) == name
 
 
 @pytest.fixture(scope="module")

@@ -91,8 +91,6 @@ def test_same_detections_and_masks_on_photos(pair: Any, photo: str, size: tuple[
 def test_same_losses(pair: Any) -> None:
     theirs, ours = pair
     images = [O.photo("coffee", (256, 384)), O.photo("chelsea", (250, 371))]  # both padded to 256 x 384
-    x = torch.cat([O.preprocess(im)[0] for im in images])
-    metas = [O.preprocess(im)[1][0] for im in images]
 
     def blob(h: int, w: int, box: list[float]) -> torch.Tensor:  # the box minus its top-left quarter
         m = torch.zeros(h, w, dtype=torch.uint8)
@@ -105,13 +103,7 @@ def test_same_losses(pair: Any) -> None:
     targets = [{"boxes": torch.tensor(b), "labels": torch.tensor(lab),
                 "masks": torch.stack([blob(*im.shape[:2], box) for box in b])}
                for b, lab, im in zip(boxes, [[1, 17], [16]], images)]
-    expected = O.forward_train(theirs, x, metas, targets)
-    ours.train()
-    ours.transform._skip_resize = True
-    try:
-        got = ours([torch.tensor(im).permute(2, 0, 1).float() / 255 for im in images], targets)
-    finally:
-        ours.eval()
+    expected, got = O.train_losses(theirs, ours, images, targets)
     names = {"loss_objectness": "loss_rpn_cls", "loss_rpn_box_reg": "loss_rpn_bbox", "loss_classifier": "loss_cls",
              "loss_box_reg": "loss_bbox", "loss_mask": "loss_mask"}
     for ours_name, their_name in names.items():

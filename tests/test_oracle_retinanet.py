@@ -58,17 +58,9 @@ def test_same_detections_on_photos(pair: Any, photo: str, size: tuple[int, int])
 def test_same_losses(pair: Any) -> None:
     theirs, ours = pair
     images = [O.photo("astronaut", (320, 480)), O.photo("chelsea", (300, 451))]  # both padded to 320 x 480
-    x = torch.cat([O.preprocess(im)[0] for im in images])
-    metas = [O.preprocess(im)[1][0] for im in images]
     targets = [{"boxes": torch.tensor([[100.0, 50.0, 300.0, 300.0], [20.0, 30.0, 80.0, 120.0]]),
                 "labels": torch.tensor([1, 17])},
                {"boxes": torch.tensor([[50.0, 40.0, 400.0, 290.0]]), "labels": torch.tensor([16])}]
-    expected = O.forward_train(theirs, x, metas, targets)
-    ours.train()
-    ours.transform._skip_resize = True
-    try:
-        got = ours([torch.tensor(im).permute(2, 0, 1).float() / 255 for im in images], targets)
-    finally:
-        ours.eval()
+    expected, got = O.train_losses(theirs, ours, images, targets)
     assert got["classification"].item() == pytest.approx(expected["loss_cls"].item(), rel=1e-5)
     assert got["bbox_regression"].item() == pytest.approx(expected["loss_bbox"].item(), rel=1e-5)

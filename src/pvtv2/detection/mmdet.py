@@ -5,15 +5,14 @@ An mmdet checkpoint is ``{"meta": {"mmdet_version", "config" (the config as Pyth
 ``MaskRCNN``...) and the backbone: the authors' ``detection/pvt_v2.py`` classes (``type='pvt_v2_b2'``, weights named
 ``backbone.patch_embed1...``, ``backbone.block1.0...``) or mmdet's own ``PyramidVisionTransformerV2`` (``embed_dims``,
 ``num_layers``; weights named ``backbone.layers.0.0.projection...``). Without a config both are read from the
-weights' names and shapes. The detector's registry record converts the rest (:attr:`DetectorSpec.from_mmdet`), with
-the helpers here: :func:`rename_prefixes`, :func:`backbone_to_ours`, :func:`fpn_to_ours`.
+weights' names and shapes (:mod:`pvtv2.models.openmmlab`). The detector's registry record converts the rest
+(:attr:`DetectorSpec.from_mmdet`), with :func:`convert_detector` and :func:`fpn_to_ours`.
 
 Detector types read so far: :data:`MMDET_TYPES` (add a line with each converter).
 """
 
 from __future__ import annotations
 
-import ast
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -22,7 +21,9 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
-from ..weights import convert, detect_format, read_checkpoint
+from ..weights import read_checkpoint
+from ..models.openmmlab import backbone_variant
+from ..weights.openmmlab import backbone_state_dict, checkpoint_config, fpn_pairs, load_strict, rename_prefixes
 from .registry import DETECTORS, get_detector
 
 StateDict = dict[str, torch.Tensor]
@@ -45,109 +46,16 @@ COCO_CLASSES = (
 
 
 # --- key conversion helpers for the detectors' ``from_mmdet`` --------------------------------------------------
-def rename_prefixes(sd: StateDict, pairs: Sequence[tuple[str, str]], *, what: str) -> StateDict:
-    """Rename every key by the first ``(mmdet prefix, our prefix)`` pair it starts with; a key no pair covers is an
-    error naming it (``what``: the detector, for the message)."""
-    out: StateDict = {}
-    for key, value in sd.items():
-        for src, dst in pairs:
-            if key.startswith(src):
-                out[dst + key[len(src):]] = value
-                break
-        else:
-            raise CheckpointError(f"unexpected weight {key!r} for a {what} (a checkpoint of another detector?)")
-    return out
-
-
-def backbone_to_ours(sd: StateDict, prefix: str = "backbone.body.model.") -> StateDict:
-    """The ``backbone.*`` weights of an mmdet / mmseg checkpoint (authors' or mmdet's PVT v2 layout) under our
-    names with ``prefix``."""
-    body = {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}
-    if not body:
-        raise CheckpointError("the checkpoint has no backbone weights (no 'backbone.*' key)")
-    fmt = detect_format(body)
-    if fmt not in ("official", "mmdet"):
-        raise CheckpointError(f"the checkpoint's backbone is not a PVT v2 in the authors' or mmdet's layout "
-                              f"(first key {next(iter(body))!r})")
-    return {prefix + k: v for k, v in convert(body, fmt, "pvtv2").items() if not k.startswith("head.")}
-
-
 def fpn_to_ours(num_inputs: int, prefix: str = "backbone.fpn.") -> list[tuple[str, str]]:
-    """Prefix pairs from mmdet's / mmseg's ``FPN`` (``neck.lateral_convs.i.conv``, ``neck.fpn_convs.i.conv``; extra
-    convs continue ``fpn_convs`` after the ``num_inputs`` outputs) to torchvision's FPN + our extra levels."""
-    pairs = []
-    for i in range(num_inputs):
-        pairs += [(f"neck.lateral_convs.{i}.conv.", f"{prefix}inner_blocks.{i}.0."),
-                  (f"neck.fpn_convs.{i}.conv.", f"{prefix}layer_blocks.{i}.0.")]
-    return pairs + [(f"neck.fpn_convs.{num_inputs}.conv.", f"{prefix}extra_blocks.p6."),
-                    (f"neck.fpn_convs.{num_inputs + 1}.conv.", f"{prefix}extra_blocks.p7.")]
+    """Prefix pairs from mmdet's ``FPN`` to the FPN of :class:`~pvtv2.detection.fpn.PVTWithFPN`."""
+    return fpn_pairs(num_inputs, prefix)
 
 
 def convert_detector(sd: StateDict, pairs: Sequence[tuple[str, str]], *, what: str) -> StateDict:
-    """Backbone (:func:`backbone_to_ours`) plus every other key renamed by ``pairs``."""
+    """The backbone (authors' or mmdet's layout) under ``backbone.body.model.`` plus every other key renamed by
+    ``pairs`` (a key no pair covers is an error)."""
     rest = {k: v for k, v in sd.items() if not k.startswith("backbone.")}
-    return {**backbone_to_ours(sd), **rename_prefixes(rest, pairs, what=what)}
-
-
-# --- reading the checkpoint's config -----------------------------------------------------------------------------
-def parse_config(text: str) -> dict[str, Any]:
-    """The assignments of an mmcv config text (``Config.pretty_text``: ``model = dict(type='RetinaNet', ...)``) as
-    plain data; only literals and ``dict(...)`` calls are evaluated, nothing is executed."""
-
-    def value(node: ast.AST) -> Any:
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "dict" and not node.args:
-            return {kw.arg: value(kw.value) for kw in node.keywords}
-        if isinstance(node, ast.Dict):
-            return {value(k): value(v) for k, v in zip(node.keys, node.values)}
-        if isinstance(node, (ast.List, ast.Tuple)):
-            items = [value(e) for e in node.elts]
-            return items if isinstance(node, ast.List) else tuple(items)
-        return ast.literal_eval(node)
-
-    try:
-        tree = ast.parse(text)
-    except SyntaxError as e:
-        raise CheckpointError(f"the checkpoint's config text does not parse ({e.msg}, line {e.lineno})") from None
-    out: dict[str, Any] = {}
-    for stmt in tree.body:
-        if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name):
-            try:
-                out[stmt.targets[0].id] = value(stmt.value)
-            except ValueError:
-                continue  # a computed value (not in configs saved by mmcv): not needed here
-    return out
-
-
-def _variant_from_config(backbone: dict[str, Any]) -> str | None:
-    """Our variant name for a config's backbone entry (authors' class name, or mmdet's PVT v2 by its sizes)."""
-    import pvtv2
-
-    kind = str(backbone.get("type", ""))
-    if kind in pvtv2.list_models():
-        return kind
-    if kind == "PyramidVisionTransformerV2":
-        width, depths = backbone.get("embed_dims", 64), tuple(backbone.get("num_layers", (3, 4, 6, 3)))
-        for name in pvtv2.list_models():
-            cfg = pvtv2.model_info(name).cfg
-            if name.startswith("pvt_v2_b") and cfg.embed_dims[0] == width and tuple(cfg.depths) == depths \
-                    and cfg.attn_mode == "sra":
-                return name
-    return None
-
-
-def _variant_from_weights(sd: StateDict) -> str | None:
-    """The registered PVT v2 variant whose keys and shapes equal the checkpoint's backbone (built on the meta device)."""
-    import pvtv2
-
-    ours = {k[len("backbone.body.model."):]: tuple(v.shape) for k, v in backbone_to_ours(sd).items()}
-    for name in pvtv2.list_models():
-        if not name.startswith("pvt_v2_"):
-            continue
-        with torch.device("meta"):
-            model = pvtv2.create_model(name, num_classes=0)
-        if {k: tuple(v.shape) for k, v in model.state_dict().items()} == ours:
-            return name
-    return None
+    return {**backbone_state_dict(sd, "backbone.body.model."), **rename_prefixes(rest, list(pairs), what=what)}
 
 
 def is_mmdet_checkpoint(ckpt: Any) -> bool:
@@ -228,9 +136,7 @@ def mmdet_detector(
     if not is_mmdet_checkpoint(ckpt):
         raise CheckpointError(f"{path} is not an mmdet checkpoint (expected {{'meta', 'state_dict'}} of a detector)")
     sd: StateDict = ckpt["state_dict"]
-    meta = ckpt.get("meta") if isinstance(ckpt.get("meta"), dict) else {}
-    config = parse_config(meta["config"]) if isinstance(meta.get("config"), str) else {}
-    model_cfg = config.get("model") if isinstance(config.get("model"), dict) else {}
+    meta, model_cfg = checkpoint_config(ckpt)
     if arch is None:
         arch = MMDET_TYPES.get(str(model_cfg["type"])) if "type" in model_cfg else _arch_from_weights(sd)
     if arch is None:
@@ -242,11 +148,7 @@ def mmdet_detector(
         readable = [n for n, s in DETECTORS.items() if s.from_mmdet is not None]
         raise CheckpointError(f"{path}: reading mmdet checkpoints of {arch!r} is not supported; "
                               f"supported: {', '.join(readable)}")
-    if backbone is None:
-        backbone = _variant_from_config(model_cfg.get("backbone") or {})
-        backbone = backbone or (None if backbone_overrides else _variant_from_weights(sd))
-        if backbone is None:
-            raise CheckpointError(f"{path}: cannot tell which PVT v2 variant the backbone is; pass --backbone")
+    backbone = backbone_variant(model_cfg, sd, given=backbone, overridden=bool(backbone_overrides), where=path)
     classes = tuple(meta.get("CLASSES") or ())
     num_classes = _num_classes(model_cfg) or len(classes) or 80
     if not classes:
@@ -255,27 +157,9 @@ def mmdet_detector(
         raise CheckpointError(f"{path}: meta lists {len(classes)} classes, its config {num_classes}")
     model = spec.build(backbone=backbone, num_classes=num_classes, backbone_overrides=backbone_overrides, **options)
     ours = spec.from_mmdet(sd, model)
-    _load_strict(model, ours, f"{path} ({arch}, {backbone}, {num_classes} classes)")
+    load_strict(model, ours, f"{path} ({arch}, {backbone}, {num_classes} classes)")
     t = model.transform
     description = detector_meta(arch, backbone=backbone, class_names=["__background__", *classes],
                                 min_size=t.min_size[-1], max_size=t.max_size, backbone_overrides=backbone_overrides,
                                 options={k: v for k, v in options.items() if k not in ("min_size", "max_size")})
     return model.to(device).eval(), description
-
-
-def _load_strict(model: nn.Module, sd: StateDict, what: str) -> None:
-    """Load ``sd`` into ``model``; any missing, extra or misshapen weight is one line naming the first of them."""
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in sd]
-    extra = [k for k in sd if k not in expected]
-    wrong = [k for k in expected if k in sd and sd[k].shape != expected[k].shape]
-    if missing:
-        raise CheckpointError(f"{what}: {len(missing)} weights missing, e.g. {missing[0]!r} (truncated file, or a "
-                              "detector without this head?)")
-    if extra:
-        raise CheckpointError(f"{what}: {len(extra)} unexpected weights, e.g. {extra[0]!r}")
-    if wrong:
-        k = wrong[0]
-        raise CheckpointError(f"{what}: {k!r} has shape {tuple(sd[k].shape)}, the model needs "
-                              f"{tuple(expected[k].shape)} (another class count or backbone size?)")
-    model.load_state_dict(sd)

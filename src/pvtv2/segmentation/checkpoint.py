@@ -1,6 +1,7 @@
 """Segmentation checkpoints: a training checkpoint (``pvtv2 seg train``'s ``last.pth``) or a weights file written
 by :func:`save_segmentor`; both carry the model description and the class list, so ``pvtv2 seg eval`` and
-``pvtv2 segment`` rebuild the model from the file alone."""
+``pvtv2 segment`` rebuild the model from the file alone. Released mmseg Semantic FPN files are read too
+(:mod:`.mmseg`)."""
 
 from __future__ import annotations
 
@@ -33,8 +34,13 @@ def save_segmentor(model: SemanticFPN, meta: DatasetMeta, path: str | os.PathLik
 
 
 def load_segmentor(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> tuple[SemanticFPN, DatasetMeta]:
-    """Rebuild the model and its class list from a segmentation checkpoint."""
+    """Rebuild the model and its class list from a segmentation checkpoint: pvtv2's own, or a released mmseg
+    Semantic FPN file (:func:`pvtv2.segmentation.mmseg.load_mmseg_checkpoint`, e.g. ``fpn_pvtv2_b2_ade20k_40k``)."""
+    from .mmseg import is_mmseg_checkpoint, mmseg_segmentor
+
     ckpt = read_checkpoint(path)
+    if is_mmseg_checkpoint(ckpt):
+        return mmseg_segmentor(ckpt, where=str(path), map_location=map_location)
     record = ckpt.get("extra", {}) if ckpt.get("format") == "pvtv2-train" else ckpt
     if not isinstance(record, dict) or "seg_model" not in record or "model" not in ckpt:
         raise CheckpointError(
