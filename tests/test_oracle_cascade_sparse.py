@@ -280,8 +280,9 @@ def test_sparse_training_losses(sparse) -> None:
 
 # --- parameters ----------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["pvt_v2_b2", "pvt_v2_b2_li"])
-def test_parameter_counts_equal_mmdets(name: str) -> None:
-    """mmdet's modules of the released configs (on the meta device: no memory) and ours count the same."""
+def test_parameter_counts_and_names_equal_mmdets(name: str) -> None:
+    """mmdet's modules of the released configs (on the meta device: no memory) and ours count the same, and the
+    converter maps every released weight (authors' backbone layout) onto one of ours of the same shape."""
     from mmcv import Config
     from mmdet.models import build_detector as build_mmdet_detector
 
@@ -290,3 +291,21 @@ def test_parameter_counts_equal_mmdets(name: str) -> None:
             theirs = build_mmdet_detector(Config(config(O.oracle_backbone(name), O.stage_channels(name))).model)
             mine = build_detector(arch, backbone=name)
         assert O.param_count(theirs) == O.param_count(mine)
+        converted, expected = get_detector(arch).from_mmdet(O.mmdet_state_dict(theirs), mine), mine.state_dict()
+        assert set(converted) == set(expected) and all(converted[k].shape == expected[k].shape for k in expected)
+
+
+@pytest.mark.parametrize("pair", ["cascade", "sparse"])
+def test_released_checkpoint_files_load(pair: str, request: pytest.FixtureRequest, tmp_path) -> None:
+    """A checkpoint saved as mmdet's checkpoint hook saves it (config text naming the authors' backbone class)
+    loads through ``load_mmdet_checkpoint``, which reads the detector type from the config: the same weights."""
+    from pvtv2.detection.mmdet import load_mmdet_checkpoint
+
+    mm, ours = request.getfixturevalue(pair)
+    arch = {"cascade": "cascade_mask_rcnn", "sparse": "sparse_rcnn"}[pair]
+    cfg = (cascade_config if pair == "cascade" else sparse_config)(O.released_backbone(NAME), O.stage_channels(NAME))
+    path = O.save_mmdet_checkpoint(mm, tmp_path / f"{pair}.pth", config=cfg)
+    loaded, meta = load_mmdet_checkpoint(path, backbone_overrides=TINY, **({"num_proposals": SPARSE_PROPOSALS}
+                                                                           if pair == "sparse" else {}))
+    assert (meta["arch"], meta["backbone"], meta["class_names"][1]) == (arch, NAME, "person")
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in ours.state_dict().items())
