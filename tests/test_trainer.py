@@ -26,7 +26,7 @@ from test_detection_data import write_coco
 
 from pvtv2.classification import ClassificationTask, get_recipe as cls_recipe
 from pvtv2.cli import main as cli
-from pvtv2.detection import DetectionTask, get_recipe as det_recipe
+from pvtv2.detection import DETECTORS, DetectionTask, get_recipe as det_recipe
 from pvtv2.engine import Interrupted, read_train_checkpoint, train
 from pvtv2.errors import CheckpointError, TrainingError
 from pvtv2.segmentation import SegmentationTask, get_recipe as seg_recipe
@@ -237,3 +237,25 @@ def test_full_disk_stops_in_one_line_keeping_the_last_checkpoint(tmp_path: Path,
     assert "no space left to write" in msg and "MB free" in msg and "\n" not in msg
     assert f"the last good checkpoint {tmp_path / 'run/last.pth'} is intact" in msg and "--resume" in msg
     assert read_train_checkpoint(tmp_path / "run/last.pth")["step"] == 8  # epoch 1's checkpoint survived
+
+
+# Fewer RoIs / proposals than the released settings: seconds, not minutes, per CPU step.
+SMALL_OPTIONS = {
+    "mask_rcnn": {"rpn_post_nms_top_n_train": 64, "rpn_post_nms_top_n_test": 32, "box_batch_size_per_image": 32},
+    "cascade_mask_rcnn": {"rpn_post_nms_top_n_train": 64, "rpn_post_nms_top_n_test": 32,
+                          "box_batch_size_per_image": 32},
+    "sparse_rcnn": {"num_proposals": 16, "detections_per_img": 16},
+}
+
+
+@pytest.mark.parametrize("arch", sorted(DETECTORS))
+def test_every_registered_detector_trains_resumes_exactly_and_evaluates(arch: str, tmp_path: Path) -> None:
+    case = _case("det", tmp_path)
+    cfg = case.cfg(arch=arch, epochs=None, steps=2, eval_every=2, detector_options=SMALL_OPTIONS.get(arch, {}))
+    ref = train(case.make_task(cfg), out=tmp_path / "ref", progress=False)
+    assert {"bbox_AP", "bbox_AP50"} <= set(ref.metrics) and (tmp_path / "ref/predictions.png").is_file()
+    stopped = train(case.make_task(cfg.replace(stop_after=1)), out=tmp_path / "run", progress=False)
+    assert stopped.stopped and read_train_checkpoint(stopped.checkpoint)["step"] == 1
+    resumed = train(case.make_task(cfg), resume=stopped.checkpoint, progress=False)
+    assert resumed.steps == 2 and resumed.metrics == ref.metrics
+    _identical(ref.checkpoint, resumed.checkpoint)

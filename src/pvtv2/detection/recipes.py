@@ -57,7 +57,8 @@ class DetectionConfig(TrainConfig):
     trainable_stages: int | None = option(None, "train only the last N backbone stages (none: all 4)")
     norm_eval: bool = option(False, "freeze the backbone's LayerNorms")
     detector_options: dict[str, Any] = option({}, "a detector constructor argument, e.g. box_batch_size_per_image=128")
-    score_thresh: float = option(0.05, "lowest score a detection is kept with at evaluation")
+    score_thresh: float | None = option(None, "lowest score kept at evaluation (none: the detector's released test "
+                                              "setting, 0.05 for most)")
 
     def check(self) -> None:
         super().check()
