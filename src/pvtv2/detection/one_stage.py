@@ -16,10 +16,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import nn
 from torchvision.ops import batched_nms, clip_boxes_to_image
 
+from ..engine.distributed import reduce_mean
 from ..models.backbone import PVTBackbone
 from .anchors import octave_anchors
 from .assigners import atss_assign
@@ -41,15 +41,6 @@ def valid_flags(sizes: Sequence[tuple[int, int]], strides: Sequence[int], image_
         f[:vh, :vw] = True
         flags.append(f.reshape(-1))
     return torch.cat(flags)
-
-
-def reduce_mean(value: torch.Tensor) -> torch.Tensor:
-    """The mean of ``value`` over the processes of a distributed run (itself otherwise), as mmdet's."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return value
-    value = value.clone() / dist.get_world_size()
-    dist.all_reduce(value)
-    return value
 
 
 def flatten_levels(maps: list[torch.Tensor]) -> torch.Tensor:

@@ -17,7 +17,8 @@ from ..boxes import delta_coder
 from ..dense_heads import ATSSHead
 from ..fpn import pvt_fpn
 from ..losses import centerness_target
-from ..one_stage import AnchorPointDetector, from_mmdet, reduce_mean
+from ...engine.distributed import reduce_mean
+from ..one_stage import AnchorPointDetector, from_mmdet
 from ..registry import DetectorSpec, register
 
 FOCAL_ALPHA, FOCAL_GAMMA = 0.25, 2.0

@@ -16,7 +16,8 @@ from ...models.backbone import WeightsSource
 from ..dense_heads import GFLHead, integral
 from ..fpn import pvt_fpn
 from ..losses import aligned_iou, distribution_focal_loss, quality_focal_loss
-from ..one_stage import AnchorPointDetector, from_mmdet, reduce_mean
+from ...engine.distributed import reduce_mean
+from ..one_stage import AnchorPointDetector, from_mmdet
 from ..registry import DetectorSpec, register
 
 QFL_BETA = 2.0

@@ -10,12 +10,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection import RetinaNet
 from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, sigmoid_focal_loss
 
+from ...engine.distributed import reduce_mean
 from ...models.backbone import WeightsSource
 from ..anchors import octave_anchors
 from ..boxes import delta_coder
@@ -58,7 +58,7 @@ class MMDetRetinaNet(RetinaNet):
             cls_loss = cls_loss + sigmoid_focal_loss(logits[valid], onehot[valid], reduction="sum")
             wanted = self.box_coder.encode_single(target["boxes"][matched[fg]], anchor[fg])  # (P, 4)
             reg_loss = reg_loss + F.l1_loss(deltas[fg], wanted, reduction="sum")
-        count = _mean_over_processes(cls_loss.new_tensor(float(num_pos)))
+        count = reduce_mean(cls_loss.new_tensor(float(num_pos)))  # as mmdet's later heads
         return {"classification": cls_loss / count, "bbox_regression": reg_loss / count}
 
     def postprocess_detections(self, head_outputs: dict[str, list[Tensor]], anchors: list[list[Tensor]],
@@ -80,16 +80,6 @@ class MMDetRetinaNet(RetinaNet):
             keep = batched_nms(boxes, scores, classes, self.nms_thresh)[: self.detections_per_img]
             results.append({"boxes": boxes[keep], "scores": scores[keep], "labels": classes[keep]})
         return results
-
-
-def _mean_over_processes(count: Tensor) -> Tensor:
-    """``count`` averaged over the DDP processes (itself without DDP): the gradients DDP averages are then those of
-    the whole batch's loss divided by the whole batch's count."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        count = count.clone()
-        dist.all_reduce(count)
-        count = count / dist.get_world_size()
-    return count
 
 
 class PVTRetinaNet(ForegroundLabels, MMDetRetinaNet):
