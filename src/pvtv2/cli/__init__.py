@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from ..errors import PVTError
 
 # Sub-command modules, in the order ``pvtv2 --help`` lists them.
-_MODULES = ("train", "models", "weights", "flops", "export", "bench", "det", "seg", "attention")
+_MODULES = ("train", "models", "weights", "flops", "export", "bench", "det", "seg", "data", "attention")
 
 
 def build_parser() -> argparse.ArgumentParser:
