@@ -232,3 +232,23 @@ def test_cli_writes_and_checks_into_the_cache(tmp_path, monkeypatch, capsys):
     shutil.rmtree(written / "test")
     assert main(["data", "scenes", "--check", str(written)]) == 2
     assert "is missing" in capsys.readouterr().err
+
+
+def test_scenes_train_and_evaluate_through_both_dense_tasks(tmp_path, monkeypatch):
+    """``--data scenes`` trains on the train scenes and scores on the held-out test scenes (COCO AP; mIoU)."""
+    import json
+
+    from pvtv2.cli import main as cli
+
+    monkeypatch.setenv("PVTV2_CACHE", str(tmp_path / "cache"))  # generated once, here
+    small = ["--scenes", "8", "4", "64", "--steps", "2", "--batch-size", "2", "--workers", "0", "--threads", "1",
+             "--no-progress", "--backbone-overrides", "depths=1,1,1,1"]
+    assert cli(["det", "train", "--data", "scenes", "--val-data", "scenes", "--train-sizes", "64", "--max-size", "64",
+                "--test-size", "64", "--warmup-steps", "0", "--out", str(tmp_path / "det"), *small]) == 0
+    summary = json.loads((tmp_path / "det" / "summary.json").read_text())
+    assert "bbox_AP" in summary["metrics"] and (tmp_path / "det" / "predictions.png").is_file()
+    assert cli(["seg", "train", "--data", "scenes", "--val-split", "test", "--crop-size", "64", "--scale", "64", "64",
+                "--test-scale", "64", "64", "--out", str(tmp_path / "seg"), *small]) == 0
+    summary = json.loads((tmp_path / "seg" / "summary.json").read_text())
+    assert 0 <= summary["metrics"]["val_miou"] <= 1
+    assert len(list((tmp_path / "cache" / "scenes").glob("64px-*"))) == 1  # both tasks read the same generated set

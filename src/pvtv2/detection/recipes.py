@@ -36,7 +36,9 @@ class DetectionConfig(TrainConfig):
     """Everything a detection run depends on (written to ``config.json`` and into every checkpoint)."""
 
     # --- data ---
-    data: str | None = option(None, "training set: COCO instances .json, COCO root (with --split) or VOC folder")
+    data: str | None = option(None, "training set: COCO instances .json, COCO root (with --split) or VOC folder; the "
+                                    "word 'scenes': the generated benchmark (pvtv2 data scenes)")
+    scenes: tuple[int, int, int] = option((4000, 500, 256), "--data scenes: train scenes, test scenes, canvas side")
     split: str | None = option(None, "split of a COCO root (e.g. train2017) or VOC ImageSets/Main list")
     images: str | None = option(None, "image folder of a COCO .json (none: the JSON's folder)")
     val_data: str | None = option(None, "evaluation set (same layouts); none: no evaluation")

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .._io import atomic_write_text, save_image_grid
+from ..data.scenes import resolve
 from ..engine.distributed import DistEnv
 from ..engine.sampling import StepSampler, step_loader
 from ..engine.task import Task
@@ -66,12 +67,15 @@ class DetectionTask(Task):
 
     def setup(self, env: DistEnv) -> int:
         cfg = self.cfg
-        self.data = self._open(str(cfg.data), cfg.split, cfg.images)
+        data = resolve(cfg.data, cfg.scenes, progress=env.is_main)
+        split = cfg.split or ("train" if cfg.data == "scenes" else None)
+        self.data = self._open(str(data), split, cfg.images)
         log.info("train: %s", self.data.summary())
         self.train_set = DetectionDataset(self.data, train_transforms(cfg), with_masks=self.spec.masks,
                                           drop_empty=True)
         if cfg.val_data:
-            val = self._open(cfg.val_data, cfg.val_split, cfg.val_images)
+            val_split = cfg.val_split or ("test" if cfg.val_data == "scenes" else None)
+            val = self._open(str(resolve(cfg.val_data, cfg.scenes, progress=env.is_main)), val_split, cfg.val_images)
             log.info("val: %s", val.summary())
             if val.class_names != self.data.class_names:
                 raise DataError(f"{cfg.val_data} has classes {val.class_names[1:6]}... but {cfg.data} has "

@@ -1,4 +1,5 @@
-"""The on-disk layouts: ADE20K, Pascal VOC (and labelme's VOC export), plain image/mask folders (no model code)."""
+"""The on-disk layouts: the scenes benchmark, ADE20K, Pascal VOC (and labelme's VOC export), plain image/mask
+folders (no model code)."""
 
 from __future__ import annotations
 
@@ -103,6 +104,25 @@ def folder(
     return SegmentationDataset(pairs, meta, transforms=transforms, on_error=on_error, name=f"folder {images}")
 
 
+def scenes(
+    root: str | os.PathLike[str], split: str = "train", *, transforms: Callable[..., Any] | None = None,
+    on_error: OnError = "skip",
+) -> SegmentationDataset:
+    """The scenes benchmark (:mod:`pvtv2.data.scenes`): ``{split}/*.png`` + ``masks/{split}/*.png``, 0 = background,
+    1..10 the Fashion-MNIST classes. ``split`` is ``train`` or ``test``."""
+    from ..data.scenes import scenes_paths
+
+    paths = scenes_paths(root)
+    pairs = pair_folders(paths.images(split), paths.masks(split), strict=on_error == "raise")
+    meta = DatasetMeta(paths.num_classes, paths.class_names, 255)
+    return SegmentationDataset(pairs, meta, transforms=transforms, on_error=on_error, name=f"scenes {split}")
+
+
+def is_scenes(root: str | os.PathLike[str]) -> bool:
+    """A scenes root (``manifest.json`` beside ``masks/``)."""
+    return (Path(root) / "manifest.json").is_file() and (Path(root) / "masks").is_dir()
+
+
 def build_dataset(
     root: str | os.PathLike[str], *, layout: str = "auto", split: str | None = None, masks: str | None = None,
     num_classes: int | None = None, class_names: Sequence[str] | None = None, reduce_zero_label: bool = False,
@@ -123,7 +143,9 @@ def build_dataset(
     if not root.is_dir():
         raise DataError(f"dataset folder {root} does not exist")
     if layout == "auto":
-        if (root / "images").is_dir() and (root / "annotations").is_dir():
+        if is_scenes(root):
+            layout = "scenes"
+        elif (root / "images").is_dir() and (root / "annotations").is_dir():
             layout = "ade20k"
         elif (root / "JPEGImages").is_dir():
             layout = "voc"
@@ -134,6 +156,8 @@ def build_dataset(
                 f"cannot tell the layout of {root}: expected images/ + annotations/ (ADE20K), JPEGImages/ + "
                 "SegmentationClass/ (VOC), or an image folder with --masks DIR"
             )
+    if layout == "scenes":
+        return scenes(root, split or "train", transforms=transforms, on_error=on_error)
     if layout == "ade20k":
         return ade20k(root, split or "training", transforms=transforms, on_error=on_error)
     if layout == "voc":
@@ -143,11 +167,14 @@ def build_dataset(
             raise DataError("the folder layout needs a mask folder (--masks) and --num-classes")
         return folder(root, masks, num_classes=num_classes, class_names=class_names,
                       reduce_zero_label=reduce_zero_label, transforms=transforms, on_error=on_error)
-    raise DataError(f"unknown dataset layout {layout!r}; choose auto, ade20k, voc or folder")
+    raise DataError(f"unknown dataset layout {layout!r}; choose auto, scenes, ade20k, voc or folder")
 
 
 def evaluation_split(root: str | os.PathLike[str], split: str | None) -> str | None:
-    """``split``, or ``validation`` for an ADE20K root when none is given (never score on the training images)."""
+    """``split``, or the held-out split of a scenes or ADE20K root when none is given (never score on the training
+    images)."""
+    if split is None and is_scenes(root):
+        return "test"
     if split is None and (Path(root) / "annotations" / "validation").is_dir():
         return "validation"
     return split

@@ -21,13 +21,16 @@ class SegmentationConfig(TrainConfig):
     """Everything a Semantic FPN run depends on."""
 
     # --- data ---
-    data: str | None = option(None, "dataset root (ADE20K, VOC, or an image folder with --masks)")
-    layout: str = option("auto", "dataset layout (auto: images/+annotations/ = ADE20K, JPEGImages/ = VOC, else folder)",
-                         choices=("auto", "ade20k", "voc", "folder"))
-    train_split: str | None = option(None, "ADE20K: training (default); VOC: an ImageSets split (none: every mask)")
+    data: str | None = option(None, "dataset root (scenes, ADE20K, VOC, or an image folder with --masks); the word "
+                                    "'scenes': the generated benchmark (pvtv2 data scenes)")
+    scenes: tuple[int, int, int] = option((4000, 500, 256), "--data scenes: train scenes, test scenes, canvas side")
+    layout: str = option("auto", "dataset layout (auto: manifest.json = scenes, images/+annotations/ = ADE20K, "
+                                 "JPEGImages/ = VOC, else folder)", choices=("auto", "scenes", "ade20k", "voc", "folder"))
+    train_split: str | None = option(None, "scenes: train, ADE20K: training (the defaults); VOC: an ImageSets split "
+                                           "(none: every mask)")
     val_data: str | None = option(None, "evaluation root (none: --data with --val-split)")
-    val_split: str | None = option(None, "evaluation split (ADE20K: validation); none without --val-data: no "
-                                         "evaluation")
+    val_split: str | None = option(None, "evaluation split (scenes: test, ADE20K: validation); none without "
+                                         "--val-data: no evaluation")
     masks: str | None = option(None, "mask folder of the folder layout (masks named like the images)")
     num_classes: int | None = option(None, "classes of the folder layout")
     reduce_zero_label: bool = option(False, "folder layout: label 0 is ignored (as ADE20K's)")

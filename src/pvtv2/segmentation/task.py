@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._io import save_image_grid
+from ..data.scenes import resolve
 from ..engine.amp import Precision
 from ..engine.distributed import DistEnv, reduce_sum
 from ..engine.sampling import StepSampler, step_loader
@@ -67,10 +68,11 @@ class SegmentationTask(Task):
         common = dict(layout=cfg.layout, masks=cfg.masks, num_classes=cfg.num_classes,
                       reduce_zero_label=cfg.reduce_zero_label, on_error="raise" if cfg.on_bad_data == "error" else "skip")
         transforms = train_transforms(cfg.crop_size, tuple(cfg.scale), tuple(cfg.ratio_range), cfg.cat_max_ratio)
-        self.train_set = build_dataset(str(cfg.data), split=cfg.train_split, transforms=transforms, **common)
+        data = resolve(cfg.data, cfg.scenes, progress=env.is_main)
+        self.train_set = build_dataset(str(data), split=cfg.train_split, transforms=transforms, **common)
         self.meta = self.train_set.meta
         if cfg.val_data or cfg.val_split:
-            root = cfg.val_data or str(cfg.data)
+            root = str(resolve(cfg.val_data, cfg.scenes, progress=env.is_main) or data)
             self.val_set = build_dataset(root, split=evaluation_split(root, cfg.val_split), **common)
             if self.val_set.meta.num_classes != self.meta.num_classes:
                 raise DataError(f"the evaluation set has {self.val_set.meta.num_classes} classes, the training set "

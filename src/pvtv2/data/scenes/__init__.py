@@ -43,6 +43,7 @@ __all__ = [
     "check",
     "default_root",
     "read_manifest",
+    "resolve",
     "scenes",
     "scenes_paths",
 ]
@@ -140,3 +141,12 @@ def scenes(
     spec = ScenesSpec(train, test, seed, layout)
     return ensure(Path(root) if root is not None else None, spec, workers=workers, data_dir=data_dir,
                   progress=progress)
+
+
+def resolve(data: str | None, counts: tuple[int, int, int], progress: bool = True) -> str | None:
+    """``data`` as a path: the word ``"scenes"`` names the cached benchmark of ``counts`` = (train scenes, test
+    scenes, canvas side), generated on first use; anything else is returned as it is."""
+    if data != "scenes":
+        return data
+    train, test, size = counts
+    return str(scenes(train=train, test=test, size=size, progress=progress))
