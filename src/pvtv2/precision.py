@@ -152,7 +152,7 @@ class Converted(nn.Module):
         return _float_outputs(self.module(x.to(self.dtype)))
 
 
-def to_reduced(model: nn.Module, dtype: torch.dtype, *, pack: bool = True) -> nn.Module:
+def to_reduced(model: nn.Module, dtype: torch.dtype, *, pack: bool = True, norms_fp32: bool = True) -> nn.Module:
     """A copy of a PVT model for inference in ``dtype`` (``model`` itself is left as it is).
 
     Matmul and convolution weights (and v1's position embeddings and class token) are converted once; LayerNorm
@@ -165,12 +165,14 @@ def to_reduced(model: nn.Module, dtype: torch.dtype, *, pack: bool = True) -> nn
         model: a PVT classifier or backbone (or any module: then everything but LayerNorms is converted).
         dtype: ``torch.bfloat16`` or ``torch.float16``.
         pack: pre-pack the linear weights for oneDNN (CPU only).
+        norms_fp32: keep LayerNorm parameters in float32 (PyTorch's CPU and CUDA LayerNorm take a reduced input with
+            float32 parameters; ONNX's wants one type, and keeps its statistics in float32 by itself).
     """
     if dtype not in (torch.bfloat16, torch.float16):
         raise PVTError(f"to_reduced converts to bfloat16 or float16, not {dtype}")
     reduced = copy.deepcopy(model).eval().to(dtype)
     for m in reduced.modules():
-        if isinstance(m, nn.LayerNorm):
+        if isinstance(m, nn.LayerNorm) and norms_fp32:
             m.float()
     head = getattr(reduced, "head", None)
     if isinstance(head, nn.Linear):
