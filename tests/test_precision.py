@@ -140,3 +140,28 @@ def test_precision_choice_in_prepare_and_fastest(monkeypatch: pytest.MonkeyPatch
         assert fastest(model, device="cpu").precision == "fp32"  # type: ignore[attr-defined]
         run = fastest(model, device="cpu", allow_reduced=True)
         assert run.precision == "bf16" and run.backend == "torch"  # type: ignore[attr-defined]
+
+
+def test_autocast_module_wraps_a_part_and_returns_fp32(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Features(nn.Module):  # a detector backbone's shape of output: a dict of maps
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+
+        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+            y = self.conv(x)
+            return {"p2": y, "p3": y[..., ::2, ::2], "ids": torch.arange(3)}
+
+    part = Features().eval()
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset())
+    monkeypatch.delenv("PVTV2_FORCE_REDUCED", raising=False)
+    assert precision.autocast_module(part, "bf16") is part  # no native bf16: unchanged
+    monkeypatch.setenv("PVTV2_FORCE_REDUCED", "1")
+    wrapped = precision.autocast_module(part, "bf16")
+    x = torch.randn(1, 3, 16, 16)
+    with torch.no_grad():
+        out, ref = wrapped(x), part(x)
+    if ONEDNN_BF16:
+        assert isinstance(wrapped, precision.Autocast)
+        assert 0 < (out["p2"] - ref["p2"]).abs().max().item() < 0.05
+    assert out["p2"].dtype == out["p3"].dtype == torch.float32 and out["ids"].dtype == torch.int64
