@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -123,7 +124,8 @@ class OpenVINORunner:
         if shape not in self.requests:  # a static shape compiles to OpenVINO's best kernels
             import openvino as ov
 
-            with torch.no_grad():
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # its front end still calls torch.jit.trace
                 model = ov.convert_model(self.module, example_input=x, input=[list(shape)])
             compiled = self.core.compile_model(model, "CPU", self.config)
             chosen = compiled.get_property("INFERENCE_PRECISION_HINT")  # an ov.Type: "bf16", "f32", ...
