@@ -122,7 +122,7 @@ def run_benchmark(cfg: BenchConfig = BenchConfig(), progress: bool = True) -> Be
     if device.type == "cpu" and cfg.tune_malloc:
         result.machine["malloc_tuned"] = tune_cpu_allocator()
     say = log.info if progress else log.debug
-    gemm = {p: gemm_calls(cfg.gemm_n, device, DTYPES[p]) for p in {"fp32", *cfg.precisions}}
+    gemm = {p: gemm_calls(cfg.gemm_n, device, DTYPES[p]) for p in dict.fromkeys(("fp32", *cfg.precisions))}
     memory: list[tuple[dict[str, Any], Any]] = []  # (result row, one call): measured after every timing
     result.machine["ort_spinning"] = False
     with ort_spinning(False):  # spinning onnxruntime threads would hold the cores while the next path is timed
