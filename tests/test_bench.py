@@ -11,9 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from pvtv2.bench import SMOKE, PATHS
+from pvtv2.bench import SMOKE, PATHS, run_benchmark
+from pvtv2.bench.run import smoke_config
 from pvtv2.bench.measure import gemm_calls, interleaved, peak_memory_mb
 from pvtv2.cli import main
+from pvtv2.errors import PVTError
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = str(ROOT / "src")
@@ -23,12 +25,13 @@ def test_smoke_run_writes_table_and_json(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     # a process of its own: the bench tunes glibc's allocator for the whole process.
     # onnxruntime's path is prepare(model, "onnxruntime"), covered by test_runtime; leave its export out of here.
-    cmd = [sys.executable, "-m", "pvtv2", "bench", "--smoke", "--threads", "1",
-           "--paths", "pvtv2", "pvtv2-plain", "timm", "hf", "--json", str(out)]
+    cmd = [sys.executable, "-m", "pvtv2", "bench", "--smoke", "--threads", "1", "--paths", "pvtv2", "pvtv2-plain",
+           "timm", "hf", "pvtv2-bf16", "timm-bf16", "openvino-bf16", "--train-paths", "pvtv2", "timm", "timm-bf16",
+           "--json", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": SRC})
     assert proc.returncode == 0, proc.stderr[-2000:]
     text = proc.stdout
-    assert "x timm" in text and "roofline" in text and "training step" in text
+    assert "x timm" in text and "x peer" in text and "roofline" in text and "training step" in text
     data = json.loads(out.read_text())
     rows = data["inference"]
     assert {r["batch"] for r in rows} == set(SMOKE.batches) and {r["size"] for r in rows} == {64}
@@ -36,10 +39,18 @@ def test_smoke_run_writes_table_and_json(tmp_path: Path) -> None:
     assert {"pvtv2", "pvtv2-plain"} <= paths
     for r in rows:
         assert r["img_per_s"] > 0 and 0 < r["roofline"] and r["gmacs_per_image"] > 0
-        assert r["max_abs_diff"] < 1e-4, r  # every path computes the same logits
+        # every path computes the same logits: to float rounding in fp32, to bf16 rounding (8-bit mantissa) in bf16
+        assert r["max_abs_diff"] < (1e-4 if r["precision"] == "fp32" else 0.05), r
+        assert r["precision"] in ("fp32", "bf16") and r["x_best_peer"] is not None
+        bf16_roof = {k for k in r["gemm_by_backend"] if k.startswith("bf16gemm")}
+        assert bf16_roof and r["gemm_gflop_per_s"] == max(v for k, v in r["gemm_by_backend"].items()
+                                                          if k.startswith("bf16" if r["precision"] == "bf16" else "s"))
+    native = data["machine"]["cpu_native_bf16"] or data["machine"]["force_reduced"]
+    assert {r["precision"] for r in rows if r["path"] == "pvtv2-bf16"} == {"bf16" if native else "fp32"}
+    assert {r["precision"] for r in rows if r["path"] == "timm-bf16"} == {"bf16"}  # autocast emulates it anyway
     if "timm" in paths:
         assert all(r["x_timm"] is not None for r in rows)
-        assert {r["path"] for r in data["training"]} == {"pvtv2", "timm"}
+        assert {r["path"] for r in data["training"]} == {"pvtv2", "timm", "timm-bf16"}
     assert data["machine"]["threads"] == 1
     assert data["config"]["depths"] == [1, 1, 1, 1]
 
@@ -47,6 +58,8 @@ def test_smoke_run_writes_table_and_json(tmp_path: Path) -> None:
 def test_bench_rejects_unknown_names(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", "--smoke", "--paths", "tensorrt", "--json", ""]) == 2
     assert "unknown bench path" in capsys.readouterr().err
+    with pytest.raises(PVTError, match=r"unknown bench precision\(s\) \['int8'\]"):
+        run_benchmark(smoke_config(precisions=("int8",)))
     assert main(["bench", "--smoke", "--models", "pvt_v9", "--json", ""]) == 2
     assert "unknown model 'pvt_v9'" in capsys.readouterr().err
 

@@ -173,3 +173,20 @@ def test_ort_spinning_switch() -> None:
     with ort_spinning(False):  # what pvtv2 bench uses, so that interleaved paths do not wait for spinning threads
         assert onnx_session(data).get_session_options().get_session_config_entry(key) == "0"
     assert onnx_session(data).get_session_options().get_session_config_entry(key) == "1"
+
+
+def test_fp16_export_runs_in_onnxruntime_close_to_fp32(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import onnx
+
+    model = create_model("pvt_v2_b0", num_classes=10, depths=(1, 1, 1, 1)).eval()
+    data = onnx_bytes(model, precision="fp16", input_size=(64, 64))
+    proto = onnx.load_from_string(data)
+    weights = {i.name: i.data_type for i in proto.graph.initializer if i.name.startswith("module.")}
+    fp32 = {n for n, t in weights.items() if t != onnx.TensorProto.FLOAT16}
+    assert fp32 <= {"module.head.weight", "module.head.bias"} and len(weights) > 20 + len(fp32)  # the rest: fp16
+    assert proto.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # float32 images in
+    report = check_onnx(data, model, sizes=((64, 64), (97, 161)))
+    assert 1e-6 < report.max_abs_diff < 5e-2, report  # float16 rounding, not float32's
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # the model itself is left as it was
+    assert main(["export", "pvt_v2_b0", "--precision", "bf16", "-o", str(tmp_path / "x.onnx")]) == 2
+    assert "bf16 is a run-time choice" in capsys.readouterr().err and not (tmp_path / "x.onnx").exists()

@@ -62,7 +62,7 @@ def test_segment_cli_names_ade20k_classes(pair: Any, tmp_path: Any, capsys: Any)
     theirs, ours, path = pair
     image = tmp_path / "astronaut.png"
     Image.fromarray(O.photo("astronaut", (320, 480))).save(image)
-    assert cli(["segment", str(image), "--checkpoint", str(path), "--test-scale", "480,320",
+    assert cli(["segment", str(image), "--checkpoint", str(path), "--test-scale", "480", "320",
                 "--save-vis", str(tmp_path / "vis.png")]) == 0
     x, metas = O.preprocess(O.photo("astronaut", (320, 480)))
     with torch.no_grad():

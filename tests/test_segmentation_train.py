@@ -60,13 +60,13 @@ def test_cli_train_eval_segment(tmp_path: Path, capsys: pytest.CaptureFixture[st
                      "--out", str(run), *tiny, "--test-scale", "256", "64"]) == 0
     assert read_train_checkpoint(run / "last.pth")["step"] == 2
     report = tmp_path / "eval.json"
-    assert cli_main(["seg", "eval", LABELME, "--checkpoint", str(run / "last.pth"), "--test-scale", "256,64",
+    assert cli_main(["seg", "eval", LABELME, "--checkpoint", str(run / "last.pth"), "--test-scale", "256", "64",
                      "--workers", "0", "--json", str(report)]) == 0
     out = capsys.readouterr().out
     assert "mIoU" in out and "person" in out and json.loads(report.read_text())["images"] == 3
     vis, mask = tmp_path / "vis.png", tmp_path / "mask.png"
     image = f"{LABELME}/JPEGImages/2011_000025.jpg"
-    assert cli_main(["segment", image, "--checkpoint", str(run / "last.pth"), "--test-scale", "256,64",
+    assert cli_main(["segment", image, "--checkpoint", str(run / "last.pth"), "--test-scale", "256", "64",
                      "--save-vis", str(vis), "--save-mask", str(mask)]) == 0
     assert "overlay written" in capsys.readouterr().out
     assert Image.open(vis).format == "PNG" and Image.open(vis).width > 500  # image plus legend

@@ -189,3 +189,18 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert code == 2 and "cannot change: lr" in err
     code, _, err = _main(capsys, "train", "--epochs", "0.5", "--set", "nonsense=1")
     assert code == 2 and err.startswith("error: unknown ClassificationConfig field(s) ['nonsense']")
+
+
+def test_predict_and_eval_in_reduced_precision(folder_run, imagenet_folder, tmp_path, capsys):
+    """--precision bf16 runs natively where the CPU has bf16, else in fp32 after one line; the answer is the same
+    (top class) either way on these photos."""
+    out, _ = folder_run
+    image = str(imagenet_folder / "val/n02123045/chelsea_0.JPEG")
+    code, fp32, _ = _main(capsys, "predict", "--checkpoint", str(out / "best.pth"), image, "--topk", "1")
+    code16, bf16, _ = _main(capsys, "predict", "--checkpoint", str(out / "best.pth"), image, "--topk", "1",
+                            "--precision", "bf16")
+    assert code == code16 == 0 and fp32.split("%")[0].rsplit(None, 2)[-2] == bf16.split("%")[0].rsplit(None, 2)[-2]
+    code, stdout, _ = _main(capsys, "eval", "--checkpoint", str(out / "best.pth"), str(imagenet_folder / "val"),
+                            "--workers", "0", "--precision", "bf16", "--json", str(tmp_path / "e.json"))
+    ran = json.loads((tmp_path / "e.json").read_text())["precision"]
+    assert code == 0 and ran in ("bf16", "fp32") and f"in {ran}" in stdout

@@ -3,9 +3,11 @@
 >>> run = pvtv2.runtime.prepare(model, "onnxruntime")     # or "torch", "compile"
 >>> logits = run(images)                                   # (B, 3, H, W) float -> (B, num_classes)
 >>> run = pvtv2.runtime.fastest(model, device="cpu")       # the best backend for that device
+>>> run = pvtv2.runtime.prepare(model, "torch", precision="bf16")  # where the CPU/GPU has native bf16
 
 Every backend returns what eager PyTorch returns, within float rounding (1e-4 max abs on logits, checked by the
 tests and ``pvtv2 bench``): logits for a classifier, the list of four NCHW stage maps for a headless backbone.
+In bf16/fp16 (:mod:`pvtv2.precision`) the outputs are still float32 tensors, within the reduced type's rounding.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from torch import nn
 
 from .errors import PVTError
 from .export.spec import export_spec, is_backbone
+from .precision import DTYPES, Autocast, Converted, check, native, resolve, to_reduced
 
 Output = Union[torch.Tensor, list[torch.Tensor]]
 BACKENDS = ("torch", "compile", "onnxruntime")
@@ -33,10 +36,14 @@ class Runner:
         backend: the backend's name.
         device: where the inputs are sent.
         module: the PyTorch module the backend was built from.
+        precision: what it computes in (``"fp32"``, ``"bf16"``, ``"fp16"``): the one asked for, or fp32 where the
+            device has no native support for it.
     """
 
-    def __init__(self, backend: str, fn: Callable[[torch.Tensor], Any], device: torch.device, module: nn.Module):
+    def __init__(self, backend: str, fn: Callable[[torch.Tensor], Any], device: torch.device, module: nn.Module,
+                 precision: str = "fp32"):
         self.backend, self.device, self.module, self._fn = backend, device, module, fn
+        self.precision = precision
 
     def __call__(self, images: torch.Tensor) -> Output:
         with torch.inference_mode():
@@ -44,7 +51,8 @@ class Runner:
         return out if isinstance(out, torch.Tensor) else list(out)
 
     def __repr__(self) -> str:
-        return f"Runner(backend={self.backend!r}, device={str(self.device)!r}, module={type(self.module).__name__})"
+        return (f"Runner(backend={self.backend!r}, device={str(self.device)!r}, precision={self.precision!r}, "
+                f"module={type(self.module).__name__})")
 
 
 def _device_of(model: nn.Module, device: str | torch.device | None) -> torch.device:
@@ -58,17 +66,23 @@ def prepare(
     model: nn.Module,
     backend: str = "torch",
     *,
+    precision: str = "fp32",
     example_input: torch.Tensor | None = None,
     device: str | torch.device | None = None,
     backbone: bool | None = None,
 ) -> Callable[[torch.Tensor], Output]:
-    """A callable mapping an NCHW float batch to the model's output with the chosen backend.
+    """A callable mapping an NCHW float batch to the model's output with the chosen backend and precision.
 
     Args:
         model: a PVT classifier or backbone (any module with an ``export_spec`` hook for ``onnxruntime``).
             Put in eval mode and moved to ``device``.
         backend: ``"torch"`` (eager), ``"compile"`` (``torch.compile``; inductor with weight freezing on CPU) or
             ``"onnxruntime"`` (exported to ONNX in memory; CUDA provider on CUDA).
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` for ``torch`` and ``compile``; where the device has no
+            native support for it, fp32 with one logged line (:func:`pvtv2.precision.resolve`). CPU: a copy of the
+            model converted once (:func:`pvtv2.precision.to_reduced`: the fused kernels in bf16 with pre-packed
+            weights, LayerNorm statistics, softmax, pooled mean and head in fp32); CUDA: ``torch.autocast``.
+            Outputs are float32 either way.
         example_input: a batch like the ones to come; ``compile`` is warmed up on it (so the first real call is
             not the slow one) and ``onnxruntime`` traces at its size. Default: 2 random images of 224x224.
         device: ``"cpu"``, ``"cuda"``, ... (default: where the model's parameters are).
@@ -76,22 +90,37 @@ def prepare(
     """
     if backend not in BACKENDS:
         raise PVTError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if check(precision) != "fp32" and backend == "onnxruntime":
+        raise PVTError(f"the onnxruntime backend runs fp32 models; for {precision} use backend torch or compile")
     dev = _device_of(model, device)
     model = model.to(dev).eval()
     backbone = is_backbone(model) if backbone is None else backbone
     module = export_spec(model, backbone=backbone).module.eval()  # the model, or a StageMaps wrapper
+    precision = resolve(precision, dev)
+    module = _in_precision(module, precision, dev)
     if backend == "torch":
-        return Runner("torch", module, dev, model)
+        return Runner("torch", module, dev, model, precision)
     if backend == "compile":
-        return _compiled(module, dev, example_input, model)
+        return _compiled(module, dev, example_input, model, precision)
     return _onnxruntime(model, dev, example_input, backbone)
 
 
-def _compiled(module: nn.Module, dev: torch.device, example: torch.Tensor | None, model: nn.Module) -> Runner:
+def _in_precision(module: nn.Module, precision: str, dev: torch.device) -> nn.Module:
+    """``module`` computing in ``precision``: a converted copy on CPU, autocast elsewhere (float32 in and out)."""
+    if precision == "fp32":
+        return module
+    dtype = DTYPES[precision]
+    if dev.type == "cpu":
+        return Converted(to_reduced(module, dtype), dtype)
+    return Autocast(module, dev.type, dtype)
+
+
+def _compiled(module: nn.Module, dev: torch.device, example: torch.Tensor | None, model: nn.Module,
+              precision: str = "fp32") -> Runner:
     options = {"freezing": True} if dev.type == "cpu" else None  # fold weights as constants (inference only)
     # static shapes give the best kernels; a new input shape compiles once more (up to torch's recompile limit)
     compiled = torch.compile(module, dynamic=False, options=options)
-    runner = Runner("compile", compiled, dev, model)
+    runner = Runner("compile", compiled, dev, model, precision)
     t = time.perf_counter()
     runner(example if example is not None else torch.randn(2, 3, 224, 224))  # compile now, not on the first batch
     log.debug("torch.compile warm-up took %.1f s", time.perf_counter() - t)
@@ -163,6 +192,14 @@ def _measured_best(dev: torch.device, batch: int | None) -> str:
     return "torch"
 
 
+def _reduced_choice(dev: torch.device) -> str | None:
+    """The reduced precision worth running on ``dev``: bf16 where native (CUDA: else fp16), or None."""
+    for name in ("bf16", "fp16") if dev.type == "cuda" else ("bf16",):
+        if native(name, dev):
+            return name
+    return None
+
+
 def _available(backend: str, dev: torch.device) -> bool:
     if backend == "onnxruntime":
         try:
@@ -181,6 +218,7 @@ def fastest(
     measure: bool = False,
     repeats: int = 5,
     backbone: bool | None = None,
+    allow_reduced: bool = False,
 ) -> Callable[[torch.Tensor], Output]:
     """The fastest way to run ``model`` on ``device``.
 
@@ -193,18 +231,26 @@ def fastest(
             CUDA: torch.compile).
         repeats: timed runs per backend when measuring (median).
         backbone: return the four stage maps instead of the logits.
+        allow_reduced: also consider bf16 (CUDA: bf16 or fp16) where the device has it natively. Off by default:
+            it changes the numbers (logits within ~1e-2 instead of 1e-5 of fp32).
     """
     dev = _device_of(model, device)
+    reduced = _reduced_choice(dev) if allow_reduced else None
     if not measure:
+        if reduced is not None:  # the converted model on CPU (onnxruntime runs fp32 only); compiled on CUDA
+            choice = "compile" if dev.type == "cuda" else "torch"
+            return prepare(model, choice, precision=reduced, example_input=example_input, device=dev,
+                           backbone=backbone)
         choice = _measured_best(dev, None if example_input is None else example_input.shape[0])
         choice = choice if _available(choice, dev) else "torch"
         return prepare(model, choice, example_input=example_input, device=dev, backbone=backbone)
     x = example_input if example_input is not None else torch.randn(2, 3, 224, 224)
+    candidates = [(name, "fp32") for name in BACKENDS if _available(name, dev)]
+    if reduced is not None:
+        candidates += [("torch", reduced), ("compile", reduced)]
     best: tuple[float, Callable[[torch.Tensor], Output]] | None = None
-    for name in BACKENDS:
-        if not _available(name, dev):
-            continue
-        runner = prepare(model, name, example_input=x, device=dev, backbone=backbone)
+    for name, precision in candidates:
+        runner = prepare(model, name, precision=precision, example_input=x, device=dev, backbone=backbone)
         runner(x)
         times = []
         for _ in range(repeats):
@@ -214,7 +260,7 @@ def fastest(
                 torch.cuda.synchronize(dev)
             times.append(time.perf_counter() - t)
         median = sorted(times)[len(times) // 2]
-        log.info("backend %s: %.2f ms per batch", name, median * 1e3)
+        log.info("backend %s %s: %.2f ms per batch", name, precision, median * 1e3)
         if best is None or median < best[0]:
             best = (median, runner)
     assert best is not None

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..precision import native
 from ..runtime import release_free_memory, tune_cpu_allocator
 
 
@@ -64,19 +65,22 @@ def interleaved(
     return out
 
 
-def gemm_calls(n: int = 2048, device: torch.device | str = "cpu") -> dict[str, tuple[Callable[[], object], float]]:
-    """Square float32 matmuls to time beside the models, with their FLOPs (``2 n^3``): the machine's roofline.
+def gemm_calls(n: int = 2048, device: torch.device | str = "cpu",
+               dtype: torch.dtype = torch.float32) -> dict[str, tuple[Callable[[], object], float]]:
+    """Square matmuls in ``dtype`` to time beside the models, with their FLOPs (``2 n^3``): the machine's roofline.
 
-    Both BLAS back-ends PyTorch has on CPU are measured (``torch.mm`` goes to MKL/OpenBLAS, ``mkldnn`` to oneDNN,
-    which can be much faster, e.g. MKL on AMD CPUs); the roofline is the faster of the two.
+    Both BLAS back-ends PyTorch has on CPU are measured (``torch.mm`` goes to MKL/OpenBLAS in float32 and to oneDNN
+    in bf16, ``mkldnn`` to oneDNN directly, which can be much faster, e.g. than MKL on AMD CPUs); the roofline is the
+    faster of the two. Names: ``sgemm``/``sgemm-onednn`` in float32, ``bf16gemm``/``bf16gemm-onednn`` in bf16.
     """
-    a = torch.randn(n, n, device=device)
-    b = torch.randn(n, n, device=device)
-    calls: dict[str, tuple[Callable[[], object], float]] = {"sgemm": ((lambda: torch.mm(a, b)), 2.0 * n**3)}
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    prefix = {torch.float32: "sgemm", torch.bfloat16: "bf16gemm", torch.float16: "hgemm"}[dtype]
+    calls: dict[str, tuple[Callable[[], object], float]] = {prefix: ((lambda: torch.mm(a, b)), 2.0 * n**3)}
     if torch.device(device).type == "cpu" and torch.backends.mkldnn.is_available():
         bt = b.t().contiguous()
         onednn = torch.ops.mkldnn._linear_pointwise.default
-        calls["sgemm-onednn"] = ((lambda: onednn(a, bt, None, "none", [], "")), 2.0 * n**3)
+        calls[f"{prefix}-onednn"] = ((lambda: onednn(a, bt, None, "none", [], "")), 2.0 * n**3)
     return calls
 
 
@@ -156,6 +160,8 @@ def machine() -> dict[str, object]:
         "cpu_count": os.cpu_count(),
         "threads": torch.get_num_threads(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_native_bf16": native("bf16", "cpu"),  # else our bf16 paths run fp32 (pvtv2.precision)
+        "force_reduced": os.environ.get("PVTV2_FORCE_REDUCED") == "1",
     }
     try:
         with open("/proc/cpuinfo") as f:
@@ -164,7 +170,7 @@ def machine() -> dict[str, object]:
         info["cpu"] = platform.processor()
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
-    for mod in ("timm", "transformers", "onnxruntime"):
+    for mod in ("timm", "transformers", "onnxruntime", "openvino"):
         try:
             info[mod] = __import__(mod).__version__
         except ImportError:

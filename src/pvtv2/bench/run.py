@@ -17,9 +17,10 @@ from .._io import atomic_write_text
 from ..errors import PVTError
 from ..export.onnx import ort_spinning
 from ..models import create_model
+from ..precision import DTYPES
 from ..runtime import tune_cpu_allocator
 from .measure import exact_rss_accounting, gemm_calls, gmacs, interleaved, machine, peak_memory_mb
-from .paths import DEFAULT_PATHS, PATHS, TRAIN_PATHS
+from .paths import DEFAULT_PATHS, PATHS, PRECISION_OF, TRAIN_PATHS
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ class BenchConfig:
         sizes: square input sides.
         batches: batch sizes of the inference runs.
         paths: inference paths (see :data:`pvtv2.bench.paths.PATHS`).
+        precisions: keep the paths of these precisions only (``"fp32"``, ``"bf16"``; see ``PRECISION_OF``).
         repeats: timed interleaved rounds (medians are reported).
         warmup: untimed rounds before them.
         threads: CPU threads for every path (default: PyTorch's default).
@@ -51,6 +53,7 @@ class BenchConfig:
     sizes: tuple[int, ...] = (224,)
     batches: tuple[int, ...] = (1, 16)
     paths: tuple[str, ...] = DEFAULT_PATHS
+    precisions: tuple[str, ...] = ("fp32", "bf16")
     repeats: int = 7
     warmup: int = 2
     threads: int | None = None
@@ -107,6 +110,9 @@ def run_benchmark(cfg: BenchConfig = BenchConfig(), progress: bool = True) -> Be
     unknown = sorted(set(cfg.paths) - set(PATHS))
     if unknown:
         raise PVTError(f"unknown bench path(s) {unknown}; choose from {', '.join(PATHS)}")
+    odd = sorted(set(cfg.precisions) - {"fp32", "bf16"})
+    if odd:
+        raise PVTError(f"unknown bench precision(s) {odd}; choose from fp32, bf16")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = torch.device(cfg.device)
@@ -116,7 +122,7 @@ def run_benchmark(cfg: BenchConfig = BenchConfig(), progress: bool = True) -> Be
     if device.type == "cpu" and cfg.tune_malloc:
         result.machine["malloc_tuned"] = tune_cpu_allocator()
     say = log.info if progress else log.debug
-    gemm = gemm_calls(cfg.gemm_n, device)
+    gemm = {p: gemm_calls(cfg.gemm_n, device, DTYPES[p]) for p in dict.fromkeys(("fp32", *cfg.precisions))}
     memory: list[tuple[dict[str, Any], Any]] = []  # (result row, one call): measured after every timing
     result.machine["ort_spinning"] = False
     with ort_spinning(False):  # spinning onnxruntime threads would hold the cores while the next path is timed
@@ -138,7 +144,7 @@ def _inference(name: str, cfg: BenchConfig, device: torch.device, gemm: dict[str
     memory = []
     first = torch.randn(cfg.batches[0], 3, cfg.sizes[0], cfg.sizes[0], device=device)
     fns = {}
-    for path in cfg.paths:
+    for path in (p for p in cfg.paths if PRECISION_OF[p] in cfg.precisions):
         say("bench: preparing %s %s", name, path)
         try:
             fn = PATHS[path](model, name, first)
@@ -161,21 +167,27 @@ def _inference(name: str, cfg: BenchConfig, device: torch.device, gemm: dict[str
             say("bench: timing %s %dx%d batch %d (%d rounds)", name, size, size, batch, cfg.repeats)
             timings = interleaved(calls, cfg.repeats, cfg.warmup, device)
             # the matmuls right after, in rounds of their own (their 50 MB would flush the models' caches)
-            gemm_t = interleaved({g: fn for g, (fn, _) in gemm.items()}, cfg.repeats, 1, device)
-            sgemm = {g: flops / gemm_t[g].median / 1e9 for g, (_, flops) in gemm.items()}  # GFLOP/s
-            roof = max(sgemm.values())
+            gemm_all = {g: c for calls_p in gemm.values() for g, c in calls_p.items()}
+            gemm_t = interleaved({g: fn for g, (fn, _) in gemm_all.items()}, cfg.repeats, 1, device)
+            gflops = {g: flops / gemm_t[g].median / 1e9 for g, (_, flops) in gemm_all.items()}  # GFLOP/s
             base = {p: timings[p].median for p in ("timm", "pvtv2") if p in timings}
             for path, t in timings.items():
+                ran = getattr(fns[path], "precision", PRECISION_OF[path])  # fp32 where bf16 is not native
+                same = {g: gflops[g] for g in gemm[ran]}
+                roof, mm = max(same.values()), next(iter(same.values()))  # torch.mm is listed first
+                peers = [timings[p].median for p in timings if PRECISION_OF[p] == PRECISION_OF[path]
+                         and not p.startswith("pvtv2")]
                 lo, hi = t.spread()
                 row = {
-                    "model": name, "size": size, "batch": batch, "path": path,
+                    "model": name, "size": size, "batch": batch, "path": path, "precision": ran,
                     "img_per_s": batch / t.median, "ms_per_batch": t.median * 1e3,
                     "ms_min": lo * 1e3, "ms_max": hi * 1e3,
                     "x_timm": base["timm"] / t.median if "timm" in base else None,
                     "x_eager": base["pvtv2"] / t.median if "pvtv2" in base else None,
+                    "x_best_peer": min(peers) / t.median if peers else None,  # same asked-for precision
                     "gmacs_per_image": work, "gflop_per_s": 2 * work * batch / t.median,
-                    "gemm_gflop_per_s": roof, "gemm_by_backend": sgemm, "roofline": 2 * work * batch / t.median / roof,
-                    "roofline_torch_mm": 2 * work * batch / t.median / sgemm["sgemm"],
+                    "gemm_gflop_per_s": roof, "gemm_by_backend": gflops, "roofline": 2 * work * batch / t.median / roof,
+                    "roofline_torch_mm": 2 * work * batch / t.median / mm,
                     "max_abs_diff": diffs[path], "peak_mb": None,
                 }
                 result.inference.append(row)
@@ -232,8 +244,8 @@ def _fmt(v: Any, spec: str) -> str:
 def format_tables(result: BenchResult) -> str:
     """The human-readable report: one block per (model, size, batch), then the training steps."""
     lines = []
-    head = (f"{'path':<19} {'img/s':>8} {'ms (min-max)':>19} {'x timm':>7} {'x eager':>8} {'roofline':>8} "
-            f"{'of mm':>6} {'max|diff|':>9} {'peak MB':>8}")
+    head = (f"{'path':<19} {'ran':>4} {'img/s':>8} {'ms (min-max)':>19} {'x timm':>7} {'x eager':>8} {'x peer':>7} "
+            f"{'roofline':>8} {'of mm':>6} {'max|diff|':>9} {'peak MB':>8}")
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for row in result.inference:
         groups.setdefault((row["model"], row["size"], row["batch"]), []).append(row)
@@ -241,21 +253,22 @@ def format_tables(result: BenchResult) -> str:
         r0 = rows[0]
         gemms = ", ".join(f"{k} {v:.0f}" for k, v in r0["gemm_by_backend"].items())
         lines.append(f"\n{model} {size}x{size} batch {batch}: {r0['gmacs_per_image']:.2f} GMACs/image, "
-                     f"matmul roofline {r0['gemm_gflop_per_s']:.0f} GFLOP/s ({gemms})")
+                     f"matmul GFLOP/s {gemms} (roofline: the precision each path ran in)")
         lines.append(head)
         for r in rows:
             spread = f"{r['ms_per_batch']:.1f} ({r['ms_min']:.0f}-{r['ms_max']:.0f})"
-            lines.append(f"{r['path']:<19} {r['img_per_s']:>8.2f} {spread:>19} {_fmt(r['x_timm'], '.2f'):>7} "
-                         f"{_fmt(r['x_eager'], '.2f'):>8} {r['roofline']:>7.0%} {r['roofline_torch_mm']:>6.0%} "
+            lines.append(f"{r['path']:<19} {r['precision']:>4} {r['img_per_s']:>8.2f} {spread:>19} "
+                         f"{_fmt(r['x_timm'], '.2f'):>7} {_fmt(r['x_eager'], '.2f'):>8} {_fmt(r['x_best_peer'], '.2f'):>7} "
+                         f"{r['roofline']:>7.0%} {r['roofline_torch_mm']:>6.0%} "
                          f"{r['max_abs_diff']:>9.1e} "
                          f"{_fmt(r['peak_mb'], '.0f'):>8}")
     if result.training:
         lines.append("\ntraining step (forward, backward, AdamW)")
-        lines.append(f"{'model':<14} {'path':<8} {'batch':>5} {'img/s':>8} {'ms (min-max)':>21} {'x timm':>7} "
+        lines.append(f"{'model':<14} {'path':<10} {'batch':>5} {'img/s':>8} {'ms (min-max)':>21} {'x timm':>7} "
                      f"{'peak MB':>8}")
         for r in result.training:
             spread = f"{r['ms_per_step']:.0f} ({r['ms_min']:.0f}-{r['ms_max']:.0f})"
-            lines.append(f"{r['model']:<14} {r['path']:<8} {r['batch']:>5} {r['img_per_s']:>8.2f} {spread:>21} "
+            lines.append(f"{r['model']:<14} {r['path']:<10} {r['batch']:>5} {r['img_per_s']:>8.2f} {spread:>21} "
                          f"{_fmt(r['x_timm'], '.2f'):>7} {_fmt(r['peak_mb'], '.0f'):>8}")
     for s in result.skipped:
         lines.append(f"skipped: {s}")

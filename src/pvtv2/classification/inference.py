@@ -153,12 +153,13 @@ def load_classifier(
     return clf
 
 
-def _runner(clf: Classifier, backend: str, example: torch.Tensor, device: torch.device) -> Any:
-    if backend == "torch":
+def _runner(clf: Classifier, backend: str, example: torch.Tensor, device: torch.device,
+            precision: str = "fp32") -> Any:
+    if backend == "torch" and precision == "fp32":
         return clf.model
     from ..runtime import prepare
 
-    return prepare(clf.model, backend, example_input=example, device=device)
+    return prepare(clf.model, backend, precision=precision, example_input=example, device=device)
 
 
 def predict(
@@ -168,12 +169,13 @@ def predict(
     topk: int = 5,
     backend: str = "torch",
     device: str | torch.device = "cpu",
+    precision: str = "fp32",
 ) -> list[list[tuple[str, float]]]:
     """Top-``k`` ``(class name, probability)`` for each image file (unreadable files raise ``DataError``)."""
     device = torch.device(device)
     tf = clf.transform()
     batch = torch.stack([tf(load_image(p)) for p in images])  # (N, C, S, S)
-    run = _runner(clf, backend, batch, device)
+    run = _runner(clf, backend, batch, device, precision)
     with torch.inference_mode():
         probs = run(batch.to(device)).float().softmax(dim=-1).cpu()
     k = min(topk, probs.shape[1])
@@ -231,6 +233,7 @@ def evaluate_folder(
     device: str | torch.device = "cpu",
     on_bad: str = "skip",
     limit: int | None = None,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """Top-1/top-5 on an ImageFolder (``root/<class>/<image>``) with the model's evaluation preprocessing.
 
@@ -246,11 +249,12 @@ def evaluate_folder(
     loader = torch.utils.data.DataLoader(base, batch_size=batch_size, num_workers=workers, collate_fn=collate_skip_bad)
     size = int(clf.preprocess.get("size", 224))
     example = torch.zeros(min(batch_size, len(base)), int(clf.preprocess.get("channels", 3)), size, size)
-    run = _runner(clf, backend, example, device)
+    run = _runner(clf, backend, example, device, precision)
     res = evaluate(run, loader, device, num_classes=len(clf.class_names))
     if res["skipped"]:
         log.warning("%d unreadable image(s) skipped", res["skipped"])
-    return {"model": clf.name, "weights": clf.source, "data": str(root), "backend": backend,
+    ran = getattr(run, "precision", "fp32")  # what ran: fp32 where the device has no native bf16/fp16
+    return {"model": clf.name, "weights": clf.source, "data": str(root), "backend": backend, "precision": ran,
             "protocol": _protocol(clf.preprocess), "empty_classes": ds.empty_classes, **res}
 
 

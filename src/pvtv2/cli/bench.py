@@ -1,4 +1,5 @@
-"""``pvtv2 bench``: throughput of every path (ours, timm, Hugging Face) in one interleaved run, with ratios."""
+"""``pvtv2 bench``: throughput of every path (ours, timm, Hugging Face, OpenVINO; fp32 and bf16) in one interleaved
+run, with ratios."""
 
 from __future__ import annotations
 
@@ -11,13 +12,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sizes", nargs="+", default=None, help="square input sides (default: 224)")
     p.add_argument("--batches", nargs="+", default=None, help="batch sizes (default: 1 16)")
     p.add_argument("--paths", nargs="+", default=None, help="inference paths: pvtv2 pvtv2-plain pvtv2-compile "
-                   "pvtv2-onnxruntime timm timm-compile timm-onnxruntime hf (default: all but timm-compile)")
+                   "pvtv2-onnxruntime timm timm-compile timm-onnxruntime hf openvino, and in bf16 pvtv2-bf16 "
+                   "pvtv2-compile-bf16 timm-bf16 hf-bf16 openvino-bf16 (default: all but the compiled timm and "
+                   "bf16 ones)")
+    p.add_argument("--precision", nargs="+", default=None, choices=["fp32", "bf16"],
+                   help="run the paths of these precisions (default: fp32 bf16); ours run bf16 only where the CPU "
+                   "has it natively (else fp32, said in the 'ran' column; PVTV2_FORCE_REDUCED=1 forces it)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: PyTorch's)")
     p.add_argument("--repeats", type=int, default=None, help="timed interleaved rounds (default: 7)")
     p.add_argument("--warmup", type=int, default=None, help="untimed rounds first (default: 2)")
     p.add_argument("--device", default=None, help="cpu (default) or cuda")
     p.add_argument("--train-models", nargs="*", default=None,
                    help="models whose training step is compared with timm's (default: pvt_v2_b0; none: no flag value)")
+    p.add_argument("--train-paths", nargs="+", default=None, help="training-step paths: pvtv2 timm hf pvtv2-bf16 "
+                   "timm-bf16 (bf16: under CPU/CUDA autocast; default: pvtv2 timm)")
     p.add_argument("--train-batch", type=int, default=None, help="training batch (default: 32)")
     p.add_argument("--train-size", type=int, default=None, help="training input side (default: 224)")
     p.add_argument("--train-repeats", type=int, default=None, help="timed training steps per path (default: 5)")
@@ -31,8 +39,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "bench",
-        help="benchmark eager/compile/onnxruntime against timm and Hugging Face (interleaved, medians, roofline)",
-        description="Measure this project's inference paths beside timm and Hugging Face transformers in one "
+        help="benchmark eager/compile/onnxruntime, fp32 and bf16, against timm, Hugging Face and OpenVINO "
+        "(interleaved, medians, roofline)",
+        description="Measure this project's inference paths beside timm, Hugging Face transformers and OpenVINO, in "
+        "fp32 and bf16, in one "
         "interleaved run (warm-up, medians, spread), the machine's matmul GFLOP/s and each path's fraction of it, "
         "the training step against timm, and peak memory. Prints a table and writes JSON.",
     )
@@ -53,6 +63,8 @@ def config_from_args(args: argparse.Namespace):  # -> BenchConfig (imported lazi
         "sizes": parse_ints(args.sizes),
         "batches": parse_ints(args.batches),
         "paths": tuple(args.paths) if args.paths else None,
+        "precisions": tuple(args.precision) if args.precision else None,
+        "train_paths": tuple(args.train_paths) if args.train_paths else None,
         "threads": args.threads,
         "repeats": args.repeats,
         "warmup": args.warmup,

@@ -59,6 +59,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--test-size", type=int, default=None)
     d.add_argument("--max-size", type=int, default=None)
     d.add_argument("--device", default="auto")
+    d.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="backbone and neck in bf16/fp16 where the device has it natively (box arithmetic in fp32)")
     d.add_argument("--json", action="store_true", help="print the detections as JSON")
     d.set_defaults(func=run_detect)
 
@@ -104,9 +106,11 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def run_detect(args: argparse.Namespace) -> int:
     from ..detection.inference import detect, load_detector, read_image
+    from ..precision import autocast_module
 
     device = _device(args.device)
     model, meta = load_detector(args.checkpoint, device=device, min_size=args.test_size, max_size=args.max_size)
+    model.backbone = autocast_module(model.backbone, args.precision, device)  # boxes, NMS stay fp32
     found = detect(model, read_image(args.image), class_names=meta["class_names"], score_thresh=args.score_thresh,
                    save_vis=args.save_vis)
     if args.json:

@@ -8,33 +8,26 @@ import json
 from .options import add_train_arguments, run_training
 
 
-def _pair(kind: type) -> object:
-    def parse(text: str) -> tuple:
-        parts = text.replace("x", ",").split(",")
-        if len(parts) != 2:
-            raise argparse.ArgumentTypeError(f"expected two numbers like 2048,512, got {text!r}")
-        return tuple(kind(p) for p in parts)
-
-    return parse
-
-
 def _add_data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--layout", default="auto", choices=["auto", "ade20k", "voc", "folder"],
-                   help="dataset layout (auto: images/+annotations/ = ADE20K, JPEGImages/ = VOC, else folder)")
+    p.add_argument("--layout", default="auto", choices=["auto", "scenes", "ade20k", "voc", "folder"],
+                   help="dataset layout (auto: manifest.json = scenes, images/+annotations/ = ADE20K, JPEGImages/ = "
+                        "VOC, else folder)")
     p.add_argument("--masks", default=None, help="mask folder of the folder layout (masks named like the images)")
     p.add_argument("--num-classes", type=int, default=None, help="classes of the folder layout")
     p.add_argument("--reduce-zero-label", action="store_true", help="folder layout: label 0 is ignored (as ADE20K)")
-    p.add_argument("--on-error", default="skip", choices=["skip", "raise"],
+    p.add_argument("--on-bad-data", default="skip", choices=["skip", "error"],
                    help="bad samples (size mismatch, labels out of range, unreadable): skip and count, or stop")
 
 
 def _add_test_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--test-scale", type=_pair(int), default=(2048, 512), metavar="LONG,SHORT",
-                   help="keep-ratio test resize bound (default 2048,512: shorter side 512)")
+    p.add_argument("--test-scale", type=int, nargs=2, default=(2048, 512), metavar=("LONG", "SHORT"),
+                   help="keep-ratio test resize bound (default 2048 512: shorter side 512)")
     p.add_argument("--mode", default="whole", choices=["whole", "slide"], help="whole image or sliding window")
     p.add_argument("--crop", type=int, default=512, help="sliding-window size")
     p.add_argument("--stride", type=int, default=341, help="sliding-window step")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="compute in bf16/fp16 where the device has it natively (else fp32, said in one line)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -85,17 +78,20 @@ def _device(name: str):  # noqa: ANN202 - torch is imported lazily
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    from ..precision import autocast_module
     from ..segmentation import build_dataset, evaluate, format_results, load_segmentor
     from .._io import atomic_write_text
 
     model, meta = load_segmentor(args.checkpoint, map_location=_device(args.device))
+    model = autocast_module(model, args.precision, _device(args.device))
     from ..segmentation.layouts import evaluation_split
 
     split = evaluation_split(args.data, args.split)  # ADE20K: its validation images by default
     ds = build_dataset(args.data, layout=args.layout, split=split, masks=args.masks,
                        num_classes=args.num_classes or (meta.num_classes if args.masks else None),
                        class_names=meta.class_names if args.masks else None,
-                       reduce_zero_label=args.reduce_zero_label, on_error=args.on_error)
+                       reduce_zero_label=args.reduce_zero_label,
+                       on_error="raise" if args.on_bad_data == "error" else "skip")
     if ds.meta.num_classes != meta.num_classes:
         from ..errors import DataError
 
@@ -112,12 +108,13 @@ def run_eval(args: argparse.Namespace) -> int:
 def run_segment(args: argparse.Namespace) -> int:
     import torch
 
+    from ..precision import autocast_module
     from .._io import atomic_write
     from ..segmentation import load_segmentor, predict, save_visualization
     from ..segmentation.datasets import read_image
 
     model, meta = load_segmentor(args.checkpoint, map_location=_device(args.device))
-    model.eval()
+    model = autocast_module(model.eval(), args.precision, _device(args.device))
     image = read_image(args.image)
     labels = predict(model, image, scale=args.test_scale, mode=args.mode, crop=args.crop, stride=args.stride)
     labels = labels.cpu()

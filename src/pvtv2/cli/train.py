@@ -53,6 +53,8 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument("--backend", default="torch", choices=["torch", "compile", "onnxruntime"],
                    help="inference backend (pvtv2.runtime)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="compute in bf16/fp16 where the device has it natively (else fp32, said in one line)")
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -83,9 +85,9 @@ def run_eval(args: argparse.Namespace) -> int:
 
     clf = _load(args)
     res = evaluate_folder(clf, args.data, batch_size=args.batch_size, workers=args.workers, backend=args.backend,
-                          device=args.device, on_bad=args.on_bad_data, limit=args.limit)
+                          device=args.device, on_bad=args.on_bad_data, limit=args.limit, precision=args.precision)
     print(f"{res['model']} ({res['weights']}) on {res['data']}: top-1 {res['top1']:.2f}%  top-5 {res['top5']:.2f}%  "
-          f"({res['n']} images, {res['protocol']}, backend {res['backend']}"
+          f"({res['n']} images, {res['protocol']}, backend {res['backend']} in {res['precision']}"
           f"{', %d unreadable skipped' % res['skipped'] if res['skipped'] else ''})")
     atomic_write_text(args.json, json.dumps(res, indent=2) + "\n")
     print(f"results written to {args.json}")
@@ -111,7 +113,7 @@ def run_predict(args: argparse.Namespace) -> int:
         raise DataError(f"none of the {len(args.images)} image(s) could be read; nothing to predict")
     args.images = images
     clf = _load(args)
-    preds = predict(clf, images, topk=args.topk, backend=args.backend, device=args.device)
+    preds = predict(clf, images, topk=args.topk, backend=args.backend, device=args.device, precision=args.precision)
     for path, pred in zip(args.images, preds):
         print(path)
         for rank, (name, prob) in enumerate(pred, 1):

@@ -8,6 +8,7 @@ at least 32 px.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import logging
 import os
@@ -69,6 +70,7 @@ def onnx_bytes(
     backbone: bool | None = None,
     input_size: tuple[int, int] = (224, 224),
     opset: int = DEFAULT_OPSET,
+    precision: str = "fp32",
 ) -> bytes:
     """Serialised ONNX model of ``model`` with dynamic batch, height and width.
 
@@ -77,9 +79,12 @@ def onnx_bytes(
         backbone: export the four stage maps instead of the logits (default: True for headless models).
         input_size: ``(H, W)`` of the example input that is traced (any size works afterwards).
         opset: ONNX opset version.
+        precision: ``"fp32"``, or ``"fp16"``: weights and arithmetic in float16 (LayerNorm statistics, the pooled
+            mean and the head in float32), float32 images in and outputs out. bf16 is chosen when the file is run
+            (OpenVINO's inference-precision hint, TensorRT's ``--bf16``): ONNX Runtime has no CPU kernels for it.
     """
     _require_onnx_exporter()
-    spec = export_spec(model, backbone=backbone)
+    spec = _in_precision(export_spec(model, backbone=backbone), precision)
     if min(input_size) < spec.min_size:
         raise PVTError(f"--input-size {input_size} is below the model's minimum of {spec.min_size} px")
     was_training = model.training
@@ -88,6 +93,19 @@ def onnx_bytes(
         return _trace(spec, input_size, opset)
     finally:
         model.train(was_training)
+
+
+def _in_precision(spec: ExportSpec, precision: str) -> ExportSpec:
+    """``spec`` whose module computes in ``precision`` (a converted copy; the model is left as it is)."""
+    from ..precision import Converted, check, to_reduced
+
+    if check(precision) == "fp32":
+        return spec
+    if precision == "bf16":
+        raise PVTError("ONNX files are exported in fp32 or fp16; bf16 is a run-time choice (OpenVINO's "
+                       "INFERENCE_PRECISION_HINT=bf16, TensorRT --bf16) on the fp32 file")
+    half = Converted(to_reduced(spec.module, torch.float16, pack=False, norms_fp32=False), torch.float16)
+    return dataclasses.replace(spec, module=half.eval())
 
 
 @contextlib.contextmanager
@@ -145,9 +163,10 @@ def export_onnx(
     backbone: bool | None = None,
     input_size: tuple[int, int] = (224, 224),
     opset: int = DEFAULT_OPSET,
+    precision: str = "fp32",
 ) -> Path:
     """Write ``model`` as an ONNX file (atomically) and return its path; see :func:`onnx_bytes` for the Args."""
-    data = onnx_bytes(model, backbone=backbone, input_size=input_size, opset=opset)
+    data = onnx_bytes(model, backbone=backbone, input_size=input_size, opset=opset, precision=precision)
     return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 
 

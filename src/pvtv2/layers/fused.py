@@ -4,10 +4,11 @@ On CPU, PVT's small-channel layers are memory-bound: a plain ``x + fc2(h)`` writ
 matmul, then reads two tensors again for the residual add; ``gelu(dwconv(h))`` reads and writes the widest tensor of
 the block twice. oneDNN's post-ops (the kernels ``torch.compile`` uses on CPU) do the same arithmetic in one pass.
 
-The fused path runs only where it cannot change behaviour: CPU float32, autograd off (``torch.no_grad`` /
-``torch.inference_mode``), module in eval mode, not while a graph is being traced or compiled (the exporters and
-inductor see the plain ops). Results equal the plain path up to float rounding (summation order). Switch it off with
-``PVTV2_FUSED=0`` or ``with fused_kernels(False):``.
+The fused path runs only where it cannot change behaviour: CPU float32 (or bfloat16/float16 activations of a model
+converted by :func:`pvtv2.precision.to_reduced`), autograd off (``torch.no_grad`` / ``torch.inference_mode``), module
+in eval mode, no autocast (autocast picks the types of the plain ops), not while a graph is being traced or compiled
+(the exporters and inductor see the plain ops). Results equal the plain path up to float rounding (summation order).
+Switch it off with ``PVTV2_FUSED=0`` or ``with fused_kernels(False):``.
 """
 
 from __future__ import annotations
@@ -31,6 +32,11 @@ if _MKLDNN:
     _LINEAR = torch.ops.mkldnn._linear_pointwise.default  # (x, W, b, unary, scalars, algorithm)
     _LINEAR_ADD = torch.ops.mkldnn._linear_pointwise.binary  # (x, other, W, b, "add")
     _CONV = torch.ops.mkldnn._convolution_pointwise.default
+# activation types the kernels take: float32 always, a reduced type where oneDNN has kernels for it (natively or not)
+_DTYPES = {torch.float32} | {
+    dt for dt, ok in ((torch.bfloat16, "_is_mkldnn_bf16_supported"), (torch.float16, "_is_mkldnn_fp16_supported"))
+    if _MKLDNN and getattr(torch.ops.mkldnn, ok)()
+}
 
 
 def tracing() -> bool:
@@ -55,20 +61,22 @@ def use_fused(x: torch.Tensor, module: nn.Module) -> bool:
         _ENABLED
         and _MKLDNN
         and x.device.type == "cpu"
-        and x.dtype == torch.float32
+        and x.dtype in _DTYPES
         and not module.training
         and not torch.is_grad_enabled()
+        and not torch.is_autocast_enabled("cpu")
         and not tracing()
     )
 
 
 def use_onednn(x: torch.Tensor) -> bool:
-    """Whether linear layers may run on oneDNN on ``x`` (training too): CPU float32, no autocast, not tracing."""
+    """Whether linear layers may run on oneDNN on ``x`` (training too): CPU float32 (a reduced type without autograd),
+    no autocast, not tracing."""
     return (
         _ENABLED
         and _MKLDNN
         and x.device.type == "cpu"
-        and x.dtype == torch.float32
+        and (x.dtype == torch.float32 or (x.dtype in _DTYPES and not torch.is_grad_enabled()))
         and not torch.is_autocast_enabled("cpu")
         and not tracing()
     )
@@ -77,15 +85,17 @@ def use_onednn(x: torch.Tensor) -> bool:
 def linear(x: torch.Tensor, layer: nn.Linear, act: str = "none", residual: torch.Tensor | None = None) -> torch.Tensor:
     """``act(layer(x))`` (act: ``"none"`` or ``"relu"``), or ``residual + layer(x)``, in one oneDNN matmul.
 
-    With autograd on, the backward pass is :class:`_OneDNNLinear`'s (``residual`` is then added outside).
+    With autograd on, the backward pass is :class:`_OneDNNLinear`'s (``residual`` is then added outside). Without it,
+    a weight pre-packed by :func:`pvtv2.precision.to_reduced` (``layer.packed_weight``) is used as is.
     """
     x = x.contiguous()
     if torch.is_grad_enabled() and (x.requires_grad or layer.weight.requires_grad):
         y = _OneDNNLinear.apply(x, layer.weight, layer.bias, act == "relu")
         return y if residual is None else residual + y
+    weight = layer.__dict__.get("packed_weight", layer.weight)
     if residual is not None:
-        return _LINEAR_ADD(x, residual.contiguous(), layer.weight, layer.bias, "add")
-    return _LINEAR(x, layer.weight, layer.bias, act, [], "")
+        return _LINEAR_ADD(x, residual.contiguous(), weight, layer.bias, "add")
+    return _LINEAR(x, weight, layer.bias, act, [], "")
 
 
 def any_linear(x: torch.Tensor, layer: nn.Linear, act: str = "none") -> torch.Tensor:

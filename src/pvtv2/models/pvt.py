@@ -164,7 +164,10 @@ class PyramidVisionTransformer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feats, cls = self.forward_tokens(x)
-        pooled = cls if cls is not None else feats[-1].mean(dim=(1, 2))  # (B, h, w, C) -> (B, C)
+        # (B, h, w, C) -> (B, C), summed in float32 also when the maps are bf16/fp16 (pvtv2.precision.to_reduced)
+        pooled = cls if cls is not None else feats[-1].mean(dim=(1, 2), dtype=torch.float32)
+        if isinstance(self.head, nn.Linear):
+            pooled = pooled.to(self.head.weight.dtype)  # a reduced-precision copy keeps its head in float32
         return self.head(pooled)
 
     # --- utilities ------------------------------------------------------------------------------------------
