@@ -12,11 +12,15 @@ How a task uses it::
 from __future__ import annotations
 
 import contextlib
+import logging
 from dataclasses import dataclass
 
 import torch
 
 from ..errors import TrainingError
+from ..precision import native
+
+log = logging.getLogger(__name__)
 
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -45,6 +49,9 @@ class Precision:
             raise TrainingError(f"unknown precision {name!r}; use auto, fp32, bf16 or fp16")
         if name == "fp16" and device.type != "cuda":
             raise TrainingError("fp16 mixed precision needs a CUDA device; on CPU use --precision bf16 or fp32")
+        if name == "bf16" and device.type == "cpu" and not native("bf16", device):
+            log.warning("this CPU has no native bf16 (avx512_bf16 / amx_bf16): bf16 autocast is emulated and "
+                        "usually slower than fp32 here")
         return cls(name, device)
 
     @property
