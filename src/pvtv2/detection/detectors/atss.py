@@ -80,6 +80,7 @@ def atss(
     trainable_stages: int | None = None,
     norm_eval: bool = False,
     backbone_overrides: dict[str, Any] | None = None,
+    fpn_channels: int = 256,
     stages: Sequence[int] = (1, 2, 3),
     **kwargs: Any,
 ) -> ATSS:
@@ -90,13 +91,15 @@ def atss(
         num_classes: object classes (COCO: 80); labels 1..K.
         backbone_weights, trainable_stages, norm_eval, backbone_overrides: see
             :func:`pvtv2.models.backbone.build_backbone`.
+        fpn_channels: FPN and head width; 256 in every released config.
         stages: stages feeding the FPN (the released config: 1, 2, 3).
         **kwargs: :class:`~pvtv2.detection.one_stage.AnchorPointDetector` options (``min_size``, ``max_size``,
             ``score_thresh``, ``nms_thresh``, ``detections_per_img``, ``topk_candidates``...).
     """
     fpn = pvt_fpn(backbone, stages=stages, extra="p6p7_output", backbone_weights=backbone_weights,
-                  trainable_stages=trainable_stages, norm_eval=norm_eval, backbone_overrides=backbone_overrides)
-    return ATSS(fpn, ATSSHead(num_classes, fpn.out_channels, fpn.num_levels), num_classes, **kwargs)
+                  trainable_stages=trainable_stages, norm_eval=norm_eval, backbone_overrides=backbone_overrides,
+                  out_channels=fpn_channels)
+    return ATSS(fpn, ATSSHead(num_classes, fpn.out_channels, fpn.num_levels, feat_channels=fpn.out_channels), num_classes, **kwargs)
 
 
 register(DetectorSpec("atss", atss, lr=1e-4, dense=AnchorPointDetector.dense, from_mmdet=from_mmdet,

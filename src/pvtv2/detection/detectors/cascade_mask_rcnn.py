@@ -43,6 +43,7 @@ def cascade_mask_rcnn(
     trainable_stages: int | None = None,
     norm_eval: bool = False,
     backbone_overrides: dict[str, Any] | None = None,
+    fpn_channels: int = 256,
     stages: Sequence[int] = (0, 1, 2, 3),
     min_size: int = 800,
     max_size: int = 1333,
@@ -64,6 +65,7 @@ def cascade_mask_rcnn(
         num_classes: object classes K (COCO: 80); the classifiers add background as their last logit.
         backbone_weights, trainable_stages, norm_eval, backbone_overrides: see
             :func:`pvtv2.models.backbone.pvt_backbone`.
+        fpn_channels: FPN (and head) width; 256 in every released config.
         stages: stages feeding the FPN (the released config: all four).
         min_size, max_size: test-time resizing of torchvision's transform (shorter side, longer side at most).
         rpn_pre_nms_top_n_train, rpn_pre_nms_top_n_test: anchors kept per level before the RPN's NMS.
@@ -76,7 +78,8 @@ def cascade_mask_rcnn(
             box options are named as torchvision's ``MaskRCNN`` names them, ``score_thresh`` as the trainer does).
     """
     fpn = pvt_fpn(backbone, stages=stages, extra="maxpool", backbone_weights=backbone_weights,
-                  trainable_stages=trainable_stages, norm_eval=norm_eval, backbone_overrides=backbone_overrides)
+                  trainable_stages=trainable_stages, norm_eval=norm_eval, backbone_overrides=backbone_overrides,
+                  out_channels=fpn_channels)
     rpn = ProposalNetwork(
         fpn.out_channels, fpn.strides,
         pre_nms_top_n={"training": rpn_pre_nms_top_n_train, "testing": rpn_pre_nms_top_n_test},

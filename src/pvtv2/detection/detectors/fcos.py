@@ -28,6 +28,7 @@ def fcos(
     trainable_stages: int | None = None,
     norm_eval: bool = False,
     backbone_overrides: dict[str, Any] | None = None,
+    fpn_channels: int = 256,
     stages: Sequence[int] = (0, 1, 2, 3),
     **kwargs: Any,
 ) -> FCOS:
@@ -38,12 +39,14 @@ def fcos(
         num_classes: object classes (COCO: 80); labels 1..K.
         backbone_weights, trainable_stages, norm_eval, backbone_overrides: see
             :func:`pvtv2.models.backbone.pvt_backbone`.
+        fpn_channels: FPN (and head) width; 256 in every released config.
         stages: stages feeding the FPN.
         **kwargs: passed to :class:`torchvision.models.detection.FCOS`.
     """
     extra = "maxpool" if 0 in stages else "p6p7"
     fpn = pvt_fpn(backbone, stages=stages, extra=extra, backbone_weights=backbone_weights,
-                  trainable_stages=trainable_stages, norm_eval=norm_eval, backbone_overrides=backbone_overrides)
+                  trainable_stages=trainable_stages, norm_eval=norm_eval, backbone_overrides=backbone_overrides,
+                  out_channels=fpn_channels)
     # One anchor point per location whose size is the level's stride: FCOS's regression ranges follow from it.
     kwargs.setdefault("anchor_generator", point_anchors(fpn.strides))
     return PVTFCOS(fpn, num_classes, **kwargs)

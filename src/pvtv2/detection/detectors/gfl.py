@@ -83,6 +83,7 @@ def gfl(
     trainable_stages: int | None = None,
     norm_eval: bool = False,
     backbone_overrides: dict[str, Any] | None = None,
+    fpn_channels: int = 256,
     stages: Sequence[int] = (1, 2, 3),
     reg_max: int = REG_MAX,
     **kwargs: Any,
@@ -94,14 +95,16 @@ def gfl(
         num_classes: object classes (COCO: 80); labels 1..K.
         backbone_weights, trainable_stages, norm_eval, backbone_overrides: see
             :func:`pvtv2.models.backbone.build_backbone`.
+        fpn_channels: FPN and head width; 256 in every released config.
         stages: stages feeding the FPN (the released config: 1, 2, 3).
         reg_max: largest distance bin, in strides (the released config: 16).
         **kwargs: :class:`~pvtv2.detection.one_stage.AnchorPointDetector` options (``min_size``, ``max_size``,
             ``score_thresh``, ``nms_thresh``, ``detections_per_img``, ``topk_candidates``...).
     """
     fpn = pvt_fpn(backbone, stages=stages, extra="p6p7_output", backbone_weights=backbone_weights,
-                  trainable_stages=trainable_stages, norm_eval=norm_eval, backbone_overrides=backbone_overrides)
-    return GFL(fpn, GFLHead(num_classes, reg_max, fpn.out_channels, fpn.num_levels), num_classes, **kwargs)
+                  trainable_stages=trainable_stages, norm_eval=norm_eval, backbone_overrides=backbone_overrides,
+                  out_channels=fpn_channels)
+    return GFL(fpn, GFLHead(num_classes, reg_max, fpn.out_channels, fpn.num_levels, feat_channels=fpn.out_channels), num_classes, **kwargs)
 
 
 register(DetectorSpec("gfl", gfl, lr=1e-4, dense=AnchorPointDetector.dense, from_mmdet=from_mmdet,

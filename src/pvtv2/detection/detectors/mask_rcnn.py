@@ -33,6 +33,7 @@ def mask_rcnn(
     trainable_stages: int | None = None,
     norm_eval: bool = False,
     backbone_overrides: dict[str, Any] | None = None,
+    fpn_channels: int = 256,
     stages: Sequence[int] = (0, 1, 2, 3),
     **kwargs: Any,
 ) -> MaskRCNN:
@@ -43,12 +44,14 @@ def mask_rcnn(
         num_classes: object classes (COCO: 80); the box and mask predictors add the background class 0.
         backbone_weights, trainable_stages, norm_eval, backbone_overrides: see
             :func:`pvtv2.models.backbone.pvt_backbone`.
+        fpn_channels: FPN (and head) width; 256 in every released config.
         stages: stages feeding the FPN (the released config: all four).
         **kwargs: passed to :class:`torchvision.models.detection.MaskRCNN` (its defaults are the released
             ``test_cfg``; ``rpn_post_nms_top_n_train`` is 1000 as in ``rpn_proposal``).
     """
     fpn = pvt_fpn(backbone, stages=stages, extra="maxpool", backbone_weights=backbone_weights,
-                  trainable_stages=trainable_stages, norm_eval=norm_eval, backbone_overrides=backbone_overrides)
+                  trainable_stages=trainable_stages, norm_eval=norm_eval, backbone_overrides=backbone_overrides,
+                  out_channels=fpn_channels)
     names, strides = [str(i) for i in range(len(stages))], fpn.strides[: len(stages)]  # RoIs: not the pooled P6
     kwargs.setdefault("rpn_anchor_generator", octave_anchors(fpn.strides, 8, 1))  # 32..512 on P2-P6
     kwargs.setdefault("rpn_post_nms_top_n_train", 1000)

@@ -94,6 +94,7 @@ def retinanet(
     trainable_stages: int | None = None,
     norm_eval: bool = False,
     backbone_overrides: dict[str, Any] | None = None,
+    fpn_channels: int = 256,
     stages: Sequence[int] = (1, 2, 3),
     **kwargs: Any,
 ) -> RetinaNet:
@@ -104,13 +105,15 @@ def retinanet(
         num_classes: object classes (COCO: 80); labels 1..K.
         backbone_weights, trainable_stages, norm_eval, backbone_overrides: see
             :func:`pvtv2.models.backbone.pvt_backbone`.
+        fpn_channels: FPN (and head) width; 256 in every released config.
         stages: stages feeding the FPN (the released config: 1, 2, 3).
         **kwargs: passed to :class:`torchvision.models.detection.RetinaNet` (``min_size`` 800, ``max_size`` 1333,
             ``score_thresh`` 0.05, ``nms_thresh`` 0.5, ``detections_per_img`` 100, ``topk_candidates`` 1000: the
             released ``test_cfg``).
     """
     fpn = pvt_fpn(backbone, stages=stages, extra="p6p7_input", backbone_weights=backbone_weights,
-                  trainable_stages=trainable_stages, norm_eval=norm_eval, backbone_overrides=backbone_overrides)
+                  trainable_stages=trainable_stages, norm_eval=norm_eval, backbone_overrides=backbone_overrides,
+                  out_channels=fpn_channels)
     kwargs.setdefault("anchor_generator", octave_anchors(fpn.strides, 4, 3))  # 32..512 on P3-P7
     kwargs.setdefault("detections_per_img", 100)
     model = PVTRetinaNet(fpn, num_classes, **kwargs)

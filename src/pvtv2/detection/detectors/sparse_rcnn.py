@@ -43,6 +43,7 @@ def sparse_rcnn(
     trainable_stages: int | None = None,
     norm_eval: bool = False,
     backbone_overrides: dict[str, Any] | None = None,
+    fpn_channels: int = 256,
     stages: Sequence[int] = (0, 1, 2, 3),
     min_size: int = 800,
     max_size: int = 1333,
@@ -58,6 +59,7 @@ def sparse_rcnn(
         num_classes: object classes K (COCO: 80); sigmoid classifiers with K logits.
         backbone_weights, trainable_stages, norm_eval, backbone_overrides: see
             :func:`pvtv2.models.backbone.pvt_backbone`.
+        fpn_channels: FPN (and head) width; 256 in every released config.
         stages: stages feeding the FPN (the released config: all four).
         min_size, max_size: test-time resizing of torchvision's transform.
         num_proposals: learned proposals (300).
@@ -66,7 +68,8 @@ def sparse_rcnn(
         score_thresh: drop those scoring less (the released test keeps all 300: 0).
     """
     fpn = pvt_fpn(backbone, stages=stages, extra=None, backbone_weights=backbone_weights,
-                  trainable_stages=trainable_stages, norm_eval=norm_eval, backbone_overrides=backbone_overrides)
+                  trainable_stages=trainable_stages, norm_eval=norm_eval, backbone_overrides=backbone_overrides,
+                  out_channels=fpn_channels)
     rpn = ProposalEmbedding(num_proposals, fpn.out_channels)
     heads = SparseRoIHeads(num_classes, channels=fpn.out_channels, featmap_names=[str(i) for i in range(len(stages))],
                            strides=fpn.strides, num_stages=num_stages,
