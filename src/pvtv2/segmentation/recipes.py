@@ -46,6 +46,8 @@ class SegmentationConfig(TrainConfig):
     backbone_overrides: dict[str, Any] = option({}, "a PVTConfig field, e.g. depths=1,1,1,1")
     trainable_stages: int | None = option(None, "train only the last N backbone stages (none: all 4)")
     norm_eval: bool = option(False, "freeze the backbone's LayerNorms")
+    fpn_channels: int = option(256, "FPN width (released: 256)")
+    head_channels: int = option(128, "decoder branch width (released: 128)")
     head_norm: str = option("bn", "decoder norm: bn (released: SyncBN) or gn (GroupNorm 32: small batches)",
                             choices=("bn", "gn"))
     head_dropout: float = option(0.1, "dropout before the classifier")

@@ -84,6 +84,7 @@ class SegmentationTask(Task):
         model: nn.Module = semantic_fpn(backbone=cfg.backbone, num_classes=self.meta.num_classes,
                                         backbone_weights=cfg.backbone_weights, trainable_stages=cfg.trainable_stages,
                                         norm_eval=cfg.norm_eval, backbone_overrides=cfg.backbone_overrides,
+                                        fpn_channels=cfg.fpn_channels, head_channels=cfg.head_channels,
                                         norm=cfg.head_norm, dropout=cfg.head_dropout)
         self.record = segmentor_record(model, self.meta)  # type: ignore[arg-type]
         if env.distributed and env.device.type == "cuda":  # SyncBN as released (PyTorch has it on GPUs only)
