@@ -234,8 +234,9 @@ def test_cli_writes_and_checks_into_the_cache(tmp_path, monkeypatch, capsys):
     assert "is missing" in capsys.readouterr().err
 
 
-def test_scenes_train_and_evaluate_through_both_dense_tasks(tmp_path, monkeypatch):
-    """``--data scenes`` trains on the train scenes and scores on the held-out test scenes (COCO AP; mIoU)."""
+def test_default_dense_runs_train_on_scenes_and_score_held_out(tmp_path, monkeypatch, capsys):
+    """``pvtv2 det train`` / ``pvtv2 seg train`` with no data arguments train on the train scenes and score on the
+    held-out test scenes (COCO AP; mIoU); ``det eval`` / ``seg eval`` take the word ``scenes`` too."""
     import json
 
     from pvtv2.cli import main as cli
@@ -243,12 +244,23 @@ def test_scenes_train_and_evaluate_through_both_dense_tasks(tmp_path, monkeypatc
     monkeypatch.setenv("PVTV2_CACHE", str(tmp_path / "cache"))  # generated once, here
     small = ["--scenes", "8", "4", "64", "--steps", "2", "--batch-size", "2", "--workers", "0", "--threads", "1",
              "--no-progress", "--backbone-overrides", "depths=1,1,1,1"]
-    assert cli(["det", "train", "--data", "scenes", "--val-data", "scenes", "--train-sizes", "64", "--max-size", "64",
-                "--test-size", "64", "--warmup-steps", "0", "--out", str(tmp_path / "det"), *small]) == 0
+    assert cli(["det", "train", "--train-sizes", "64", "--max-size", "64", "--test-size", "64", "--warmup-steps", "0",
+                "--out", str(tmp_path / "det"), *small]) == 0
+    config = json.loads((tmp_path / "det" / "config.json").read_text())
+    assert (config["recipe"], config["arch"], config["backbone"], config["data"]) == ("scenes", "retinanet",
+                                                                                     "pvt_v2_b0", "scenes")
     summary = json.loads((tmp_path / "det" / "summary.json").read_text())
     assert "bbox_AP" in summary["metrics"] and (tmp_path / "det" / "predictions.png").is_file()
-    assert cli(["seg", "train", "--data", "scenes", "--val-split", "test", "--crop-size", "64", "--scale", "64", "64",
-                "--test-scale", "64", "64", "--out", str(tmp_path / "seg"), *small]) == 0
+    capsys.readouterr()
+    assert cli(["det", "eval", "--checkpoint", str(tmp_path / "det" / "last.pth"), "--data", "scenes",
+                "--scenes", "8", "4", "64"]) == 0
+    assert "bbox  AP" in capsys.readouterr().out
+    assert cli(["seg", "train", "--crop-size", "64", "--scale", "64", "64", "--test-scale", "64", "64",
+                "--out", str(tmp_path / "seg"), *small]) == 0
     summary = json.loads((tmp_path / "seg" / "summary.json").read_text())
     assert 0 <= summary["metrics"]["val_miou"] <= 1
+    capsys.readouterr()
+    assert cli(["seg", "eval", "scenes", "--scenes", "8", "4", "64", "--checkpoint",
+                str(tmp_path / "seg" / "last.pth")]) == 0
+    assert "mIoU" in capsys.readouterr().out
     assert len(list((tmp_path / "cache" / "scenes").glob("64px-*"))) == 1  # both tasks read the same generated set

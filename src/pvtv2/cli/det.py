@@ -7,7 +7,7 @@ import json
 import logging
 from pathlib import Path
 
-from .options import add_config_options, add_train_arguments, given_options, run_training
+from .options import add_config_options, add_scenes_option, add_train_arguments, given_options, run_training
 
 log = logging.getLogger(__name__)
 
@@ -20,15 +20,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     t = dsub.add_parser("train", help="train a detector (torchrun for several processes)",
                         description="Train any registered detector (--arch) on a PVT backbone; evaluates with "
-                                    "pycocotools on --val-data.")
-    add_train_arguments(t, RECIPES, "1x")
+                                    "pycocotools on --val-data. With no arguments: RetinaNet-B0 on the generated "
+                                    "scenes, scored on their held-out test scenes.")
+    add_train_arguments(t, RECIPES, "scenes")
     t.set_defaults(func=run_train)
 
     c = dsub.add_parser("compare", help="train every registered detector the same way and tabulate them",
                         description="Train and evaluate each detector (default: every registered one) with the same "
                                     "configuration; writes OUT/table.md, table.json, table.png and a run per detector.")
-    c.add_argument("--recipe", default="1x", choices=list(RECIPES), help="named configuration to start from")
-    add_config_options(c, RECIPES["1x"])
+    c.add_argument("--recipe", default="scenes", choices=list(RECIPES),
+                   help="named configuration to start from (default: scenes)")
+    add_config_options(c, RECIPES["scenes"])
     c.add_argument("--archs", nargs="+", metavar="ARCH", help="detectors to compare (default: all registered)")
     c.add_argument("--out", required=True, help="folder for the table and the runs")
     c.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -37,8 +39,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     e = dsub.add_parser("eval", help="COCO AP (boxes, masks) of a detection checkpoint")
     e.add_argument("--checkpoint", required=True)
     e.add_argument("--data", required=True, metavar="PATH",
-                   help="COCO instances .json, COCO root (annotations/ + images) or VOC folder (Annotations/)")
+                   help="COCO instances .json, COCO root (annotations/ + images), VOC folder (Annotations/), or "
+                        "'scenes' (the generated benchmark's held-out test scenes)")
     e.add_argument("--split", help="split of a COCO root (e.g. val2017) or VOC ImageSets/Main list")
+    add_scenes_option(e)
     e.add_argument("--images", metavar="DIR", help="image folder of a COCO .json (default: the JSON's folder)")
     e.add_argument("--out", default=None, metavar="DIR", help="write results.json and metrics.json here")
     e.add_argument("--batch-size", type=int, default=2)
@@ -90,10 +94,12 @@ def run_compare(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    from ..data.scenes import resolve
     from ..detection.inference import evaluate_checkpoint
 
+    split = args.split or ("test" if args.data == "scenes" else None)  # the scenes: their held-out split
     metrics = evaluate_checkpoint(
-        args.checkpoint, args.data, split=args.split, images=args.images, out=args.out, batch_size=args.batch_size,
+        args.checkpoint, resolve(args.data, tuple(args.scenes)), split=split, images=args.images, out=args.out, batch_size=args.batch_size,
         device=_device(args.device), strict=args.on_bad_data == "error", workers=args.workers, min_size=args.test_size,
         max_size=args.max_size,
     )

@@ -93,6 +93,13 @@ def given_options(args: argparse.Namespace, base: Any) -> dict[str, Any]:
     return given
 
 
+def add_scenes_option(parser: argparse.ArgumentParser) -> None:
+    """``--scenes TRAIN TEST SIZE``: which generated scenes set the data word ``scenes`` names."""
+    parser.add_argument("--scenes", type=int, nargs=3, default=(4000, 500, 256), metavar=("TRAIN", "TEST", "SIZE"),
+                        help="with data 'scenes': the generated set's train and test scene counts and canvas side "
+                             "(default: 4000 500 256, the training default)")
+
+
 def add_train_arguments(parser: argparse.ArgumentParser, recipes: Mapping[str, Any], default: str) -> None:
     """``--recipe``, the config options of ``recipes[default]``'s dataclass, and the run options."""
     parser.add_argument("--recipe", default=default, choices=list(recipes),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .options import add_train_arguments, run_training
+from .options import add_scenes_option, add_train_arguments, run_training
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
@@ -20,8 +20,8 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_test_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--test-scale", type=int, nargs=2, default=(2048, 512), metavar=("LONG", "SHORT"),
-                   help="keep-ratio test resize bound (default 2048 512: shorter side 512)")
+    p.add_argument("--test-scale", type=int, nargs=2, default=None, metavar=("LONG", "SHORT"),
+                   help="keep-ratio test resize bound (default 2048 512: shorter side 512; the scenes: their side)")
     p.add_argument("--mode", default="whole", choices=["whole", "slide"], help="whole image or sliding window")
     p.add_argument("--crop", type=int, default=512, help="sliding-window size")
     p.add_argument("--stride", type=int, default=341, help="sliding-window step")
@@ -39,14 +39,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = seg_sub.add_parser("train", help="train Semantic FPN (torchrun for several processes)",
                            description="Train Semantic FPN on a PVT backbone; evaluates mIoU on --val-data / "
-                                       "--val-split.")
-    add_train_arguments(p, RECIPES, "ade20k_40k")
+                                       "--val-split. With no arguments: Semantic FPN-B0 on the generated scenes, "
+                                       "scored on their held-out test scenes.")
+    add_train_arguments(p, RECIPES, "scenes")
     p.set_defaults(func=run_train)
 
     p = seg_sub.add_parser("eval", help="mIoU, per-class IoU and pixel accuracy of a checkpoint on a dataset")
-    p.add_argument("data", help="dataset root")
+    p.add_argument("data", help="dataset root, or 'scenes' (the generated benchmark's held-out test scenes)")
     p.add_argument("--checkpoint", required=True, help="last.pth of 'pvtv2 seg train' (or a save_segmentor file)")
     p.add_argument("--split", default=None, help="ADE20K: validation (default); VOC: an ImageSets split")
+    add_scenes_option(p)
     _add_data_args(p)
     _add_test_args(p)
     p.add_argument("--flip", action="store_true", help="also average the mirrored prediction")
@@ -86,6 +88,10 @@ def run_eval(args: argparse.Namespace) -> int:
     model = autocast_module(model, args.precision, _device(args.device))
     from ..segmentation.layouts import evaluation_split
 
+    from ..data.scenes import resolve
+
+    scale = args.test_scale or ((args.scenes[2],) * 2 if args.data == "scenes" else (2048, 512))
+    args.data = resolve(args.data, tuple(args.scenes))  # the word "scenes": the generated set's held-out test split
     split = evaluation_split(args.data, args.split)  # ADE20K: its validation images by default
     ds = build_dataset(args.data, layout=args.layout, split=split, masks=args.masks,
                        num_classes=args.num_classes or (meta.num_classes if args.masks else None),
@@ -97,7 +103,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
         raise DataError(f"{args.data} has {ds.meta.num_classes} classes but {args.checkpoint} predicts "
                         f"{meta.num_classes}; evaluate on the dataset the model was trained for")
-    result = evaluate(model, ds, scale=args.test_scale, mode=args.mode, crop=args.crop, stride=args.stride,
+    result = evaluate(model, ds, scale=scale, mode=args.mode, crop=args.crop, stride=args.stride,
                       flip=args.flip, num_workers=args.workers, progress=True)
     print(format_results(result))
     if args.json:
@@ -116,7 +122,7 @@ def run_segment(args: argparse.Namespace) -> int:
     model, meta = load_segmentor(args.checkpoint, map_location=_device(args.device))
     model = autocast_module(model.eval(), args.precision, _device(args.device))
     image = read_image(args.image)
-    labels = predict(model, image, scale=args.test_scale, mode=args.mode, crop=args.crop, stride=args.stride)
+    labels = predict(model, image, scale=args.test_scale or (2048, 512), mode=args.mode, crop=args.crop, stride=args.stride)
     labels = labels.cpu()
     ids, counts = torch.unique(labels, return_counts=True)
     order = torch.argsort(counts, descending=True)

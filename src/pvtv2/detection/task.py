@@ -73,12 +73,13 @@ class DetectionTask(Task):
         log.info("train: %s", self.data.summary())
         self.train_set = DetectionDataset(self.data, train_transforms(cfg), with_masks=self.spec.masks,
                                           drop_empty=True)
-        if cfg.val_data:
-            val_split = cfg.val_split or ("test" if cfg.val_data == "scenes" else None)
-            val = self._open(str(resolve(cfg.val_data, cfg.scenes, progress=env.is_main)), val_split, cfg.val_images)
+        val_data = cfg.val_data or ("scenes" if cfg.data == "scenes" else None)  # the scenes' own held-out split
+        if val_data:
+            val_split = cfg.val_split or ("test" if val_data == "scenes" else None)
+            val = self._open(str(resolve(val_data, cfg.scenes, progress=env.is_main)), val_split, cfg.val_images)
             log.info("val: %s", val.summary())
             if val.class_names != self.data.class_names:
-                raise DataError(f"{cfg.val_data} has classes {val.class_names[1:6]}... but {cfg.data} has "
+                raise DataError(f"{val_data} has classes {val.class_names[1:6]}... but {cfg.data} has "
                                 f"{self.data.class_names[1:6]}...: both sets need the same categories")
             self.val_set = DetectionDataset(val, eval_transforms())
         self.meta = detector_meta(cfg.arch, backbone=cfg.backbone, class_names=self.data.class_names,

@@ -133,8 +133,11 @@ class _Run:
         self.model = task.build_model(env).to(env.device)
         self.ddp = wrap_ddp(self.model, env)
         self.precision = Precision.resolve(cfg.precision, env.device)
-        base_lr = cfg.base_lr if cfg.base_lr is not None else task.default_base_lr()
-        self.lr = cfg.lr if cfg.lr is not None else base_lr * cfg.batch_size / cfg.base_batch
+        if cfg.lr is not None:
+            self.lr = cfg.lr
+        else:  # the linear scaling rule from the recipe's (or the task's) learning rate for base_batch images
+            base_lr = cfg.base_lr if cfg.base_lr is not None else task.default_base_lr()
+            self.lr = base_lr * cfg.batch_size / cfg.base_batch
         self.optimizer = create_optimizer(self.model, lr=self.lr, weight_decay=cfg.weight_decay,
                                           decay_norms=cfg.decay_norms, no_decay_keys=cfg.no_decay_keys)
         warmup = cfg.warmup_steps if cfg.warmup_steps is not None else round(cfg.warmup_epochs * self.steps_per_epoch)

@@ -71,7 +71,7 @@ class SegmentationTask(Task):
         data = resolve(cfg.data, cfg.scenes, progress=env.is_main)
         self.train_set = build_dataset(str(data), split=cfg.train_split, transforms=transforms, **common)
         self.meta = self.train_set.meta
-        if cfg.val_data or cfg.val_split:
+        if cfg.val_data or cfg.val_split or cfg.data == "scenes":  # the scenes: their held-out test split
             root = str(resolve(cfg.val_data, cfg.scenes, progress=env.is_main) or data)
             self.val_set = build_dataset(root, split=evaluation_split(root, cfg.val_split), **common)
             if self.val_set.meta.num_classes != self.meta.num_classes:

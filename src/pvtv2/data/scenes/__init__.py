@@ -143,7 +143,7 @@ def scenes(
                   progress=progress)
 
 
-def resolve(data: str | None, counts: tuple[int, int, int], progress: bool = True) -> str | None:
+def resolve(data: str | None, counts: tuple[int, int, int] = (4000, 500, 256), progress: bool = True) -> str | None:
     """``data`` as a path: the word ``"scenes"`` names the cached benchmark of ``counts`` = (train scenes, test
     scenes, canvas side), generated on first use; anything else is returned as it is."""
     if data != "scenes":

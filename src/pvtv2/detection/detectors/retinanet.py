@@ -95,6 +95,7 @@ def retinanet(
     norm_eval: bool = False,
     backbone_overrides: dict[str, Any] | None = None,
     fpn_channels: int = 256,
+    anchor_scale: float = 4.0,
     stages: Sequence[int] = (1, 2, 3),
     **kwargs: Any,
 ) -> RetinaNet:
@@ -106,6 +107,8 @@ def retinanet(
         backbone_weights, trainable_stages, norm_eval, backbone_overrides: see
             :func:`pvtv2.models.backbone.pvt_backbone`.
         fpn_channels: FPN (and head) width; 256 in every released config.
+        anchor_scale: the smallest anchor's side in strides (mmdet's ``octave_base_scale``; 4 as released, i.e.
+            32 px on P3); 2 suits small objects on small images (16 px on P3).
         stages: stages feeding the FPN (the released config: 1, 2, 3).
         **kwargs: passed to :class:`torchvision.models.detection.RetinaNet` (``min_size`` 800, ``max_size`` 1333,
             ``score_thresh`` 0.05, ``nms_thresh`` 0.5, ``detections_per_img`` 100, ``topk_candidates`` 1000: the
@@ -114,7 +117,7 @@ def retinanet(
     fpn = pvt_fpn(backbone, stages=stages, extra="p6p7_input", backbone_weights=backbone_weights,
                   trainable_stages=trainable_stages, norm_eval=norm_eval, backbone_overrides=backbone_overrides,
                   out_channels=fpn_channels)
-    kwargs.setdefault("anchor_generator", octave_anchors(fpn.strides, 4, 3))  # 32..512 on P3-P7
+    kwargs.setdefault("anchor_generator", octave_anchors(fpn.strides, anchor_scale, 3))  # 32..512 on P3-P7 as released
     kwargs.setdefault("detections_per_img", 100)
     model = PVTRetinaNet(fpn, num_classes, **kwargs)
     model.box_coder = delta_coder()
