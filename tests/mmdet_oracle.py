@@ -90,6 +90,7 @@ try:
 except ImportError as e:  # pragma: no cover - `make test` installs them
     pytest.skip(f"the mmdet {MMDET_VERSION} / mmseg {MMSEG_VERSION} oracle is not installed ({e}); run `make test` "
                 "or the Makefile's oracle step", allow_module_level=True)
+INSTALLED = {"mmcv": mmcv.__version__, "mmdet": mmdet.__version__, "mmseg": mmseg.__version__}  # what runs as oracle
 
 import pvtv2  # noqa: E402
 from pvtv2.detection.mmdet import COCO_CLASSES  # noqa: E402
