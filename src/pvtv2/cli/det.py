@@ -97,9 +97,10 @@ def run_eval(args: argparse.Namespace) -> int:
     from ..data.scenes import resolve
     from ..detection.inference import evaluate_checkpoint
 
+    data = resolve(args.data, tuple(args.scenes))  # the word "scenes": the generated set
     split = args.split or ("test" if args.data == "scenes" else None)  # the scenes: their held-out split
     metrics = evaluate_checkpoint(
-        args.checkpoint, resolve(args.data, tuple(args.scenes)), split=split, images=args.images, out=args.out, batch_size=args.batch_size,
+        args.checkpoint, data, split=split, images=args.images, out=args.out, batch_size=args.batch_size,
         device=_device(args.device), strict=args.on_bad_data == "error", workers=args.workers, min_size=args.test_size,
         max_size=args.max_size,
     )

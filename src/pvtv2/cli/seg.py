@@ -86,9 +86,8 @@ def run_eval(args: argparse.Namespace) -> int:
 
     model, meta = load_segmentor(args.checkpoint, map_location=_device(args.device))
     model = autocast_module(model, args.precision, _device(args.device))
-    from ..segmentation.layouts import evaluation_split
-
     from ..data.scenes import resolve
+    from ..segmentation.layouts import evaluation_split
 
     scale = args.test_scale or ((args.scenes[2],) * 2 if args.data == "scenes" else (2048, 512))
     args.data = resolve(args.data, tuple(args.scenes))  # the word "scenes": the generated set's held-out test split
@@ -122,7 +121,8 @@ def run_segment(args: argparse.Namespace) -> int:
     model, meta = load_segmentor(args.checkpoint, map_location=_device(args.device))
     model = autocast_module(model.eval(), args.precision, _device(args.device))
     image = read_image(args.image)
-    labels = predict(model, image, scale=args.test_scale or (2048, 512), mode=args.mode, crop=args.crop, stride=args.stride)
+    labels = predict(model, image, scale=args.test_scale or (2048, 512), mode=args.mode, crop=args.crop,
+                     stride=args.stride)
     labels = labels.cpu()
     ids, counts = torch.unique(labels, return_counts=True)
     order = torch.argsort(counts, descending=True)

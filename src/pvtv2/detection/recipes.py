@@ -15,7 +15,7 @@
   about ten minutes on two CPU cores: train on the 4,000 train scenes at their own 256 px, score on the 500 held-out
   test scenes; FPN and head 64 channels wide (released: 256), batch 8, AdamW lr 1e-3 (every detector), weight decay
   1e-4 but none on norms, 100 warm-up steps, cosine decay over 700 steps (1.4 epochs), evaluation after every 500
-  steps and at the end. Measured figures: docs/detection.md.
+  steps and at the end. Measured figures: docs/scenes.md.
 
 Training images are resized by the data pipeline (``torchvision.transforms.v2``: boxes and masks follow), so the
 detector's own transform only normalises them (``_skip_resize``); at evaluation the detector resizes to

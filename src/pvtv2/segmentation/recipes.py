@@ -8,7 +8,7 @@
   about ten minutes on two CPU cores: the 4,000 train scenes resized by 0.5-2.0 around their 256 px and cropped to
   256, the 500 held-out test scenes scored at 256; FPN and decoder 64 channels wide (released: 256 / 128), batch 8,
   AdamW lr 1e-3, 100 warm-up steps, poly decay over 750 steps (1.5 epochs), evaluation after 500 steps and at the
-  end. Measured figures: docs/segmentation.md.
+  end. Measured figures: docs/scenes.md.
 """
 
 from __future__ import annotations
