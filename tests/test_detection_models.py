@@ -75,6 +75,8 @@ def test_fpn_wiring_as_released() -> None:
     assert ret.backbone.strides == [8, 16, 32, 64, 128]
     assert [len(s) for s in ret.anchor_generator.sizes] == [3] * 5 and ret.anchor_generator.sizes[0] == pytest.approx(
         (32, 32 * 2 ** (1 / 3), 32 * 2 ** (2 / 3)))  # mmdet's exact octave scales: 32, 40.32, 50.80
+    small = retinanet(backbone="pvt_v2_b0", num_classes=3, backbone_overrides=TINY, anchor_scale=2)
+    assert small.anchor_generator.sizes[0][0] == 16 and small.anchor_generator.sizes[-1][0] == 256  # 2 strides
     mrc = mask_rcnn(backbone="pvt_v2_b1", num_classes=3, backbone_overrides=TINY)
     assert mrc.backbone.body.stages == (0, 1, 2, 3) and mrc.backbone.strides == [4, 8, 16, 32, 64]
     assert mrc.rpn.anchor_generator.sizes == ((32,), (64,), (128,), (256,), (512,))
