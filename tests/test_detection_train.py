@@ -160,3 +160,10 @@ def test_compare_trains_every_detector_the_same_way_and_tabulates(tmp_path: Path
     assert [r["arch"] for r in rows] == ["retinanet", "fcos"] and all(r["params_m"] > 0 and r["gflops"] > 0 for r in rows)
     assert all(r["train_img_s"] > 0 and r["infer_ms"] > 0 for r in rows) and (tmp_path / "cmp" / "table.png").is_file()
     assert (tmp_path / "cmp" / "fcos" / "last.pth").is_file()  # one run directory per detector
+    # a second call (an interrupted comparison started again) reuses the finished runs and only retabulates
+    stamp = (tmp_path / "cmp" / "fcos" / "last.pth").stat().st_mtime_ns
+    assert cli(["det", "compare", "--archs", "retinanet", "fcos", "--data", str(data), "--val-data", str(data),
+                "--steps", "2", "--batch-size", "2", "--out", str(tmp_path / "cmp"), *TINY, *SMALL[:-1]]) == 0
+    assert (tmp_path / "cmp" / "fcos" / "last.pth").stat().st_mtime_ns == stamp
+    again = json.loads((tmp_path / "cmp" / "table.json").read_text())
+    assert [r["bbox_AP"] for r in again] == [r["bbox_AP"] for r in rows]

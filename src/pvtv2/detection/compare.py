@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from .._io import atomic_write_text, save_figure
-from ..engine import train
+from ..engine import DistEnv, TrainResult, train
 from .complexity import detector_complexity
 from .dataset import DetectionDataset
 from .inference import load_detector
@@ -55,7 +55,9 @@ def inference_ms(model: torch.nn.Module, dataset: DetectionDataset, n: int = 20)
 def compare(cfg: DetectionConfig, out: str | Path, *, archs: list[str] | None = None,
             progress: bool = True) -> list[dict[str, Any]]:
     """Train and evaluate each detector of ``archs`` (default: every registered one) with ``cfg``; write
-    ``table.md``, ``table.json`` and ``table.png`` into ``out`` (one run directory per detector beside them)."""
+    ``table.md``, ``table.json`` and ``table.png`` into ``out`` (one run directory per detector beside them). A run
+    that an earlier call with the same configuration finished in ``out`` is reused, so an interrupted comparison
+    continues where it stopped."""
     out = Path(out)
     names = archs or list(DETECTORS)
     for name in names:
@@ -64,7 +66,12 @@ def compare(cfg: DetectionConfig, out: str | Path, *, archs: list[str] | None = 
     for name in names:
         run_cfg = replace(cfg, arch=name)
         task = DetectionTask(run_cfg)
-        result = train(task, out=out / name, progress=progress)
+        result = finished_run(out / name, run_cfg)
+        if result is None:
+            result = train(task, out=out / name, progress=progress)
+        else:  # an earlier call with the same configuration got this far: its run is reused, not trained again
+            log.info("%s: reusing the finished run in %s", name, result.run_dir)
+            task.setup(DistEnv())
         records = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
         speeds = [r["train_img_s"] for r in records if r.get("train_img_s")]
         model, _ = load_detector(result.checkpoint)
@@ -80,6 +87,22 @@ def compare(cfg: DetectionConfig, out: str | Path, *, archs: list[str] | None = 
         log.info("%s: %s", name, format_row(row))
     write_table(rows, out, cfg)
     return rows
+
+
+def finished_run(run_dir: Path, cfg: DetectionConfig) -> TrainResult | None:
+    """The result of a finished run of exactly ``cfg`` in ``run_dir`` (left by an interrupted comparison), else
+    None."""
+    try:
+        saved = json.loads((run_dir / "config.json").read_text())
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    wanted = json.loads(json.dumps(cfg.to_dict()))  # tuples as JSON lists, as config.json holds them
+    if summary.get("stopped") or any(saved.get(k) != v for k, v in wanted.items()):
+        return None
+    return TrainResult(run_dir=run_dir, checkpoint=Path(summary["checkpoint"]), steps=summary["steps"],
+                       epochs=summary["epochs"], metrics=summary["metrics"], best=summary.get("best"),
+                       seconds=summary.get("seconds", 0.0))
 
 
 def format_row(row: dict[str, Any]) -> str:
