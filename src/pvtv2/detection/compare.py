@@ -117,7 +117,8 @@ def write_table(rows: list[dict[str, Any]], out: Path, cfg: DetectionConfig) -> 
     import matplotlib.pyplot as plt
 
     head = "| " + " | ".join(t for _, t, _ in COLUMNS) + " |"
-    lines = [f"Detectors on `{cfg.data}` (evaluated on `{cfg.val_data}`), backbone {cfg.backbone}, "
+    held_out = cfg.val_data or ("scenes" if cfg.data == "scenes" else None)  # --data scenes: its test split
+    lines = [f"Detectors on `{cfg.data}` (evaluated on `{held_out}`), backbone {cfg.backbone}, "
              f"{cfg.steps or cfg.epochs} {'steps' if cfg.steps else 'epochs'} of batch {cfg.batch_size}, "
              f"train size {list(cfg.train_sizes)}, test size {cfg.test_size}, seed {cfg.seed}.", "",
              head, "|" + "---|" * len(COLUMNS)]
