@@ -61,15 +61,16 @@ def _case(name: str, tmp: Path) -> Case:
         data = str(write_coco(tmp / "coco", n=4))
         ch = dict(data=data, val_data=data, batch_size=2, epochs=2, train_sizes=(64,), max_size=96, test_size=64,
                   warmup_steps=0, backbone_overrides={"depths": (1, 1, 1, 1)}, workers=0, threads=1, seed=3)
-        args = ["det", "train", "--data", data, "--val-data", data, "--batch-size", "2", "--epochs", "2",
-                "--train-sizes", "64", "--max-size", "96", "--test-size", "64", "--warmup-steps", "0",
+        args = ["det", "train", "--recipe", "1x", "--data", data, "--val-data", data, "--batch-size", "2",
+                "--epochs", "2", "--train-sizes", "64", "--max-size", "96", "--test-size", "64", "--warmup-steps", "0",
                 "--backbone-overrides", TINY]
         return Case(name, DetectionTask, det_recipe("1x"), ch, args, 1e-4)
     images, masks = _seg_folder(tmp / "seg")  # every pixel labelled: per-process loss means = the global mean
     ch = dict(data=images, masks=masks, num_classes=4, val_data=images, batch_size=2, steps=6, eval_every=3,
               crop_size=64, scale=(256, 64), ratio_range=(1.0, 1.0), test_scale=(256, 64),
               backbone_overrides={"depths": (1, 1, 1, 1)}, workers=0, threads=1, seed=3, head_norm="gn")
-    args = ["seg", "train", "--data", images, "--masks", masks, "--num-classes", "4", "--val-data", images,
+    args = ["seg", "train", "--recipe", "ade20k_40k", "--data", images, "--masks", masks, "--num-classes", "4",
+            "--val-data", images,
             "--batch-size", "2", "--steps", "6", "--eval-every", "3", "--crop-size", "64", "--scale", "256", "64",
             "--ratio-range", "1", "1", "--test-scale", "256", "64", "--head-norm", "gn", "--backbone-overrides", TINY]
     return Case(name, SegmentationTask, seg_recipe("ade20k_40k"), ch, args, 1e-4)
