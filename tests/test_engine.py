@@ -238,3 +238,25 @@ def test_full_disk_keeps_the_previous_checkpoint_and_says_so_in_one_line(tmp_pat
     with pytest.raises(_io.OutOfSpace, match="0.0 MB free"):
         save_checkpoint(tmp_path / "last.pth", model=model, optimizer=opt, state=TrainState(step=2))
     assert first.read_bytes() == before
+
+
+def test_best_is_a_snapshot_that_costs_no_space_and_survives_the_next_last(tmp_path, monkeypatch):
+    from pvtv2 import _io
+    from pvtv2._io import atomic_copy
+
+    model, opt, *_ = _setup()
+    last = save_checkpoint(tmp_path / "last.pth", model=model, optimizer=opt, state=TrainState(step=1))
+    best = atomic_copy(last, tmp_path / "best.pth")
+    assert best.stat().st_ino == last.stat().st_ino  # a hard link, not a second copy
+    kept = best.read_bytes()
+    save_checkpoint(last, model=model, optimizer=opt, state=TrainState(step=2))  # the next last.pth
+    assert best.read_bytes() == kept and last.read_bytes() != kept
+    assert best.stat().st_ino != last.stat().st_ino
+
+    def no_links(src, dst):  # e.g. a file system without hard links: a real copy instead
+        raise OSError(1, "Operation not permitted")
+
+    monkeypatch.setattr(_io.os, "link", no_links)
+    atomic_copy(last, best)
+    assert best.read_bytes() == last.read_bytes() and best.stat().st_ino != last.stat().st_ino
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pth", "last.pth"]  # no temporary left behind

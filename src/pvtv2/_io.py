@@ -88,7 +88,23 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
 
 
 def atomic_copy(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Path:
-    """Copy ``src`` over ``dst`` atomically."""
+    """Put a snapshot of ``src`` at ``dst`` atomically: a hard link where the file system has them, else a copy.
+
+    A link costs no space (a detector's ``best.pth`` beside ``last.pth`` would double a run's size) and is a true
+    snapshot because every writer here replaces files by renaming a new one over them, never by writing in place:
+    the next ``last.pth`` is a new file and ``dst`` keeps the old one (timm's checkpoint saver does the same).
+    """
+    path = Path(dst)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.link"
+    try:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        os.link(src, tmp)
+        os.replace(tmp, path)
+        return path
+    except OSError:  # no hard links here (another device, FAT, some network file systems): copy
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
     return atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp), size_hint=os.path.getsize(src))
 
 
