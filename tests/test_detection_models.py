@@ -171,6 +171,20 @@ def test_every_registered_detector_counts_object_classes_only(arch: str) -> None
         assert dense["cls_logits"].shape[-1] == 2
 
 
+@pytest.mark.parametrize("arch", sorted(DETECTORS))
+def test_every_registered_detector_head_follows_fpn_channels(arch: str) -> None:
+    """``fpn_channels`` narrows the whole detector, not only the FPN: no conv after the backbone keeps the released
+    256 channels (torchvision's Mask R-CNN mask head did, and made it 8x slower than the rest on CPU)."""
+    narrow = {**TINY, "embed_dims": (32, 64, 160, 192)}  # no stage 256 wide either: only a head could be
+    model = DETECTORS[arch].build(backbone="pvt_v2_b0", num_classes=3, backbone_overrides=narrow, fpn_channels=64)
+    body = {id(m) for m in model.backbone.body.modules()}
+    convs = [(n, m) for n, m in model.named_modules()
+             if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)) and id(m) not in body]
+    assert convs
+    wide = [n for n, m in convs if 256 in (m.in_channels, m.out_channels)]
+    assert not wide, f"{arch}: still 256 channels wide: {wide}"
+
+
 def test_complexity_rows_match_the_paper_for_b0() -> None:
     rows = complexity_rows(["pvt_v2_b0"])
     by_head = {r["head"]: r for r in rows}

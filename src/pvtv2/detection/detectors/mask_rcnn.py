@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torchvision.models.detection import MaskRCNN
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 
 from ...models.backbone import WeightsSource
 from ..anchors import octave_anchors
@@ -44,7 +45,8 @@ def mask_rcnn(
         num_classes: object classes (COCO: 80); the box and mask predictors add the background class 0.
         backbone_weights, trainable_stages, norm_eval, backbone_overrides: see
             :func:`pvtv2.models.backbone.pvt_backbone`.
-        fpn_channels: FPN (and head) width; 256 in every released config.
+        fpn_channels: FPN (and head) width: the RPN conv, the box head's input and the mask head's four convs and
+            upsampling; 256 in every released config (narrower heads make it CPU-sized: the scenes recipe's 64).
         stages: stages feeding the FPN (the released config: all four).
         **kwargs: passed to :class:`torchvision.models.detection.MaskRCNN` (its defaults are the released
             ``test_cfg``; ``rpn_post_nms_top_n_train`` is 1000 as in ``rpn_proposal``).
@@ -57,7 +59,12 @@ def mask_rcnn(
     kwargs.setdefault("rpn_post_nms_top_n_train", 1000)
     kwargs.setdefault("box_roi_pool", LevelRoIAlign(names, 7, strides))
     kwargs.setdefault("mask_roi_pool", LevelRoIAlign(names, 14, strides))
+    # torchvision's default mask head is 256 wide whatever the FPN: follow the FPN (the released head at 256)
+    own_predictor = "mask_head" not in kwargs
+    kwargs.setdefault("mask_head", MaskRCNNHeads(fpn_channels, [fpn_channels] * 4, 1))
     model = MaskRCNN(fpn, num_classes + 1, **kwargs)
+    if own_predictor:  # torchvision builds it 256 wide and refuses one beside num_classes
+        model.roi_heads.mask_predictor = MaskRCNNPredictor(fpn_channels, fpn_channels, num_classes + 1)
     model.rpn = rebuild_rpn(model.rpn)
     model.rpn.box_coder = delta_coder()
     model.roi_heads = rebuild_roi_heads(model.roi_heads)
