@@ -5,20 +5,31 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.pvtv2-installed
-DEBS := dataset-fashion-mnist labelme-examples
+# Debian's data packages (Fashion-MNIST for the main job, labelme-examples for detection/segmentation tests) and the
+# headless browser the page's test drives (pvtv2 serve).
+DEBS := dataset-fashion-mnist labelme-examples chromium chromium-driver
 # The test oracles: mmdet / mmseg as the released PVT v2 detectors and segmentors were trained with (tests/mmdet_oracle.py).
 ORACLE := mmcv==1.3.18 mmdet==2.13.0 mmsegmentation==0.14.1
 PYTEST_ARGS ?=
 
-.PHONY: setup debs demo test bench clean
+# The lowest torch / torchvision pyproject.toml declares, for `make test-min` (scripts/lowest_requirements.py).
+VENV_MIN := .venv-min
+MIN_STAMP := $(VENV_MIN)/.pvtv2-installed
+# What the lower bound must pass: models, weights, classification, detection and segmentation (no oracle, no peers).
+MIN_TESTS := tests/test_models.py tests/test_weights.py tests/test_data.py tests/test_train.py \
+	tests/test_detection_models.py tests/test_detection_data.py tests/test_detection_train.py \
+	tests/test_segmentation_model.py tests/test_engine.py
+
+.PHONY: setup debs demo test test-min bench clean
 
 setup: $(STAMP) debs
 
-$(STAMP): pyproject.toml Makefile
+# The exact versions (constraints.txt) for the reproducible set-up; the package itself declares ranges.
+$(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q -e '.[dev,oracle]'
+	$(BIN)/pip install -q -c constraints.txt torch torchvision
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev,oracle]'
 	@# The oracles without their own requirements (they would replace torch, numpy and pycocotools; the extra
 	@# 'oracle' holds the small ones), mmcv without its compiled operators; its setup.py needs pkg_resources.
 	echo 'setuptools<70' > $(VENV)/oracle-build-constraints.txt
@@ -45,8 +56,21 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
+# The lowest declared torch / torchvision in a second environment: torch first, then `pip install .` (which must keep
+# it: checked), then the tests of MIN_TESTS.
+$(MIN_STAMP): pyproject.toml Makefile scripts/lowest_requirements.py
+	test -x $(VENV_MIN)/bin/python || $(PYTHON) -m venv $(VENV_MIN)
+	$(VENV_MIN)/bin/pip install -q --upgrade pip
+	$(VENV_MIN)/bin/pip install -q $$($(PYTHON) scripts/lowest_requirements.py torch torchvision)
+	$(VENV_MIN)/bin/pip install -q '.[test]'
+	$(VENV_MIN)/bin/python scripts/lowest_requirements.py --check torch torchvision
+	touch $@
+
+test-min: $(MIN_STAMP) debs
+	$(VENV_MIN)/bin/python -m pytest -q $(PYTEST_ARGS) $(MIN_TESTS)
+
 bench: setup
 	$(BIN)/pvtv2 bench
 
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info src/*.egg-info
+	rm -rf $(VENV) $(VENV_MIN) .pytest_cache build dist *.egg-info src/*.egg-info

@@ -190,3 +190,13 @@ def test_fp16_export_runs_in_onnxruntime_close_to_fp32(tmp_path: Path, capsys: p
     assert all(p.dtype == torch.float32 for p in model.parameters())  # the model itself is left as it was
     assert main(["export", "pvt_v2_b0", "--precision", "bf16", "-o", str(tmp_path / "x.onnx")]) == 2
     assert "bf16 is a run-time choice" in capsys.readouterr().err and not (tmp_path / "x.onnx").exists()
+
+
+def test_too_old_torch_for_the_exporter_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch 2.4 (the lowest declared) has no Dim.DYNAMIC: export says so instead of failing inside torch."""
+    from torch.export import Dim
+
+    monkeypatch.delattr(Dim, "DYNAMIC", raising=False)
+    model = create_model("pvt_v2_b0", num_classes=10).eval()
+    with pytest.raises(PVTError, match=r"ONNX export needs a newer torch.*Dim.DYNAMIC"):
+        onnx_bytes(model, input_size=(64, 64))

@@ -87,12 +87,13 @@ SHORTCUTS: dict[Any, Any] = {
     aten._native_batch_norm_legit_no_training.default: _batch_norm,
     aten._native_batch_norm_legit.default: _batch_norm,
     aten._softmax.default: _softmax,
-    aten._safe_softmax.default: _safe_softmax,
     aten.mm.default: _mm,
     aten.addmm.default: lambda bias, a, b, **kw: _mm(a, b),
     aten.bmm.default: _bmm,
     aten.baddbmm.default: lambda bias, a, b, **kw: _bmm(a, b),
 } | {op: _like for op in ELEMENTWISE} | {op: _binary for op in BINARY} | {op: _binary_ for op in BINARY_INPLACE}
+if hasattr(aten, "_safe_softmax"):  # torch >= 2.5 (scaled_dot_product_attention's decomposition)
+    SHORTCUTS[aten._safe_softmax.default] = _safe_softmax
 
 
 class MetaShortcuts(TorchDispatchMode):

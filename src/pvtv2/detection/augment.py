@@ -17,13 +17,14 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 from torchvision.transforms.v2._utils import query_size
 
+from ..data.transform import Transform
 from ..errors import PVTError
 
 if TYPE_CHECKING:
     from .recipes import DetectionConfig
 
 
-class RandomSizeCrop(v2.Transform):
+class RandomSizeCrop(Transform):
     """A crop whose height and width are each drawn uniformly from ``[min(side, low), min(side, high)]`` pixels, at a
     uniform position (mmdet's ``RandomCrop(crop_type='absolute_range', crop_size=(low, high))``). Boxes are shifted
     and clipped; a crop with no box left is kept (``allow_negative_crop=True``).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,6 +13,7 @@ from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
 from .._io import atomic_write
 
+_FILLED_LABELS = "fill_labels" in inspect.signature(draw_bounding_boxes).parameters
 _PALETTE = [
     (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240),
     (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (220, 190, 255), (170, 110, 40), (128, 0, 0),
@@ -63,8 +65,10 @@ def draw_detections(
         return image
     font = _font()
     size = max(10, min(image.shape[-2:]) // 30)
+    # black text on a filled label box where torchvision has it (0.21+); before, the text takes the box's colour
+    label_style = {"label_colors": "black", "fill_labels": True} if _FILLED_LABELS else {}
     return draw_bounding_boxes(image, boxes, text, colors=colors, width=max(2, size // 6), font=font,
-                               font_size=size if font else None, label_colors="black", fill_labels=True)
+                               font_size=size if font else None, **label_style)
 
 
 def save_png(image: torch.Tensor, path: str | os.PathLike[str]) -> Path:

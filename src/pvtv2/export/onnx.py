@@ -127,9 +127,19 @@ def spec_to_onnx(spec: ExportSpec, input_size: tuple[int, int], opset: int = DEF
     return _trace(spec, input_size, opset, dynamic)
 
 
+def _require_exporter() -> None:
+    """One line instead of an AttributeError deep inside torch when this torch's exporter is too old."""
+    from torch.export import Dim
+
+    if not hasattr(Dim, "DYNAMIC"):
+        raise PVTError(f"ONNX export needs a newer torch: torch {torch.__version__} lacks torch.export.Dim.DYNAMIC, which "
+                       "the dynamo ONNX exporter's dynamic shapes use (torch 2.14 is tested); upgrade torch to export")
+
+
 def _trace(spec: ExportSpec, input_size: tuple[int, int], opset: int, dynamic: bool = True) -> bytes:
     from torch.export import Dim
 
+    _require_exporter()
     device = next(spec.module.parameters()).device
     # batch 2: torch.export specialises sizes 0 and 1, so a batch-1 example would freeze the batch dimension
     x = torch.randn(2, spec.in_chans, *input_size, device=device)

@@ -16,6 +16,8 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
+from ..data.transform import Transform
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -38,7 +40,7 @@ def rescale_size(h: int, w: int, scale: tuple[int, int]) -> tuple[int, int]:
     return max(1, int(h * factor + 0.5)), max(1, int(w * factor + 0.5))
 
 
-class RandomRescale(v2.Transform):
+class RandomRescale(Transform):
     """Keep-ratio resize into ``scale * r`` with ``r ~ U(ratio_range)`` (bilinear images, nearest masks).
 
     Args:
@@ -60,7 +62,7 @@ class RandomRescale(v2.Transform):
         return F.resize(inpt, params["size"], antialias=True)
 
 
-class RandomCropCatMax(v2.Transform):
+class RandomCropCatMax(Transform):
     """Random crop of at most ``size``; re-drawn up to 10 times while one category covers more than
     ``cat_max_ratio`` of the crop's labelled pixels (mmseg's ``RandomCrop(cat_max_ratio=0.75)``).
 
@@ -99,7 +101,7 @@ class RandomCropCatMax(v2.Transform):
         return F.crop(inpt, **params)
 
 
-class PadTo(v2.Transform):
+class PadTo(Transform):
     """Pad bottom/right up to ``size`` (images with 0 after normalisation = the mean colour, masks with ignore)."""
 
     def __init__(self, size: int | tuple[int, int], ignore_index: int = 255) -> None:
