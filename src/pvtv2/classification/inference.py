@@ -192,16 +192,25 @@ def save_visualisation(
     preds: Sequence[Sequence[tuple[str, float]]],
     title: str = "",
 ) -> Path:
-    """A PNG with each image beside a bar chart of its top-k classes (written atomically)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """A PNG with each image beside a bar chart of its top-k classes (written atomically; see
+    :func:`plot_predictions`)."""
     from .._io import atomic_write
 
-    n = len(images)
-    fig, axes = plt.subplots(n, 2, figsize=(8, 2.8 * n), squeeze=False, gridspec_kw={"width_ratios": [1, 1.3]})
+    fig = plot_predictions(images, preds, title)
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+
+
+def plot_predictions(
+    images: Sequence[str | os.PathLike[str]],
+    preds: Sequence[Sequence[tuple[str, float]]],
+    title: str = "",
+) -> Any:  # matplotlib Figure
+    """Each image beside horizontal bars of its top-k classes; rows grow with k so that the names never overlap."""
+    from matplotlib.figure import Figure
+
+    n, k = len(images), max((len(p) for p in preds), default=1)
+    fig = Figure(figsize=(8, max(2.8, 0.8 + 0.22 * k) * n), layout="constrained")
+    axes = fig.subplots(n, 2, squeeze=False, width_ratios=[1, 1.3])
     for (ax_img, ax_bar), img_path, pred in zip(axes, images, preds):
         ax_img.imshow(load_image(img_path))
         ax_img.set_title(Path(img_path).name, fontsize=9)
@@ -212,15 +221,13 @@ def save_visualisation(
         ax_bar.set_yticks(range(len(pred)), names, fontsize=8)
         ax_bar.set_xlim(0, 100)
         ax_bar.set_xlabel("probability (%)", fontsize=8)
-        for y, p in enumerate(probs):
-            ax_bar.text(min(p + 1, 80), y, f"{p:.1f}", va="center", fontsize=8)
+        for y, p in enumerate(probs):  # past 80%: inside the bar's end
+            inside = p > 80
+            ax_bar.text(p - 1 if inside else p + 1, y, f"{p:.1f}", va="center", ha="right" if inside else "left",
+                        fontsize=8, color="white" if inside else "black")
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    try:
-        return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
-    finally:
-        plt.close(fig)
+    return fig
 
 
 def evaluate_folder(

@@ -52,6 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--workers", type=int, default=0)
     e.add_argument("--on-bad-data", choices=("skip", "error"), default="skip",
                    help="bad annotations: skip and count them, or stop at the first")
+    e.add_argument("--no-progress", action="store_true", help="no progress bars")
     e.set_defaults(func=run_eval)
     det.set_defaults(func=lambda args: det.print_help() or 1)
 
@@ -97,7 +98,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from ..data.scenes import resolve
     from ..detection.inference import evaluate_checkpoint
 
-    data = resolve(args.data, tuple(args.scenes))  # the word "scenes": the generated set
+    data = resolve(args.data, tuple(args.scenes), progress=not args.no_progress)  # "scenes": the generated set
     split = args.split or ("test" if args.data == "scenes" else None)  # the scenes: their held-out split
     metrics = evaluate_checkpoint(
         args.checkpoint, data, split=split, images=args.images, out=args.out, batch_size=args.batch_size,

@@ -90,6 +90,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--no-latency", action="store_true", help="count only (same as --latency-repeats 0)")
     g.add_argument("--threads", type=int, metavar="N", help="CPU threads while timing (default: torch's; 1 is "
                    "steadier on a busy machine)")
+    g.add_argument("--no-progress", action="store_true", help="no timing progress bar (default: on a terminal)")
     p.set_defaults(func=run_flops)
 
 
@@ -146,7 +147,7 @@ def _scaling(args: argparse.Namespace, attn: bool) -> int:
         raise PVTError(f"--sizes/--max-size leave no size >= 32 px to count (got {sizes}); e.g. --sizes 224,448")
     repeats = 0 if args.no_latency else args.latency_repeats
     rows = scaling_rows(args.models or None, sizes, latency_repeats=repeats, latency_max_size=args.latency_max_size,
-                        threads=args.threads, attn_matmul=attn, progress=sys.stderr.isatty())
+                        threads=args.threads, attn_matmul=attn, progress=sys.stderr.isatty() and not args.no_progress)
     print(format_table(rows, SCALING_COLUMNS))
     labels = {k: SCALING_MODELS[k].label for k in SCALING_MODELS}
     print(f"GFLOPs growth {sizes[0]} -> {sizes[-1]} px, fastest first: "

@@ -54,6 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--flip", action="store_true", help="also average the mirrored prediction")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--json", default=None, help="write the full result (per-class rows included) here")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run_eval)
 
     p = sub.add_parser("segment", help="segment one image with a Semantic FPN checkpoint and save a colour overlay")
@@ -90,7 +91,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from ..segmentation.layouts import evaluation_split
 
     scale = args.test_scale or ((args.scenes[2],) * 2 if args.data == "scenes" else (2048, 512))
-    args.data = resolve(args.data, tuple(args.scenes))  # the word "scenes": the generated set's held-out test split
+    args.data = resolve(args.data, tuple(args.scenes), progress=not args.no_progress)  # "scenes": the generated set
     split = evaluation_split(args.data, args.split)  # ADE20K: its validation images by default
     ds = build_dataset(args.data, layout=args.layout, split=split, masks=args.masks,
                        num_classes=args.num_classes or (meta.num_classes if args.masks else None),
@@ -103,7 +104,8 @@ def run_eval(args: argparse.Namespace) -> int:
         raise DataError(f"{args.data} has {ds.meta.num_classes} classes but {args.checkpoint} predicts "
                         f"{meta.num_classes}; evaluate on the dataset the model was trained for")
     result = evaluate(model, ds, scale=scale, mode=args.mode, crop=args.crop, stride=args.stride,
-                      flip=args.flip, num_workers=args.workers, progress=True)
+                      flip=args.flip, num_workers=args.workers,
+                      progress=not args.no_progress)
     print(format_results(result))
     if args.json:
         atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")

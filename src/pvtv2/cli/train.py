@@ -55,6 +55,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                    help="inference backend (pvtv2.runtime)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
                    help="compute in bf16/fp16 where the device has it natively (else fp32, said in one line)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (downloading --weights official)")
 
 
 def run_train(args: argparse.Namespace) -> int:

@@ -66,8 +66,8 @@ class DetectionTask(Task):
         return open_dataset(path, split=split, images=images, strict=self.cfg.on_bad_data == "error")
 
     def setup(self, env: DistEnv) -> int:
-        cfg = self.cfg
-        data = resolve(cfg.data, cfg.scenes, progress=env.is_main)
+        cfg, bars = self.cfg, env.is_main and self.progress
+        data = resolve(cfg.data, cfg.scenes, progress=bars)
         split = cfg.split or ("train" if cfg.data == "scenes" else None)
         self.data = self._open(str(data), split, cfg.images)
         log.info("train: %s", self.data.summary())
@@ -76,7 +76,7 @@ class DetectionTask(Task):
         val_data = cfg.val_data or ("scenes" if cfg.data == "scenes" else None)  # the scenes' own held-out split
         if val_data:
             val_split = cfg.val_split or ("test" if val_data == "scenes" else None)
-            val = self._open(str(resolve(val_data, cfg.scenes, progress=env.is_main)), val_split, cfg.val_images)
+            val = self._open(str(resolve(val_data, cfg.scenes, progress=bars)), val_split, cfg.val_images)
             log.info("val: %s", val.summary())
             if val.class_names != self.data.class_names:
                 raise DataError(f"{val_data} has classes {val.class_names[1:6]}... but {cfg.data} has "

@@ -41,8 +41,11 @@ class Task(ABC):
         metric: the evaluation result that picks ``best.pth`` (higher is better), e.g. ``test_top1``, ``bbox_AP``.
         curves: the panels of ``curves.png``: title -> metric keys.
         cfg: the run's configuration.
+        progress: whether the task may draw progress bars of its own (e.g. generating its data); the trainer sets
+            it from its ``progress`` argument before :meth:`setup`.
     """
 
+    progress: bool = True
     name: ClassVar[str] = "task"
     metric: ClassVar[str] = ""
     curves: ClassVar[dict[str, tuple[str, ...]]] = {}

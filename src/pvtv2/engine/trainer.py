@@ -124,6 +124,7 @@ class _Run:
         if cfg.batch_size % env.world_size:
             raise TrainingError(f"--batch-size {cfg.batch_size} (global) is not divisible by {env.world_size} "
                                 "processes")
+        task.progress = progress  # the task's own bars (e.g. generating its data) follow the run's
         n = task.setup(env)
         self.sampler_args = dict(n=n, batch_size=cfg.batch_size, rank=env.rank, world_size=env.world_size,
                                  seed=cfg.seed, repeats=getattr(cfg, "repeated_aug", 1))

@@ -197,6 +197,7 @@ def _load(model: nn.Module, weights: WeightsSource, official: WeightsEnum, ancho
 def _download(weights: WeightsEnum) -> dict[str, torch.Tensor]:
     """torchvision's ImageNet weights from torch.hub's cache, downloaded into it (hash-checked) when absent."""
     from ..weights import read_checkpoint
+    from ..weights.download import download_bars
 
     url = weights.url
     dst = Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
@@ -207,7 +208,8 @@ def _download(weights: WeightsEnum) -> dict[str, torch.Tensor]:
                 raise URLError("PVTV2_OFFLINE is set")
             dst.parent.mkdir(parents=True, exist_ok=True)
             socket.setdefaulttimeout(30)
-            torch.hub.download_url_to_file(url, str(dst), hash_prefix=dst.stem.rsplit("-", 1)[-1], progress=True)
+            torch.hub.download_url_to_file(url, str(dst), hash_prefix=dst.stem.rsplit("-", 1)[-1],
+                                           progress=download_bars())
         except (URLError, OSError, RuntimeError) as e:
             raise CheckpointError(f"could not download torchvision's {weights} ({getattr(e, 'reason', e)}); "
                                   f"put {url} at {dst} or pass backbone_weights=PATH") from None

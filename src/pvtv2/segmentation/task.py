@@ -68,11 +68,11 @@ class SegmentationTask(Task):
         common = dict(layout=cfg.layout, masks=cfg.masks, num_classes=cfg.num_classes,
                       reduce_zero_label=cfg.reduce_zero_label, on_error="raise" if cfg.on_bad_data == "error" else "skip")
         transforms = train_transforms(cfg.crop_size, tuple(cfg.scale), tuple(cfg.ratio_range), cfg.cat_max_ratio)
-        data = resolve(cfg.data, cfg.scenes, progress=env.is_main)
+        data = resolve(cfg.data, cfg.scenes, progress=env.is_main and self.progress)
         self.train_set = build_dataset(str(data), split=cfg.train_split, transforms=transforms, **common)
         self.meta = self.train_set.meta
         if cfg.val_data or cfg.val_split or cfg.data == "scenes":  # the scenes: their held-out test split
-            root = str(resolve(cfg.val_data, cfg.scenes, progress=env.is_main) or data)
+            root = str(resolve(cfg.val_data, cfg.scenes, progress=env.is_main and self.progress) or data)
             self.val_set = build_dataset(root, split=evaluation_split(root, cfg.val_split), **common)
             if self.val_set.meta.num_classes != self.meta.num_classes:
                 raise DataError(f"the evaluation set has {self.val_set.meta.num_classes} classes, the training set "

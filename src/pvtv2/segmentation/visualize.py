@@ -61,19 +61,21 @@ def save_visualization(
     ids, counts = torch.unique(labels[labels != ignore_index], return_counts=True)
     order = [int(ids[i]) for i in torch.argsort(counts, descending=True)][:max_legend]
     total = max(int(counts.sum()), 1)
-    h, w = labels.shape
-    fig = Figure(figsize=(max(4.0, w / 100) + 2.6, max(3.0, h / 100)), dpi=100)
-    ax = fig.add_axes((0.0, 0.0, 1.0 - 2.6 / fig.get_figwidth(), 0.92 if title else 1.0))
-    ax.imshow(blended.permute(1, 2, 0).numpy())  # (3, H, W) -> (H, W, 3)
-    ax.set_axis_off()
-    if title:
-        fig.suptitle(title, fontsize=10)
     handles = [
         Patch(color=[v / 255 for v in palette[c]], label=f"{class_names[c]} ({100 * int((labels == c).sum()) / total:.0f}%)")
         for c in order
     ]
-    if handles:
-        fig.legend(handles=handles, loc="center right", fontsize=8, frameon=False)
+    h, w = labels.shape
+    legend_w = max(1.5, 0.6 + 0.07 * max((len(p.get_label()) for p in handles), default=0))  # inches, ~8 pt text
+    height = max(3.0, h / 100, 0.6 + 0.2 * len(handles))  # inches: the image at 100 dpi, or the legend's rows
+    fig = Figure(figsize=(height * w / h + legend_w, height), dpi=100, layout="constrained")
+    ax = fig.add_subplot()
+    ax.imshow(blended.permute(1, 2, 0).numpy())  # (3, H, W) -> (H, W, 3)
+    ax.set_axis_off()
+    if title:
+        fig.suptitle(title, fontsize=10)
+    if handles:  # beside the image, in room the layout makes for it
+        fig.legend(handles=handles, loc="outside right center", fontsize=8, frameon=False)
     return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
 
 

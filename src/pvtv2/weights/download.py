@@ -9,9 +9,12 @@ temporary file and leaves any earlier file untouched.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 from urllib.error import URLError
@@ -26,6 +29,24 @@ log = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20
 TIMEOUT = 30  # seconds without data before a download is abandoned
+_BARS: contextvars.ContextVar[bool] = contextvars.ContextVar("pvtv2_download_bars", default=True)
+
+
+def download_bars() -> bool:
+    """Whether a download draws a progress bar when not told otherwise (see :func:`progress_bars`)."""
+    return _BARS.get()
+
+
+@contextlib.contextmanager
+def progress_bars(enabled: bool) -> Iterator[None]:
+    """Within the block, weight downloads not told otherwise draw a progress bar only when ``enabled``: the released
+    files (:func:`download`), torchvision's ImageNet weights and Hugging Face Hub files. A command's
+    ``--no-progress`` runs it inside ``progress_bars(False)``, since weights load deep inside model builders."""
+    token = _BARS.set(enabled)
+    try:
+        yield
+    finally:
+        _BARS.reset(token)
 
 
 def cache_dir() -> Path:
@@ -61,19 +82,21 @@ def _open(url: str) -> Any:
     return urlopen(Request(url, headers={"User-Agent": "pvtv2"}), timeout=TIMEOUT)
 
 
-def download(url: str, dst: str | os.PathLike[str], *, sha256: str | None = None, progress: bool = True) -> Path:
+def download(url: str, dst: str | os.PathLike[str], *, sha256: str | None = None,
+             progress: bool | None = None) -> Path:
     """Download ``url`` to ``dst`` atomically, checking its length and SHA-256 before it appears at ``dst``.
 
     Args:
         url: ``http(s)://`` or ``file://`` address.
         dst: destination file; its directory is created.
         sha256: expected full hash; default: torch.hub's prefix in ``dst``'s name, or no hash check.
-        progress: show a tqdm bar.
+        progress: show a tqdm bar (default: unless inside ``progress_bars(False)``).
 
     Raises:
         CheckpointError: offline, unreachable, cut short, or a hash mismatch; ``dst`` is then left as it was.
     """
     dst = Path(dst)
+    progress = download_bars() if progress is None else progress
     want = expected_hash(dst.name, sha256)
     where = f"put {url} at {dst} yourself or pass weights=PATH (CLI: --weights PATH)"
     if offline():
@@ -120,7 +143,7 @@ def _stream(response: Any, out: IO[bytes], name: str, progress: bool) -> str:
     return h.hexdigest()
 
 
-def released_file(name: str, *, progress: bool = True) -> Path:
+def released_file(name: str, *, progress: bool | None = None) -> Path:
     """The authors' released file of model ``name``: from torch.hub's cache, or downloaded and checked into it."""
     from .release import RELEASES, release
 

@@ -15,14 +15,17 @@ hashed: its SHA-256 must equal the one the Hub declares (the cache's blob name) 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import CheckpointError
+from .download import download_bars
 from .download import offline as pvtv2_offline
 from .download import sha256_file
 from .io import _first_line
@@ -73,6 +76,21 @@ def _hf() -> Any:
     return huggingface_hub
 
 
+@contextlib.contextmanager
+def _hub_bars() -> Iterator[None]:
+    """huggingface_hub's own download bars off inside :func:`~.download.progress_bars` ``(False)``."""
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    quiet = not download_bars() and not are_progress_bars_disabled()
+    if quiet:
+        disable_progress_bars()
+    try:
+        yield
+    finally:
+        if quiet:
+            enable_progress_bars()
+
+
 def is_offline() -> bool:
     """``HF_HUB_OFFLINE`` (read now, not only when huggingface_hub was imported) or ``PVTV2_OFFLINE``."""
     flag = os.environ.get("HF_HUB_OFFLINE", "").strip().lower()
@@ -110,7 +128,8 @@ def hub_file(source: str | os.PathLike[str]) -> Path | None:
 
     for filename in (src.filename,) if src.filename else FILENAMES:
         try:
-            path = Path(hf.hf_hub_download(src.repo, filename, revision=src.revision))
+            with _hub_bars():
+                path = Path(hf.hf_hub_download(src.repo, filename, revision=src.revision))
         except LocalEntryNotFoundError as e:  # (an EntryNotFoundError too) no connection, timeout, Hub down
             raise CheckpointError(f"could not reach the Hugging Face Hub for {src} ({_first_line(e)}); check the "
                                   "connection, or pass a local file") from None
