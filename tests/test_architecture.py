@@ -93,6 +93,7 @@ FORBIDDEN = {
     "classification": {"detection", "segmentation", "cli"},
     "detection": {"classification", "segmentation", "cli"},
     "segmentation": {"classification", "detection", "cli"},
+    "serve": {"cli"},  # the web page: uses the tasks and analysis; only the cli imports it (test below)
 }
 
 
@@ -106,6 +107,12 @@ def test_dependencies_point_one_way(part: str) -> None:
 def test_nothing_imports_the_command_line() -> None:
     bad = [f"{m} imports {d}" for m, p in MODULES.items() if _layer(m) not in ("cli", "__main__")
            for d in _imports(m, p, top_level_only=False) if _layer(d) == "cli"]
+    assert not bad, bad
+
+
+def test_only_the_command_line_imports_serve() -> None:
+    bad = [f"{m} imports {d}" for m, p in MODULES.items() if _layer(m) not in ("cli", "serve")
+           for d in _imports(m, p, top_level_only=False) if _layer(d) == "serve"]
     assert not bad, bad
 
 

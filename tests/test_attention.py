@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import require
 import torch
 
 from pvtv2 import create_model
@@ -98,7 +99,7 @@ def test_forward_and_fused_path_untouched() -> None:
 
 @pytest.mark.parametrize("name", ["pvt_v2_b0", "pvt_v2_b2_li"])
 def test_same_attention_as_hugging_face(name: str) -> None:
-    pytest.importorskip("transformers")
+    require("transformers")
     from pvtv2 import convert
     from pvtv2.bench.peers import hf_classifier  # HF's model with the release's LayerNorm eps
 

@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import pytest
+from conftest import require
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -250,8 +251,7 @@ def test_cli_errors_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
 @pytest.mark.parametrize("task", ["det", "seg"])
 def test_cli_dense_tasks(task: str, tmp_path: Path) -> None:
     package = {"det": "pvtv2.detection", "seg": "pvtv2.segmentation"}[task]
-    if not hasattr(pytest.importorskip(package), "complexity_rows"):
-        pytest.skip(f"{package}.complexity_rows not there")
+    assert hasattr(require(package), "complexity_rows"), f"{package}.complexity_rows is gone"
     out = tmp_path / f"{task}.csv"
     assert main(["flops", "--task", task, "pvt_v2_b0", "--csv", str(out)]) == 0
     rows = read_csv(out)

@@ -216,8 +216,12 @@ def test_recipes_follow_the_released_schedules() -> None:
         get_recipe("2x")
 
 
-@pytest.mark.skipif(not LABELME.is_dir(), reason="Debian labelme-examples not installed")
+def _need_labelme() -> None:
+    assert LABELME.is_dir(), f"{LABELME} missing: the Debian package labelme-examples is needed (make setup installs it)"
+
+
 def test_labelme_coco_and_voc() -> None:
+    _need_labelme()
     coco = open_dataset(LABELME / "instance_segmentation/data_dataset_coco/annotations.json")
     assert len(coco.images) == 3 and sum(len(r.instances) for r in coco.images) == 12
     assert len(coco.categories) == 20 and not coco.problems  # _background_ skipped
@@ -227,9 +231,8 @@ def test_labelme_coco_and_voc() -> None:
 
 
 def test_voc_bad_xml_and_unknown_class(tmp_path: Path) -> None:
+    _need_labelme()
     src = LABELME / "bbox_detection/data_dataset_voc"
-    if not src.is_dir():
-        pytest.skip("Debian labelme-examples not installed")
     root = tmp_path / "voc"
     shutil.copytree(src, root)
     xml = root / "Annotations" / "2011_000003.xml"

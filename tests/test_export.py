@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import require
 import torch
 import torch.nn.functional as F
 
@@ -15,8 +16,8 @@ from pvtv2.export import check_onnx, export_spec, onnx_bytes, onnx_session
 from pvtv2.layers import attention
 from pvtv2.layers.attention import adaptive_avg_pool_tokens
 
-pytest.importorskip("onnxruntime")
-pytest.importorskip("onnxscript")
+require("onnxruntime")
+require("onnxscript")
 
 # 224 (a multiple of 7 and 32), then sizes that are multiples of neither: the classic export failures
 SIZES = ((224, 224), (200, 328), (97, 161))

@@ -38,7 +38,7 @@ def test_every_released_config_converts_with_mmdets_counts(arch: str) -> None:
     from mmcv import Config
     from mmdet.models import build_detector as build_mmdet
 
-    for name, count in zip(RELEASED, MMDET_PARAMS[arch]):
+    for name, count in zip(RELEASED, MMDET_PARAMS[arch], strict=True):
         with torch.device("meta"):
             theirs = build_mmdet(Config(CONFIGS[arch](O.oracle_backbone(name), O.stage_channels(name))).model)
             ours = build_detector(arch, backbone=name)

@@ -41,3 +41,39 @@ def test_released_configs_build_with_mmdets_counts(tmp_path) -> None:
     assert sd["backbone.block1.0.mlp.dwconv.dwconv.weight"].shape == (256, 1, 3, 3)
     assert sd["bbox_head.retina_cls.weight"].shape == (9 * 80, 256, 3, 3)
     assert len(sd) == len(model.state_dict())
+
+
+def _oracle_module_without_mmdet(tmp_path, allow: str | None):
+    """pytest on a one-test module that imports the oracle, with ``mmdet`` made unimportable (a stand-in package that
+    raises ImportError, first on the path)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    fake = tmp_path / "fake" / "mmdet"
+    fake.mkdir(parents=True, exist_ok=True)
+    (fake / "__init__.py").write_text("raise ImportError('mmdet blocked by the test')\n")
+    tests = Path(__file__).parent
+    probe = tmp_path / "test_probe.py"
+    probe.write_text("import mmdet_oracle\n\ndef test_probe():\n    assert mmdet_oracle.INSTALLED\n")
+    env = {k: v for k, v in os.environ.items() if k != "PVTV2_ALLOW_MISSING"}
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path / "fake"), str(tests)])
+    if allow:
+        env["PVTV2_ALLOW_MISSING"] = allow
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
+                           "--rootdir", str(tmp_path), "-c", os.devnull, str(probe)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_a_missing_oracle_fails_in_one_line_and_never_skips(tmp_path) -> None:
+    done = _oracle_module_without_mmdet(tmp_path, allow=None)
+    out = done.stdout + done.stderr
+    assert done.returncode != 0, out
+    lines = [ln for ln in out.splitlines() if "oracle is needed" in ln]
+    assert lines and "mmdet blocked by the test" in lines[0] and "make setup" in lines[0], out
+    assert "skipped" not in out.splitlines()[-1], out
+    # the explicit opt-out (never set by make test or CI) skips with the same reason
+    done = _oracle_module_without_mmdet(tmp_path, allow="oracle")
+    # (exit 5: the module was skipped at import, so no test was collected)
+    assert done.returncode in (0, 5) and "1 skipped" in done.stdout.splitlines()[-1], done.stdout + done.stderr

@@ -54,7 +54,7 @@ def test_same_maps_and_rpn_outputs(pair: Any) -> None:
         cls, reg = theirs.rpn_head(their_maps)
         dense = get_detector("mask_rcnn").dense(ours, x)
     assert len(their_maps) == len(our_maps) == 5
-    for i, (a, b) in enumerate(zip(their_maps, our_maps)):  # P2..P6
+    for i, (a, b) in enumerate(zip(their_maps, our_maps, strict=True)):  # P2..P6
         assert (a - b).abs().max() <= 1e-4
         assert (cls[i] - dense[f"objectness_{i}"]).abs().max() <= 1e-4
         assert (reg[i] - dense[f"rpn_deltas_{i}"]).abs().max() <= 1e-4

@@ -40,7 +40,7 @@ def test_same_maps_and_head_outputs(pair: Any, photo: str, size: tuple[int, int]
         cls, reg = theirs.forward_dummy(x)
         dense = get_detector("retinanet").dense(ours, x)
     assert len(their_maps) == len(our_maps) == 5
-    for a, b in zip(their_maps, our_maps):  # P3..P7; P7 has no ReLU before it
+    for a, b in zip(their_maps, our_maps, strict=True):  # P3..P7; P7 has no ReLU before it
         assert a.shape == b.shape and (a - b).abs().max() <= 1e-4
     assert (O.level_outputs(cls, 80) - dense["cls_logits"]).abs().max() <= 1e-4
     assert (O.level_outputs(reg, 4) - dense["bbox_regression"]).abs().max() <= 1e-4

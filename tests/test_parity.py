@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
-from conftest import max_abs
+from conftest import max_abs, require
 
 from pvtv2 import convert, create_model, list_models, load_weights
 
@@ -36,7 +36,7 @@ def test_same_logits_and_features_as_timm(name: str, images: dict) -> None:
 
 
 def _hf_model(name: str, depths: tuple[int, ...]):
-    pytest.importorskip("transformers")
+    require("transformers")
     from pvtv2.bench.peers import hf_classifier  # HF's model with the release's LayerNorm eps (see there)
 
     return hf_classifier(create_model(name, num_classes=10, depths=depths).cfg, 10).eval()

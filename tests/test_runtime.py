@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from conftest import require
 import torch
 
 from pvtv2 import create_model
@@ -102,7 +103,7 @@ def test_compile_backend_matches_eager() -> None:
 
 
 def test_onnxruntime_backend_matches_eager() -> None:
-    pytest.importorskip("onnxruntime")
+    require("onnxruntime")
     model = create_model("pvt_v2_b0", num_classes=0, **TINY)  # a backbone: four maps
     run = prepare(model, "onnxruntime", example_input=torch.randn(2, 3, 64, 64))
     for shape in ((2, 3, 64, 64), (1, 3, 97, 161), (3, 3, 40, 72)):  # other batch and sizes than traced

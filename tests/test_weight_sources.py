@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 import pytest
+from conftest import require
 import torch
 
 from pvtv2 import CheckpointError, convert, create_model, save_weights
@@ -157,7 +158,7 @@ COMMIT = "a" * 40
 @pytest.fixture
 def hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """An empty huggingface_hub cache; ``put(repo, filename, data)`` stores a file as a download would."""
-    constants = pytest.importorskip("huggingface_hub.constants")  # the [hub] extra, installed by make test
+    constants = require("huggingface_hub.constants")  # the [hub] extra, installed by make test
 
     root = tmp_path / "hf"
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(root))

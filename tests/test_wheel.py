@@ -56,7 +56,7 @@ def test_wheel_holds_the_package_data_and_the_entry_point(built: dict[str, Path]
     names = zipfile.ZipFile(built["wheel"]).namelist()
     for pattern in PYPROJECT["tool"]["setuptools"]["package-data"]["pvtv2"]:
         assert fnmatch.filter(names, f"pvtv2/{pattern}"), f"package data pvtv2/{pattern} missing from the wheel"
-    for required in ("pvtv2/py.typed", "pvtv2/cli/__init__.py", "pvtv2/models/pvt.py"):
+    for required in ("pvtv2/py.typed", "pvtv2/serve/page.html", "pvtv2/serve/page.js", "pvtv2/cli/__init__.py"):
         assert required in names, f"{required} missing from the wheel"
     ep = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     entry_points = zipfile.ZipFile(built["wheel"]).read(ep).decode()

@@ -80,6 +80,28 @@ def image_transform(pre: dict[str, Any]) -> Callable[[Any], torch.Tensor]:
                           str(pre.get("interpolation", "bicubic")))
 
 
+def whole_image_input(photo: Any, pre: dict[str, Any], size: tuple[int, int] | int | None = None
+                      ) -> torch.Tensor:
+    """The whole photo (no crop) as a classifier's input ``(1, C, H, W)``: resized so that its shorter side is
+    ``size`` (an int; default the classifier's input size, else 224) with the aspect kept, or to ``(H, W)`` exactly;
+    normalised with the classifier's statistics (a one-channel run gets the photo in grey). For attention maps."""
+    from torchvision.transforms import v2
+
+    from .transforms import IMAGENET_MEAN, IMAGENET_STD
+
+    W0, H0 = photo.size
+    if isinstance(size, tuple):
+        H, W = size
+    else:
+        short = size or int(pre.get("size", 224))
+        H, W = (short, round(W0 * short / H0)) if H0 <= W0 else (round(H0 * short / W0), short)
+    mean, std = tuple(pre.get("mean", IMAGENET_MEAN)), tuple(pre.get("std", IMAGENET_STD))
+    grey = [v2.Grayscale()] if len(mean) == 1 else []  # a grey run (Fashion-MNIST): its one-channel statistics
+    x = v2.Compose(grey + [v2.PILToTensor(), v2.Resize((H, W), antialias=True), v2.ToDtype(torch.float32, scale=True),
+                           v2.Normalize(mean, std)])(photo)
+    return x.expand(int(pre.get("channels", 3)), -1, -1)[None]  # (C', H, W) -> (1, C, H, W)
+
+
 class _FashionTransform:
     """Any photo -> a Fashion-MNIST-like input: grey, fitted into 28x28 on black, zero-padded, normalised."""
 

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from ..errors import PVTError
 
 # Sub-command modules, in the order ``pvtv2 --help`` lists them.
-_MODULES = ("train", "models", "weights", "flops", "export", "bench", "det", "seg", "data", "attention")
+_MODULES = ("train", "models", "weights", "flops", "export", "bench", "det", "seg", "data", "attention", "serve")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,6 +40,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 1
     try:
+        if getattr(args, "no_progress", False):  # weights load deep inside model builders: their bars too
+            from ..weights.download import progress_bars
+
+            with progress_bars(False):
+                return int(args.func(args) or 0)
         return int(args.func(args) or 0)
     except PVTError as e:
         print(f"error: {e}", file=sys.stderr)

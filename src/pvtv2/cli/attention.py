@@ -41,12 +41,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_attention(args: argparse.Namespace) -> int:
-    import torch
-    from torchvision.transforms import v2
-
     from ..analysis.attention import attention_maps, save_attention_figure
-    from ..classification.inference import load_classifier
-    from ..classification.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from ..classification.inference import load_classifier, whole_image_input
     from ..data import load_image
     from ..errors import DataError
     from ..models import create_model
@@ -63,16 +59,9 @@ def run_attention(args: argparse.Namespace) -> int:
     depth = min(model.cfg.depths)
     if not -depth <= args.block < depth:
         raise DataError(f"--block {args.block}: the shortest stage of {name} has {depth} block(s)")
-    if args.input_size:
-        H, W = args.input_size
-    else:  # the shorter side to --size (default: the checkpoint's training size, else 224), aspect kept
-        short = args.size or int(pre.get("size", 224))
-        H, W = (short, round(W0 * short / H0)) if H0 <= W0 else (round(H0 * short / W0), short)
-    mean, std = tuple(pre.get("mean", IMAGENET_MEAN)), tuple(pre.get("std", IMAGENET_STD))
-    grey = [v2.Grayscale()] if len(mean) == 1 else []  # a grey run (Fashion-MNIST): its one-channel statistics
-    x = v2.Compose(grey + [v2.PILToTensor(), v2.Resize((H, W), antialias=True), v2.ToDtype(torch.float32, scale=True),
-                           v2.Normalize(mean, std)])(photo)
-    x = x.expand(int(pre.get("channels", 3)), -1, -1)[None]  # (1, C, H, W)
+    # (H, W) from --input-size, or the shorter side to --size (default: the checkpoint's training size), aspect kept
+    x = whole_image_input(photo, pre, tuple(args.input_size) if args.input_size else args.size)  # (1, C, H, W)
+    H, W = x.shape[-2:]
     query = None if args.query is None else (args.query[0] * H / H0, args.query[1] * W / W0)
     maps = attention_maps(model, x, query=query, block=args.block)
     block = "last block" if args.block == -1 else f"block {args.block}"

@@ -1,0 +1,327 @@
+"""What ``pvtv2 serve`` serves: the models of its four panels, loaded once, and one function per panel that runs a
+model on a decoded photo and returns JSON-able results with the time the call took.
+
+Checkpoints go through the package's own loaders (all ``torch.load(weights_only=True)``, never pickle):
+:func:`pvtv2.classification.inference.load_classifier`, :func:`pvtv2.detection.inference.load_detector` (released
+mmdet files included) and :func:`pvtv2.segmentation.checkpoint.load_segmentor` (released mmseg files included).
+Without a checkpoint each panel gets a B0 model with random weights (labelled so on the page): an ImageNet-layout
+``pvt_v2_b0`` classifier, a Mask R-CNN-B0 with the 80 COCO classes and a Semantic FPN-B0 with the 150 ADE20K ones.
+
+The attention panel reads the classifier (a PVT): :func:`pvtv2.analysis.attention.attention_maps` on the photo
+resized as ``pvtv2 attention`` resizes it (shorter side to the classifier's input size, aspect kept).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from ..errors import CheckpointError, DataError
+
+if TYPE_CHECKING:  # the task packages load with the models (torchvision, timm: seconds), not with this module
+    from ..classification.inference import Classifier
+    from ..segmentation.datasets import DatasetMeta
+
+RANDOM, NONE = "random", "none"
+RANDOM_SOURCE = "random weights"
+
+
+@dataclass
+class Panel:
+    """What the page shows about the model of one panel."""
+
+    task: str  # "classify", "detect", "segment" or "attention"
+    name: str  # e.g. "pvt_v2_b0", "mask_rcnn / pvt_v2_b0"
+    source: str  # the checkpoint path, or "random weights"
+    random: bool
+    load_ms: float
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def info(self) -> dict[str, Any]:
+        """The JSON the page reads (``/api/info``)."""
+        return {"task": self.task, "name": self.name, "source": self.source, "random": self.random,
+                "load_ms": round(self.load_ms, 1), **self.details}
+
+
+@dataclass
+class Models:
+    """The served models (``None``: panel off), their panels, and one lock: a single model call at a time."""
+
+    classifier: Classifier | None = None
+    detector: nn.Module | None = None
+    det_meta: dict[str, Any] | None = None
+    segmentor: nn.Module | None = None
+    seg_meta: DatasetMeta | None = None
+    seg_scale: tuple[int, int] = (2048, 512)
+    panels: dict[str, Panel] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def _ms(t0: float) -> float:
+    return round(1000 * (time.perf_counter() - t0), 1)
+
+
+@contextmanager
+def _seeded() -> Iterator[None]:
+    """Random weights that are the same at every start (seed 0), leaving the caller's generator as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        yield
+
+
+def _load_classifier(spec: str, model: str) -> tuple[Classifier, bool]:
+    """``spec``: a registered model name (random weights), ``official`` / ``hf-hub:...`` (weights of ``model``), a
+    ``pvtv2 train`` checkpoint or a weights file of ``model``."""
+    from ..classification.inference import Classifier, imagenet_classes, load_classifier
+    from ..models import create_model, list_models
+    from ..weights import read_checkpoint
+    from ..weights.release import IMAGENET_EVAL
+
+    if spec in list_models():
+        ids, names = imagenet_classes()
+        with _seeded():
+            net = create_model(spec).eval()
+        return Classifier(net, ids, names, dict(IMAGENET_EVAL), RANDOM_SOURCE, spec), True
+    if spec == "official" or spec.startswith("hf-hub:"):
+        return load_classifier(weights=spec, model=model), False
+    if not Path(spec).is_file():
+        raise CheckpointError(f"--classifier {spec}: neither a file nor a registered model name (e.g. pvt_v2_b0; "
+                              "'pvtv2 models' lists them)")
+    from ..engine.checkpoint import FORMAT
+
+    if read_checkpoint(spec).get("format") == FORMAT:  # a pvtv2 train run: model, classes, preprocessing
+        return load_classifier(checkpoint=spec), False
+    return load_classifier(weights=spec, model=model), False
+
+
+def _variant(cfg: Any) -> str:
+    """The registered name whose architecture ``cfg`` has (drop rates aside), else ``"PVT"``."""
+    from ..models import list_models, model_info
+
+    keys = ("embed_dims", "depths", "num_heads", "mlp_ratios", "sr_ratios", "attn_mode", "overlap_patch_embed",
+            "conv_ffn", "cls_token")
+    for name in list_models():
+        if all(getattr(model_info(name).cfg, k) == getattr(cfg, k, None) for k in keys):
+            return name
+    return "PVT"
+
+
+def load_models(
+    classifier: str = "pvt_v2_b0",
+    detector: str = RANDOM,
+    segmentor: str = RANDOM,
+    *,
+    classifier_model: str = "pvt_v2_b0",
+    det_size: int | None = None,
+    seg_size: int = 512,
+) -> Models:
+    """Load (or build with random weights) each panel's model once.
+
+    Args:
+        classifier: a registered model name (random weights), ``official``, a ``pvtv2 train`` checkpoint or a weights
+            file of ``classifier_model``; ``none``: no classification or attention panel.
+        detector: a detection checkpoint (``pvtv2 det train``, ``save_detector`` or a released mmdet file),
+            ``random`` (Mask R-CNN-B0, COCO classes) or ``none``.
+        segmentor: a segmentation checkpoint (``pvtv2 seg train``, ``save_segmentor`` or released mmseg),
+            ``random`` (Semantic FPN-B0, ADE20K classes) or ``none``.
+        classifier_model: the model name of a classifier weights file.
+        det_size: the detector's test size (shorter side; default: the checkpoint's, 640 for ``random``).
+        seg_size: the segmentor's test size (shorter side, longer side at most 2048).
+
+    Raises:
+        CheckpointError: a file that is not a checkpoint of that kind (one line).
+    """
+    from ..detection.inference import build_from_meta, detector_meta, load_detector
+    from ..detection.mmdet import COCO_CLASSES
+    from ..segmentation import ADE20K_CLASSES, DatasetMeta, load_segmentor, semantic_fpn
+
+    m = Models(seg_scale=(2048, seg_size))
+    if classifier != NONE:
+        t0 = time.perf_counter()
+        m.classifier, random = _load_classifier(classifier, classifier_model)
+        pvt = hasattr(m.classifier.model, "forward_tokens") and hasattr(m.classifier.model, "stages")
+        src = m.classifier.source
+        m.panels["classify"] = Panel("classify", m.classifier.name, src, random, _ms(t0),
+                                     {"classes": len(m.classifier.class_names)})
+        if pvt:
+            m.panels["attention"] = Panel("attention", m.classifier.name, src, random, 0.0,
+                                          {"size": int(m.classifier.preprocess.get("size", 224))})
+    if detector != NONE:
+        t0 = time.perf_counter()
+        if detector == RANDOM:
+            size = det_size or 640
+            meta = detector_meta("mask_rcnn", backbone="pvt_v2_b0", class_names=["background", *COCO_CLASSES],
+                                 min_size=size, max_size=size * 1333 // 800,
+                                 options={"box_score_thresh": 0.0, "box_detections_per_img": 30})
+            with _seeded():
+                m.detector, m.det_meta = build_from_meta(meta).eval(), meta
+        else:
+            max_size = None if det_size is None else det_size * 1333 // 800
+            m.detector, m.det_meta = load_detector(detector, min_size=det_size, max_size=max_size)
+        meta = m.det_meta
+        m.panels["detect"] = Panel("detect", f"{meta.get('arch', '?')} / {meta.get('backbone', '?')}",
+                                   RANDOM_SOURCE if detector == RANDOM else detector, detector == RANDOM, _ms(t0),
+                                   {"classes": len(meta["class_names"]) - 1, "test_size": meta.get("min_size"),
+                                    "default_score": 0.0 if detector == RANDOM else 0.5})
+    if segmentor != NONE:
+        t0 = time.perf_counter()
+        if segmentor == RANDOM:
+            with _seeded():
+                m.segmentor = semantic_fpn(backbone="pvt_v2_b0", num_classes=len(ADE20K_CLASSES)).eval()
+            m.seg_meta = DatasetMeta(len(ADE20K_CLASSES), ADE20K_CLASSES, 255, True)
+            name = "semantic_fpn / pvt_v2_b0"
+        else:
+            m.segmentor, m.seg_meta = load_segmentor(segmentor)
+            m.segmentor.eval()
+            name = f"semantic_fpn / {_variant(m.segmentor.backbone.model.cfg)}"
+        m.panels["segment"] = Panel("segment", name, RANDOM_SOURCE if segmentor == RANDOM else segmentor,
+                                    segmentor == RANDOM, _ms(t0),
+                                    {"classes": m.seg_meta.num_classes, "test_size": seg_size})
+    return m
+
+
+def _png_url(pixels: np.ndarray, mode: str) -> str:
+    """A ``data:image/png`` URL of ``pixels`` (``(H, W, C)`` uint8 in PIL ``mode``)."""
+    buf = io.BytesIO()
+    Image.fromarray(pixels, mode).save(buf, format="PNG", compress_level=1)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _need(model: Any, task: str) -> None:
+    if model is None:
+        raise DataError(f"no {task} model is served (the server was started with it set to 'none')")
+
+
+def classify(models: Models, image: Image.Image, topk: int = 5) -> dict[str, Any]:
+    """Top-``topk`` classes of an RGB photo with the classifier's own evaluation preprocessing."""
+    clf = models.classifier
+    _need(clf, "classification")
+    assert clf is not None
+    with models.lock, torch.inference_mode():
+        t0 = time.perf_counter()
+        x = clf.transform()(image)[None]  # (1, C, S, S)
+        probs = clf.model(x).float().softmax(dim=-1)[0]  # (num_classes,)
+        p, i = probs.topk(min(topk, probs.numel()))
+        ms = _ms(t0)
+    top = [{"class": clf.class_names[j], "prob": round(float(q), 5)} for q, j in zip(p.tolist(), i.tolist())]
+    return {"top": top, "ms": ms, "input": list(x.shape[-2:])}
+
+
+class _KeepOutput(nn.Module):
+    """Runs a detector for :func:`pvtv2.detection.inference.detect` and keeps its raw output (the masks)."""
+
+    def __init__(self, detector: nn.Module) -> None:
+        super().__init__()
+        self.detector = detector
+        self.output: dict[str, torch.Tensor] = {}
+
+    def forward(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        out = self.detector(images)
+        self.output = {k: v.cpu() for k, v in out[0].items()}
+        return out
+
+
+def _key(label: int, score: float, box: list[float]) -> tuple[Any, ...]:
+    return label, round(score, 4), tuple(round(v, 1) for v in box)
+
+
+def detect(models: Models, image: Image.Image, max_detections: int = 100) -> dict[str, Any]:
+    """Every detection the detector returns (its own test threshold), best first, each with its mask (instance
+    segmentation) as a PNG cropped to its box: the page filters them by score without running the model again."""
+    from ..detection.inference import detect as detect_image
+
+    _need(models.detector, "detection")
+    assert models.detector is not None and models.det_meta is not None
+    pixels = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)  # (H, W, 3) -> (3, H, W) uint8
+    runner = _KeepOutput(models.detector)
+    with models.lock, torch.inference_mode():
+        t0 = time.perf_counter()
+        found = detect_image(runner, pixels, class_names=models.det_meta["class_names"], score_thresh=-1.0)
+        ms = _ms(t0)
+    raw = runner.output
+    where: dict[tuple[Any, ...], list[int]] = {}  # detect()'s rows -> indices of the raw output (its masks)
+    for i, (box, label, score) in enumerate(zip(raw["boxes"].tolist(), raw["labels"].tolist(),
+                                                raw["scores"].tolist())):
+        where.setdefault(_key(label, score, box), []).append(i)
+    H, W = pixels.shape[-2:]
+    rows = []
+    for d in found[:max_detections]:
+        row = dict(d)
+        idx = where.get(_key(d["label"], d["score"], d["box"]), [])
+        i = idx.pop(0) if idx else None
+        if i is not None and "masks" in raw:
+            x0, y0 = max(0, int(d["box"][0])), max(0, int(d["box"][1]))
+            x1, y1 = min(W, int(np.ceil(d["box"][2]))), min(H, int(np.ceil(d["box"][3])))
+            inside = raw["masks"][i, 0, y0:y1, x0:x1] >= 0.5  # (N, 1, H, W) probabilities -> (h, w) bool
+            if x1 > x0 and y1 > y0 and bool(inside.any()):
+                alpha = inside.numpy().astype(np.uint8) * 255
+                la = np.stack([np.full_like(alpha, 255), alpha], axis=-1)  # (h, w) -> (h, w, 2): white, alpha
+                row["mask"] = {"x": x0, "y": y0, "png": _png_url(la, "LA")}
+        rows.append(row)
+    return {"detections": rows, "ms": ms, "masks": "masks" in raw, "size": [W, H]}
+
+
+def segment(models: Models, image: Image.Image, legend: int = 12) -> dict[str, Any]:
+    """The label map as an RGBA colour layer (PNG, transparent where unpainted) and the classes it shows."""
+    from ..segmentation import palette_for, predict
+
+    _need(models.segmentor, "segmentation")
+    assert models.segmentor is not None and models.seg_meta is not None
+    pixels = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)  # (H, W, 3) -> (3, H, W) uint8
+    with models.lock, torch.inference_mode():
+        t0 = time.perf_counter()
+        labels = predict(models.segmentor, pixels, scale=models.seg_scale).cpu()  # (H, W) class indices
+        ms = _ms(t0)
+    names = list(models.seg_meta.class_names)
+    colours = np.asarray(palette_for(names), dtype=np.uint8)  # (K, 3)
+    lab = labels.numpy()
+    rgba = np.zeros((*lab.shape, 4), dtype=np.uint8)  # (H, W, 4)
+    rgba[..., :3] = colours[lab]
+    rgba[..., 3] = np.where(colours[lab].any(-1), 255, 0)  # black (a background class): left unpainted
+    ids, counts = torch.unique(labels, return_counts=True)
+    order = torch.argsort(counts, descending=True)[:legend]
+    rows = [{"class": names[int(ids[i])], "share": round(int(counts[i]) / labels.numel(), 4),
+             "color": "#%02x%02x%02x" % tuple(int(c) for c in colours[int(ids[i])])} for i in order]
+    return {"overlay": _png_url(rgba, "RGBA"), "legend": rows, "classes": len(ids), "ms": ms,
+            "size": [lab.shape[1], lab.shape[0]]}
+
+
+def attention(models: Models, image: Image.Image, y: float, x: float) -> dict[str, Any]:
+    """The attention each stage's last block of the classifier pays to its keys from the query at pixel ``(y, x)``
+    of ``image``: per stage the key grid (mean over heads) and the input pixels it covers."""
+    from ..analysis.attention import attention_maps
+    from ..classification.inference import whole_image_input
+
+    clf = models.classifier
+    if clf is None or "attention" not in models.panels:
+        raise DataError("no attention panel: the classifier is not a PVT (or classification is off)")
+    W0, H0 = image.size
+    if not (0 <= y < H0 and 0 <= x < W0):
+        raise DataError(f"query (y, x) = ({y:g}, {x:g}) is outside the {H0}x{W0} photo")
+    with models.lock, torch.inference_mode():
+        t0 = time.perf_counter()
+        # as `pvtv2 attention`: the shorter side to the classifier's input size, aspect kept
+        inp = whole_image_input(image, clf.preprocess)  # (1, C, H, W)
+        H, W = inp.shape[-2:]
+        maps = attention_maps(clf.model, inp, query=(y * H / H0, x * W / W0))
+        ms = _ms(t0)
+    stages = []
+    for s in maps.stages:
+        w = s.weights[0].mean(0)  # (heads, kh, kw) -> (kh, kw)
+        stages.append({"stage": s.stage + 1, "block": s.block + 1, "queries": list(s.query_grid),
+                       "keys": list(s.key_grid), "extent": list(s.key_extent), "mode": s.mode,
+                       "reduction": s.reduction, "weights": [round(v, 6) for v in w.flatten().tolist()],
+                       "min": float(w.min()), "max": float(w.max()), "uniform": 1 / w.numel()})
+    return {"stages": stages, "input": [H, W], "query": [y, x], "ms": ms}
