@@ -260,3 +260,42 @@ def test_every_registered_detector_trains_resumes_exactly_and_evaluates(arch: st
     resumed = train(case.make_task(cfg), resume=stopped.checkpoint, progress=False)
     assert resumed.steps == 2 and resumed.metrics == ref.metrics
     _identical(ref.checkpoint, resumed.checkpoint)
+
+
+def test_a_new_run_never_replaces_a_finished_one(case: Case, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Every task's CLI: a second run into a folder holding a run is refused in one line (the first run intact);
+    --overwrite replaces it; --resume is still welcome."""
+    out = tmp_path / "run"
+    assert cli([*case.cli, *COMMON, "--out", str(out)]) == 0
+    before = {name: (out / name).read_bytes() for name in ("last.pth", "metrics.jsonl", "config.json")}
+    capsys.readouterr()
+    assert cli([*case.cli, *COMMON, "--out", str(out), "--seed", "4"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "already holds a run" in err[0] and "--resume" in err[0] and "--overwrite" in err[0], err
+    assert {name: (out / name).read_bytes() for name in before} == before  # nothing of the first run touched
+    assert cli([*case.cli, *COMMON, "--out", str(out), "--seed", "4", "--overwrite"]) == 0
+    assert json.loads((out / "config.json").read_text())["seed"] == 4
+    assert (out / "last.pth").read_bytes() != before["last.pth"]
+
+
+def test_a_run_directory_in_use_is_refused_and_a_killed_holder_leaves_no_stale_lock(tmp_path: Path) -> None:
+    from pvtv2.engine.run_guard import claim_run_dir
+
+    out = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pvtv2.engine.run_guard import claim_run_dir\n"
+         f"with claim_run_dir({str(out)!r}):\n    print('held', flush=True); time.sleep(120)"],
+        stdout=subprocess.PIPE, text=True, env=_env())
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(TrainingError, match=rf"in use by another training process \(pid {holder.pid}\)"):
+            with claim_run_dir(out):
+                pass
+    finally:
+        holder.kill()  # SIGKILL: no clean-up code runs in the holder
+        holder.wait()
+    with claim_run_dir(out) as path:  # the kernel dropped the dead process's lock
+        assert path == out
+    # a second process under torchrun-style ranks: only the main one claims
+    with claim_run_dir(out), claim_run_dir(out, main=False):
+        pass

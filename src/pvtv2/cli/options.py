@@ -109,6 +109,8 @@ def add_train_arguments(parser: argparse.ArgumentParser, recipes: Mapping[str, A
     run.add_argument("--out", help="run directory (default: runs/<task>/<timestamp>; on --resume: the checkpoint's)")
     run.add_argument("--resume", metavar="CKPT", help="continue exactly from a run's last.pth (alone: the run's own "
                      "configuration; only run length, periods and processes may change)")
+    run.add_argument("--overwrite", action="store_true", help="replace the run already in --out (its files are "
+                     "deleted); without it a folder holding a run is refused")
     run.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
     run.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
 
@@ -132,5 +134,5 @@ def run_training(args: argparse.Namespace, recipes: Mapping[str, Any], make_task
         return 0
     from ..engine import train
 
-    train(make_task(cfg), out=args.out, resume=args.resume, progress=not args.no_progress)
+    train(make_task(cfg), out=args.out, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite)
     return 0

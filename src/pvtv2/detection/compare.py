@@ -73,7 +73,8 @@ def compare(cfg: DetectionConfig, out: str | Path, *, archs: list[str] | None = 
         task = DetectionTask(run_cfg)
         result = finished_run(out / name, run_cfg)
         if result is None:
-            result = train(task, out=out / name, progress=progress)
+            # the comparison owns its folders: a run left there by another configuration is replaced
+            result = train(task, out=out / name, progress=progress, overwrite=True)
         else:  # an earlier call with the same configuration got this far: its run is reused, not trained again
             log.info("%s: reusing the finished run in %s", name, result.run_dir)
             task.progress = progress

@@ -39,6 +39,7 @@ from .guards import InterruptGuard, Interrupted
 from .loop import Stepper
 from .metrics import MetricsLogger, RunDir
 from .optim import LRSchedule, create_optimizer
+from .run_guard import claim_run_dir
 from .sampling import StepSampler
 from .task import Task
 
@@ -92,7 +93,7 @@ def resume_config(path: str | os.PathLike[str], cls: type, **changes: Any) -> An
 
 
 def train(task: Task, *, out: str | os.PathLike[str] | None = None, resume: str | os.PathLike[str] | None = None,
-          progress: bool = True) -> TrainResult:
+          progress: bool = True, overwrite: bool = False) -> TrainResult:
     """Train (or resume) ``task`` as its config says.
 
     Args:
@@ -100,16 +101,22 @@ def train(task: Task, *, out: str | os.PathLike[str] | None = None, resume: str 
         out: run directory (default ``runs/<task>/<timestamp>``; on resume, the checkpoint's folder).
         resume: a ``last.pth`` (or ``best.pth``) to continue from exactly.
         progress: show tqdm bars (rank 0).
+        overwrite: a new run may replace the run already in ``out`` (else that is refused).
 
     Raises:
-        TrainingError: NaN/inf loss (the last good checkpoint is kept), an inconsistent set-up.
+        TrainingError: NaN/inf loss (the last good checkpoint is kept), an inconsistent set-up, ``out`` holding a
+            run (without ``resume`` / ``overwrite``) or in use by another process.
         CheckpointError: a resume that does not fit, a full disk.
         Interrupted: after Ctrl-C / SIGTERM, once a resumable ``last.pth`` is written.
     """
     task.cfg.check()
     env = setup_process(task.cfg)
     try:
-        return _Run(task, env, out, resume, progress).run()
+        path = out or (Path(resume).parent if resume else RunDir.create(None, root=f"runs/{task.name}",
+                                                                        main=False).path)
+        path = broadcast_object(str(path))  # rank 0's name on every rank
+        with claim_run_dir(path, resume=bool(resume), overwrite=overwrite, main=env.is_main):
+            return _Run(task, env, path, resume, progress).run()
     finally:
         cleanup()
 
@@ -159,9 +166,7 @@ class _Run:
                 log.info("schedule length changed from %d to %d steps", self.schedule.total_steps, self.total)
                 self.schedule.total_steps, self.schedule.milestones = self.total, self._milestones()
             self.state.extra = {**self.state.extra, **task.state()}
-        run_path = out or (Path(resume).parent if resume else RunDir.create(None, root=f"runs/{task.name}",
-                                                                            main=False).path)
-        self.run_dir = RunDir(broadcast_object(str(run_path)), main=env.is_main)  # rank 0's name on every rank
+        self.run_dir = RunDir(out, main=env.is_main)  # claimed by train() for this run
         self.resolved = {"world_size": env.world_size, "device": str(env.device), "precision": self.precision.name,
                          "lr": self.lr, "total_steps": self.total, "steps_per_epoch": self.steps_per_epoch,
                          "warmup_steps": self.warmup, "train_samples": n}
