@@ -299,3 +299,51 @@ def test_a_run_directory_in_use_is_refused_and_a_killed_holder_leaves_no_stale_l
     # a second process under torchrun-style ranks: only the main one claims
     with claim_run_dir(out), claim_run_dir(out, main=False):
         pass
+
+
+def test_hooks_task_optimizer_and_lower_is_better_metric(tmp_path: Path) -> None:
+    """A writer of one's own is a hook (no trainer change); a task may bring its optimizer; a lower-is-better
+    metric picks best.pth by its minimum."""
+    from pvtv2.engine.hooks import Hook
+
+    calls: list[str] = []
+
+    class Recorder(Hook):
+        def before_train(self, run):
+            calls.append("before")
+
+        def after_step(self, run, loss, losses):
+            calls.append(f"step{run.state.step}")
+            assert isinstance(run.optimizer, torch.optim.SGD) and torch.isfinite(loss)
+
+        def after_report(self, run, record, metrics):
+            calls.append(f"report{record['step']}")
+            assert "test_loss" in metrics and record["test_loss"] == metrics["test_loss"]
+
+        def on_checkpoint(self, run, path, best):
+            calls.append("best" if best else "last")
+            assert path.is_file()
+
+        def after_train(self, run, summary):
+            calls.append("after")
+            assert summary["steps"] == run.total
+
+    class LossPicked(ClassificationTask):
+        metric, higher_is_better = "test_loss", False
+
+        def build_optimizer(self, model, lr):
+            return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+
+    case = _case("cls", tmp_path)
+    result = train(LossPicked(case.cfg(epochs=3)), out=tmp_path / "run", progress=False, hooks=[Recorder()])
+    steps = result.steps
+    assert calls[0] == "before" and calls[-1] == "after" and calls.count("after") == 1
+    assert [c for c in calls if c.startswith("step")] == [f"step{i}" for i in range(1, steps + 1)]
+    reports = [c for c in calls if c.startswith("report")]
+    assert len(reports) == 3 and calls.count("last") >= 3
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["test_loss"] for r in records]
+    assert result.best == min(losses)  # lower is better
+    # best.pth written exactly when the loss reached a new minimum
+    assert calls.count("best") == sum(1 for i, v in enumerate(losses) if v < min(losses[:i], default=float("inf")))
+    assert read_train_checkpoint(tmp_path / "run" / "last.pth")["optimizer"]["param_groups"][0]["momentum"] == 0.9

@@ -63,6 +63,9 @@ class ClassificationTask(Task):
         self.data: ClassificationData
         self.skipped = 0  # unreadable training images this process skipped since the last report
 
+    def sampler_repeats(self) -> int:
+        return self.cfg.repeated_aug  # DeiT's repeated augmentation (3 in the ImageNet recipe)
+
     def setup(self, env: DistEnv) -> int:
         self.data = build_data(self.cfg, env)
         self.precision = Precision.resolve(self.cfg.precision, env.device)

@@ -10,6 +10,8 @@ Pieces (each module's docstring shows how it is used):
 - :mod:`.checkpoint`: atomic, weights-only-loadable training checkpoints with RNG states; exact resume.
 - :mod:`.guards`: NaN/inf loss stops the run keeping the last good checkpoint; Ctrl-C/SIGTERM -> resumable save.
 - :mod:`.metrics`: run directory, config.json, metrics.jsonl/.csv, curves.png.
+- :mod:`.hooks`: what runs around the steps (the run directory's writers, and any of the caller's).
+- :mod:`.run_guard`: one run per run directory (no clobbering, a lock while training).
 - :mod:`.optim`: AdamW without decay on norms/biases/embeddings, lr scaling by total batch, warm-up + cosine/poly/step.
 - :mod:`.amp`, :mod:`.ema`, :mod:`.loop`: precision, EMA, and the shared optimizer step.
 """
@@ -41,6 +43,7 @@ from .distributed import (
 )
 from .ema import create_ema
 from .guards import InterruptGuard, Interrupted, check_finite
+from .hooks import Hook
 from .loop import Stepper
 from .metrics import MetricsLogger, RunDir, plot_curves
 from .optim import LRSchedule, create_optimizer, param_groups, scale_lr
@@ -50,6 +53,7 @@ from .trainer import TrainResult, resume_config, train
 
 __all__ = [
     "DistEnv",
+    "Hook",
     "InterruptGuard",
     "Interrupted",
     "LRSchedule",

@@ -38,7 +38,8 @@ class Task(ABC):
 
     Attributes:
         name: short name: the run folder ``runs/<name>/<time>`` and the log prefix (``cls``, ``det``, ``seg``).
-        metric: the evaluation result that picks ``best.pth`` (higher is better), e.g. ``test_top1``, ``bbox_AP``.
+        metric: the evaluation result that picks ``best.pth``, e.g. ``test_top1``, ``bbox_AP``.
+        higher_is_better: whether a larger ``metric`` is better (False for a loss or an error rate).
         curves: the panels of ``curves.png``: title -> metric keys.
         cfg: the run's configuration.
         progress: whether the task may draw progress bars of its own (e.g. generating its data); the trainer sets
@@ -48,6 +49,7 @@ class Task(ABC):
     progress: bool = True
     name: ClassVar[str] = "task"
     metric: ClassVar[str] = ""
+    higher_is_better: ClassVar[bool] = True
     curves: ClassVar[dict[str, tuple[str, ...]]] = {}
 
     def __init__(self, cfg: TrainConfig) -> None:
@@ -80,6 +82,16 @@ class Task(ABC):
     def default_base_lr(self) -> float:
         """The learning rate for ``cfg.base_batch`` images when the config gives none."""
         raise NotImplementedError(f"{type(self).__name__} has no default learning rate: set base_lr or lr")
+
+    def build_optimizer(self, model: nn.Module, lr: float) -> torch.optim.Optimizer | None:
+        """The task's own optimizer at peak learning rate ``lr`` (the trainer's warm-up and schedule then scale each
+        group's initial ``lr``); None, the default: AdamW as the released recipes use it
+        (:func:`~.optim.create_optimizer` with the config's weight decay and no-decay rules)."""
+        return None
+
+    def sampler_repeats(self) -> int:
+        """How many times each sample is repeated within an epoch (DeiT's repeated augmentation: 3); 1 by default."""
+        return 1
 
     def images_in(self, batch: Any) -> int:
         """Images in a batch of this process (for the images/s figure)."""

@@ -23,6 +23,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,8 +37,9 @@ from .checkpoint import TrainState, checkpoint_config, load_checkpoint, save_che
 from .distributed import DistEnv, barrier, broadcast_object, cleanup, init_distributed, wrap_ddp
 from .ema import create_ema
 from .guards import InterruptGuard, Interrupted
+from .hooks import Hook, default_hooks
 from .loop import Stepper
-from .metrics import MetricsLogger, RunDir
+from .metrics import RunDir
 from .optim import LRSchedule, create_optimizer
 from .run_guard import claim_run_dir
 from .sampling import StepSampler
@@ -93,7 +95,7 @@ def resume_config(path: str | os.PathLike[str], cls: type, **changes: Any) -> An
 
 
 def train(task: Task, *, out: str | os.PathLike[str] | None = None, resume: str | os.PathLike[str] | None = None,
-          progress: bool = True, overwrite: bool = False) -> TrainResult:
+          progress: bool = True, overwrite: bool = False, hooks: Sequence[Hook] = ()) -> TrainResult:
     """Train (or resume) ``task`` as its config says.
 
     Args:
@@ -102,6 +104,7 @@ def train(task: Task, *, out: str | os.PathLike[str] | None = None, resume: str 
         resume: a ``last.pth`` (or ``best.pth``) to continue from exactly.
         progress: show tqdm bars (rank 0).
         overwrite: a new run may replace the run already in ``out`` (else that is refused).
+        hooks: called around the steps after the run directory's own writers (:mod:`.hooks`).
 
     Raises:
         TrainingError: NaN/inf loss (the last good checkpoint is kept), an inconsistent set-up, ``out`` holding a
@@ -116,7 +119,7 @@ def train(task: Task, *, out: str | os.PathLike[str] | None = None, resume: str 
                                                                         main=False).path)
         path = broadcast_object(str(path))  # rank 0's name on every rank
         with claim_run_dir(path, resume=bool(resume), overwrite=overwrite, main=env.is_main):
-            return _Run(task, env, path, resume, progress).run()
+            return _Run(task, env, path, resume, progress, hooks).run()
     finally:
         cleanup()
 
@@ -124,7 +127,7 @@ def train(task: Task, *, out: str | os.PathLike[str] | None = None, resume: str 
 class _Run:
     """The state of one run (built once, then :meth:`run`)."""
 
-    def __init__(self, task: Task, env: DistEnv, out: Any, resume: Any, progress: bool) -> None:
+    def __init__(self, task: Task, env: DistEnv, out: Any, resume: Any, progress: bool, hooks: Sequence[Hook]) -> None:
         self.task, self.cfg, self.env, self.progress = task, task.cfg, env, progress
         self.t_start = time.perf_counter()
         cfg = self.cfg
@@ -134,7 +137,7 @@ class _Run:
         task.progress = progress  # the task's own bars (e.g. generating its data) follow the run's
         n = task.setup(env)
         self.sampler_args = dict(n=n, batch_size=cfg.batch_size, rank=env.rank, world_size=env.world_size,
-                                 seed=cfg.seed, repeats=getattr(cfg, "repeated_aug", 1))
+                                 seed=cfg.seed, repeats=task.sampler_repeats())
         self.steps_per_epoch = StepSampler(**self.sampler_args).steps_per_epoch
         self.total = cfg.steps if cfg.steps is not None else max(1, math.ceil(cfg.epochs * self.steps_per_epoch))
 
@@ -146,8 +149,10 @@ class _Run:
         else:  # the linear scaling rule from the recipe's (or the task's) learning rate for base_batch images
             base_lr = cfg.base_lr if cfg.base_lr is not None else task.default_base_lr()
             self.lr = base_lr * cfg.batch_size / cfg.base_batch
-        self.optimizer = create_optimizer(self.model, lr=self.lr, weight_decay=cfg.weight_decay,
-                                          decay_norms=cfg.decay_norms, no_decay_keys=cfg.no_decay_keys)
+        # the task's own optimizer if it brings one, else AdamW as the released recipes use it
+        self.optimizer = task.build_optimizer(self.model, self.lr) or create_optimizer(
+            self.model, lr=self.lr, weight_decay=cfg.weight_decay, decay_norms=cfg.decay_norms,
+            no_decay_keys=cfg.no_decay_keys)
         warmup = cfg.warmup_steps if cfg.warmup_steps is not None else round(cfg.warmup_epochs * self.steps_per_epoch)
         self.warmup = min(warmup, self.total // 5)  # at most a fifth of the run (short runs of long recipes)
         self.schedule = LRSchedule(self.optimizer, self.total, warmup_steps=self.warmup,
@@ -172,7 +177,7 @@ class _Run:
                          "warmup_steps": self.warmup, "train_samples": n}
         self.config = {**cfg.to_dict(), "resolved": self.resolved}
         self.run_dir.write_config(self.config)
-        self.metrics = MetricsLogger(self.run_dir, resume=bool(resume), x="epoch")
+        self.hooks = [*default_hooks(log), *hooks]
         self.last, self.best_path = self.run_dir / "last.pth", self.run_dir / "best.pth"
         self.resumed_from = Path(resume) if resume else None
         self.saved_step = self.state.step if resume else -1
@@ -195,6 +200,8 @@ class _Run:
         except OutOfSpace as e:
             raise CheckpointError(f"{e}; {self._resume_hint()}") from None
         self.saved_step = state.step
+        for hook in self.hooks:
+            hook.on_checkpoint(self, self.last, False)
 
     def _save_best(self) -> None:
         if self.env.is_main:
@@ -202,6 +209,8 @@ class _Run:
                 atomic_copy(self.last, self.best_path)
             except OutOfSpace as e:
                 raise CheckpointError(f"{e}; {self._resume_hint()}") from None
+        for hook in self.hooks:
+            hook.on_checkpoint(self, self.best_path, True)
 
     def _resume_hint(self) -> str:
         good = self.last if self.last.exists() else self.resumed_from
@@ -218,6 +227,8 @@ class _Run:
                      "lr %.2e, %s -> %s", task.describe(), n_params / 1e6, self.total, self.total / self.steps_per_epoch,
                      self.steps_per_epoch, cfg.batch_size, env.world_size, self.lr, self.precision.name,
                      self.run_dir.path)
+        for hook in self.hooks:
+            hook.before_train(self)
         sampler = StepSampler(**self.sampler_args, start=self.state.step)
         batches = iter(task.train_loader(sampler, env))
         end = self.total if cfg.stop_after is None else min(self.total, cfg.stop_after)
@@ -233,6 +244,9 @@ class _Run:
                     batch = next(batches)
                     loss, losses, stop = self._step(batch, guard, step)
                     done = self.state.step
+                    if not stop:
+                        for hook in self.hooks:
+                            hook.after_step(self, loss, losses)
                     for k, v in (("loss", loss), *(losses.items() if len(losses) > 1 else ())):  # total, parts
                         sums[k] = sums.get(k, 0.0) + v.detach().double()
                     count += 1
@@ -315,22 +329,16 @@ class _Run:
         record.update(task.stats(env))
         now = time.perf_counter()
         record.update(seconds=now - t_report, elapsed_seconds=now - self.t_start)
+        better = (lambda new, old: new > old) if task.higher_is_better else (lambda new, old: new < old)
         improved = bool(metrics) and task.metric in metrics and (
-            self.state.best is None or metrics[task.metric] > self.state.best)
+            self.state.best is None or better(metrics[task.metric], self.state.best))
         if improved:
             self.state.best = metrics[task.metric]
         self._save(self.state)
         if improved:
             self._save_best()
-        self.metrics.log(record)
-        self.metrics.plot({"loss": ["train_loss", *(k for k in record if k.endswith("_loss") and k != "train_loss")],
-                           **{t: list(keys) for t, keys in task.curves.items()}}, title=task.describe())
-        if env.is_main:
-            epochs = math.ceil(self.total / self.steps_per_epoch)
-            shown = task.format_metrics(metrics) if metrics else "no evaluation"
-            log.info("epoch %.4g/%d (step %d/%d): train loss %.4f | %s | %.0fs (%.1f min so far)",
-                     record["epoch"], epochs, done, self.total, record.get("train_loss", float("nan")), shown,
-                     record["seconds"], record["elapsed_seconds"] / 60)
+        for hook in self.hooks:
+            hook.after_report(self, record, metrics)
         return metrics
 
     def _finish(self, metrics: dict[str, float], stopped: bool) -> TrainResult:
@@ -341,7 +349,8 @@ class _Run:
         summary = {"task": task.name, "metric": task.metric, "metrics": metrics, "best": state.best,
                    "steps": state.step, "epochs": state.step / self.steps_per_epoch, "seconds": seconds,
                    "checkpoint": str(self.last), "stopped": stopped, **extra}
-        self.run_dir.write_json("summary.json", summary)
+        for hook in self.hooks:
+            hook.after_train(self, summary)
         barrier()
         if env.is_main:
             if stopped:
