@@ -87,8 +87,11 @@ def run_compare(args: argparse.Namespace) -> int:
     from ..detection.compare import compare
     from ..detection.recipes import RECIPES
 
+    from .pretrain import resolve_backbone_weights
+
     cfg = RECIPES[args.recipe].replace(**given_options(args, RECIPES[args.recipe]))
     cfg.check()
+    cfg = resolve_backbone_weights(cfg, progress=not args.no_progress)  # --backbone-weights fashion-mnist
     rows = compare(cfg, args.out, archs=args.archs, progress=not args.no_progress)
     print((Path(args.out) / "table.md").read_text())
     return 0 if rows else 1

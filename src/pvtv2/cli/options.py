@@ -133,6 +133,8 @@ def run_training(args: argparse.Namespace, recipes: Mapping[str, Any], make_task
         print(json.dumps(cfg.to_dict(), indent=2))
         return 0
     from ..engine import train
+    from .pretrain import resolve_backbone_weights
 
+    cfg = resolve_backbone_weights(cfg, progress=not args.no_progress)  # --backbone-weights fashion-mnist
     train(make_task(cfg), out=args.out, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite)
     return 0

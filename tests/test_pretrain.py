@@ -1,0 +1,66 @@
+"""``--backbone-weights fashion-mnist``: the classification main job as the dense tasks' pretraining, trained on
+first use into the cache, reused afterwards, continued when interrupted (tiny recipe here; users get the main job)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import pvtv2.engine
+from pvtv2.cli import main
+from pvtv2.cli import pretrain
+from pvtv2.engine import read_train_checkpoint
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TINY = {"train_subset": 64, "val_subset": 32, "batch_size": 8, "epochs": 1, "threads": 1}
+DEPTHS = {"depths": (1, 1, 1, 1)}
+
+
+@pytest.fixture
+def tiny(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setattr(pretrain, "RECIPE_CHANGES", TINY)
+    monkeypatch.setenv("PVTV2_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def test_pretrained_once_then_reused(tiny: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    best = pretrain.fashion_mnist_backbone("pvt_v2_b0", DEPTHS, progress=False)
+    assert best.is_file() and best.parent.parent == tiny / "pretrained"
+    assert json.loads((best.parent / "summary.json").read_text())["task"] == "cls"
+    before = best.stat().st_mtime_ns
+
+    def no_training(*a, **k):
+        raise AssertionError("trained again although the cache holds the pretraining")
+
+    monkeypatch.setattr(pvtv2.engine, "train", no_training)
+    assert pretrain.fashion_mnist_backbone("pvt_v2_b0", DEPTHS, progress=False) == best
+    assert best.stat().st_mtime_ns == before
+    # another architecture is another pretraining (its own key)
+    other = pretrain.pretraining_config("pvt_v2_b0", {"depths": (1, 1, 2, 1)})
+    assert other.model_overrides != pretrain.pretraining_config("pvt_v2_b0", DEPTHS).model_overrides
+
+
+def test_an_interrupted_pretraining_continues(tiny: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pretrain, "RECIPE_CHANGES", {**TINY, "stop_after": 2})
+    best = pretrain.fashion_mnist_backbone("pvt_v2_b0", DEPTHS, progress=False)
+    assert not best.exists() and read_train_checkpoint(best.parent / "last.pth")["step"] == 2  # stopped: no best
+    monkeypatch.setattr(pretrain, "RECIPE_CHANGES", TINY)  # the same pretraining, not stopped this time
+    assert pretrain.fashion_mnist_backbone("pvt_v2_b0", DEPTHS, progress=False) == best and best.is_file()
+    steps = read_train_checkpoint(best.parent / "last.pth")["step"]
+    records = [json.loads(line) for line in (best.parent / "metrics.jsonl").read_text().splitlines()]
+    assert steps == records[-1]["step"] > 2  # continued from step 2 to the end in the same folder
+
+
+def test_det_train_with_fashion_mnist_backbone(tiny: Path, tmp_path: Path) -> None:
+    out = tmp_path / "det"
+    argv = ["det", "train", "--out", str(out), "--no-progress", "--scenes", "8", "4", "64", "--steps", "2",
+            "--batch-size", "2", "--workers", "0", "--threads", "1", "--backbone-overrides", "depths=1,1,1,1",
+            "--train-sizes", "64", "--max-size", "64", "--test-size", "64", "--warmup-steps", "0",
+            "--backbone-weights", "fashion-mnist"]
+    assert main(argv) == 0
+    used = json.loads((out / "config.json").read_text())["backbone_weights"]
+    assert used.endswith("best.pth") and Path(used).parent.parent == tiny / "pretrained"
+    assert read_train_checkpoint(used)["config"]["model_overrides"] == {"depths": [1, 1, 1, 1]}  # same backbone
