@@ -82,7 +82,7 @@ def test_missing_image_skipped_and_counted_or_fails_strict(tmp_path: Path) -> No
     assert [r.id for r in data.images] == [0, 2]
     assert data.problems == {"missing_image": 1}
     assert "missing_image: 1" in data.summary()
-    with pytest.raises(DataError, match=r"1\.jpg does not exist.*skip and count"):
+    with pytest.raises(DataError, match=r"1\.jpg does not exist.*--on-bad-data skip to skip and count"):
         load_coco(path, strict=True)
 
 

@@ -107,7 +107,8 @@ class _Checker:
 
     def __call__(self, kind: str, message: str) -> None:
         if self.strict:
-            raise DataError(f"{self.source}: {message} (pass strict=False / --skip-bad to skip and count such cases)")
+            raise DataError(f"{self.source}: {message} "
+                            "(pass strict=False / --on-bad-data skip to skip and count such cases)")
         self.counts[kind] += 1
         self.first.setdefault(kind, message)
 
