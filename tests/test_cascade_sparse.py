@@ -14,13 +14,14 @@ from torch import nn
 from pvtv2.analysis import complexity
 from pvtv2.analysis.counting import unseen_by_mmcv
 from pvtv2.detection import build_detector, get_detector
-from pvtv2.detection.boxes import batched_nms, decode_deltas, encode_deltas, paste_masks
-from pvtv2.detection.cascade import CascadeRoIHeads
-from pvtv2.detection.hungarian import focal_cost, hungarian_match, match_cost
-from pvtv2.detection.roi_heads import mask_targets
-from pvtv2.detection.rpn import inside_image, valid_anchors
-from pvtv2.detection.sampling import assign_max_iou, sample_random
-from pvtv2.detection.sparse import SparseRoIHeads
+from pvtv2.detection.modeling.boxes import batched_nms, decode_deltas, encode_deltas, paste_masks
+from pvtv2.detection.modeling.roi_heads.cascade import CascadeRoIHeads
+from pvtv2.detection.modeling.assigners.hungarian import focal_cost, hungarian_match, match_cost
+from pvtv2.detection.modeling.roi_heads.roi_align import mask_targets
+from pvtv2.detection.modeling.anchors import inside_image, valid_anchors
+from pvtv2.detection.modeling.assigners.max_iou import assign_max_iou
+from pvtv2.detection.modeling.assigners.random_sampler import sample_random
+from pvtv2.detection.modeling.roi_heads.sparse import SparseRoIHeads
 
 TINY = {"depths": (1, 1, 1, 1)}
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -304,7 +305,7 @@ def test_parameter_counts_as_mmdet() -> None:
 def test_table4_cells(monkeypatch) -> None:
     """Cascade and Sparse R-CNN cells within 0.5 M and 1 % of the paper (two backbones here; the docs list all four),
     with what mmcv's hooks do not see left out (Sparse R-CNN B2 would be 1.5 % over with it)."""
-    from pvtv2.detection import table4
+    from pvtv2.detection.evaluation import table4
 
     monkeypatch.setattr(table4, "BACKBONES", ("resnet50", "pvt_v2_b2"))
     monkeypatch.setattr(table4, "DETECTORS_T4", ("cascade_mask_rcnn", "sparse_rcnn"))

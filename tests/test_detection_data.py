@@ -12,8 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from pvtv2.detection.data import load_coco, load_voc, open_dataset
-from pvtv2.detection.dataset import DetectionDataset, decode_masks
+from pvtv2.detection.data.annotations import load_coco, load_voc, open_dataset
+from pvtv2.detection.data.dataset import DetectionDataset, decode_masks
 from pvtv2.detection.recipes import eval_transforms, get_recipe, train_transforms
 from pvtv2.errors import DataError
 

@@ -99,7 +99,7 @@ def test_outputs_and_detections_equal_mmdets(arch: str, name: str) -> None:
         theirs = [t for level_maps in mm.forward_dummy(x) for t in level_maps]
         mine = get_detector(arch).dense(ours, x)
     assert len(theirs) == len(mine)
-    for a, b in zip(theirs, mine.values(, strict=True)):
+    for a, b in zip(theirs, mine.values(), strict=True):
         torch.testing.assert_close(b, a, atol=1e-4, rtol=0)
     for photo_name, size in (("astronaut", (200, 300)), ("coffee", (256, 384))):  # 200 is no multiple of 32
         photo = O.photo(photo_name, size)
@@ -143,7 +143,7 @@ def test_losses_equal_mmdets(arch: str) -> None:
 def test_released_checkpoint_loads(arch: str, tmp_path) -> None:
     """A checkpoint as mmdet saves it (the authors' backbone names and config text) loads through
     ``load_mmdet_checkpoint``, which picks the detector and backbone from the config, strictly; same outputs."""
-    from pvtv2.detection.mmdet import load_mmdet_checkpoint
+    from pvtv2.detection.interop.mmdet import load_mmdet_checkpoint
 
     name = "pvt_v2_b2_li"
     cfg = config(arch, name, SHALLOW)
@@ -158,7 +158,7 @@ def test_released_checkpoint_loads(arch: str, tmp_path) -> None:
     with torch.no_grad():
         theirs = [t for level_maps in mm.forward_dummy(x) for t in level_maps]
         mine = get_detector(arch).dense(ours, x)
-    for a, b in zip(theirs, mine.values(, strict=True)):
+    for a, b in zip(theirs, mine.values(), strict=True):
         torch.testing.assert_close(b, a, atol=1e-4, rtol=0)
 
 
@@ -178,5 +178,5 @@ def test_resnet50_comparison_backbone_equals_mmdets() -> None:
     with torch.no_grad():
         theirs = [t for level_maps in mm.forward_dummy(x) for t in level_maps]
         mine = get_detector("atss").dense(ours, x)
-    for a, b in zip(theirs, mine.values(, strict=True)):
+    for a, b in zip(theirs, mine.values(), strict=True):
         torch.testing.assert_close(b, a, atol=1e-4, rtol=0)

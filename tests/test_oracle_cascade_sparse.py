@@ -212,8 +212,8 @@ def test_cascade_raw_outputs_per_stage(cascade) -> None:
     mm, ours = cascade
     x, metas = _input(SIZES[1])
     feats_mm, feats = mm.extract_feat(x), ours.backbone(x)
-    assert all(_close(a, b) for a, b in zip(feats_mm, feats.values(, strict=True)))
-    for theirs, mine in zip(mm.rpn_head(feats_mm), ours.rpn.head(list(feats.values()), strict=True)):  # objectness, deltas
+    assert all(_close(a, b) for a, b in zip(feats_mm, feats.values(), strict=True))
+    for theirs, mine in zip(mm.rpn_head(feats_mm), ours.rpn.head(list(feats.values())), strict=True):  # objectness, deltas
         assert all(_close(a, b) for a, b in zip(theirs, mine, strict=True))
     proposals_mm = mm.rpn_head.simple_test_rpn(feats_mm, metas)[0][:, :4]
     proposals = ours.rpn(ImageList(x, [SIZES[1]]), feats)[0][0]
@@ -299,7 +299,7 @@ def test_parameter_counts_and_names_equal_mmdets(name: str) -> None:
 def test_released_checkpoint_files_load(pair: str, request: pytest.FixtureRequest, tmp_path) -> None:
     """A checkpoint saved as mmdet's checkpoint hook saves it (config text naming the authors' backbone class)
     loads through ``load_mmdet_checkpoint``, which reads the detector type from the config: the same weights."""
-    from pvtv2.detection.mmdet import load_mmdet_checkpoint
+    from pvtv2.detection.interop.mmdet import load_mmdet_checkpoint
 
     mm, ours = request.getfixturevalue(pair)
     arch = {"cascade": "cascade_mask_rcnn", "sparse": "sparse_rcnn"}[pair]

@@ -14,7 +14,7 @@ from PIL import Image
 import mmdet_oracle as O
 from pvtv2.cli import main as cli
 from pvtv2.detection import build_detector, get_detector
-from pvtv2.detection.mmdet import load_mmdet_checkpoint
+from pvtv2.detection.interop.mmdet import load_mmdet_checkpoint
 from pvtv2.models.openmmlab import variant_from_config
 from pvtv2.weights.openmmlab import parse_config
 from pvtv2.errors import CheckpointError

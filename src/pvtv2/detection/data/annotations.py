@@ -25,7 +25,7 @@ from typing import IO, Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ..errors import DataError
+from ...errors import DataError
 
 log = logging.getLogger(__name__)
 
