@@ -10,12 +10,11 @@ import torch
 from torchvision.models.detection.image_list import ImageList
 
 from pvtv2.detection import build_detector, get_detector
-from pvtv2.detection.modeling.anchors import octave_anchors
+from pvtv2.detection.modeling.anchors import octave_anchors, valid_flags
 from pvtv2.detection.modeling.assigners.atss import atss_assign
 from pvtv2.detection.modeling.dense_heads.tower_heads import integral
-from pvtv2.detection.modeling.necks.fpn import ExtraConvs
 from pvtv2.detection.modeling.losses import aligned_iou, centerness_target, distribution_focal_loss, quality_focal_loss
-from pvtv2.detection.modeling.anchors import valid_flags
+from pvtv2.detection.modeling.necks.fpn import ExtraConvs
 
 TINY = {"depths": (1, 1, 1, 1)}
 

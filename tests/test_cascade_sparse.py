@@ -14,13 +14,13 @@ from torch import nn
 from pvtv2.analysis import complexity
 from pvtv2.analysis.counting import unseen_by_mmcv
 from pvtv2.detection import build_detector, get_detector
-from pvtv2.detection.modeling.boxes import batched_nms, decode_deltas, encode_deltas, paste_masks
-from pvtv2.detection.modeling.roi_heads.cascade import CascadeRoIHeads
-from pvtv2.detection.modeling.assigners.hungarian import focal_cost, hungarian_match, match_cost
-from pvtv2.detection.modeling.roi_heads.roi_align import mask_targets
 from pvtv2.detection.modeling.anchors import inside_image, valid_anchors
+from pvtv2.detection.modeling.assigners.hungarian import focal_cost, hungarian_match, match_cost
 from pvtv2.detection.modeling.assigners.max_iou import assign_max_iou
 from pvtv2.detection.modeling.assigners.random_sampler import sample_random
+from pvtv2.detection.modeling.boxes import batched_nms, decode_deltas, encode_deltas, paste_masks
+from pvtv2.detection.modeling.roi_heads.cascade import CascadeRoIHeads
+from pvtv2.detection.modeling.roi_heads.roi_align import mask_targets
 from pvtv2.detection.modeling.roi_heads.sparse import SparseRoIHeads
 
 TINY = {"depths": (1, 1, 1, 1)}

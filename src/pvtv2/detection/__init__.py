@@ -21,15 +21,15 @@
   -> images; :mod:`.visualize`: drawn detections; :mod:`.compare`: the detectors side by side.
 """
 
-from .evaluation.complexity import complexity_rows
 from .data.annotations import DetectionData, load_coco, load_voc, open_dataset
 from .data.dataset import DetectionDataset
-from .evaluation.coco_eval import evaluate
-from .inference import detect, load_detector
 from .detectors import atss, fcos, gfl, mask_rcnn, retinanet
+from .evaluation.coco_eval import evaluate
+from .evaluation.complexity import complexity_rows
+from .inference import detect, load_detector
 from .modeling.necks.fpn import PVTWithFPN, pvt_fpn
-from .registry import DETECTORS, DetectorSpec, build_detector, get_detector, register
 from .recipes import RECIPES, DetectionConfig, get_recipe
+from .registry import DETECTORS, DetectorSpec, build_detector, get_detector, register
 from .task import DetectionTask
 
 __all__ = [

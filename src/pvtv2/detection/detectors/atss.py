@@ -12,13 +12,13 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
+from ...engine.distributed import reduce_mean
 from ...models.backbone import WeightsSource
 from ..modeling.boxes import delta_coder
-from ..modeling.dense_heads.tower_heads import ATSSHead
-from ..modeling.necks.fpn import pvt_fpn
-from ..modeling.losses import centerness_target
-from ...engine.distributed import reduce_mean
 from ..modeling.dense_heads.anchor_point_detector import AnchorPointDetector, from_mmdet
+from ..modeling.dense_heads.tower_heads import ATSSHead
+from ..modeling.losses import centerness_target
+from ..modeling.necks.fpn import pvt_fpn
 from ..registry import DetectorSpec, register
 
 FOCAL_ALPHA, FOCAL_GAMMA = 0.25, 2.0

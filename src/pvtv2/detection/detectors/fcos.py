@@ -10,8 +10,8 @@ from torchvision.models.detection import FCOS
 
 from ...models.backbone import WeightsSource
 from ..modeling.anchors import point_anchors
-from ..modeling.necks.fpn import pvt_fpn
 from ..modeling.dense_heads.foreground_labels import ForegroundLabels
+from ..modeling.necks.fpn import pvt_fpn
 from ..registry import DetectorSpec, register
 from .retinanet import one_stage_dense
 

@@ -12,12 +12,12 @@ from typing import Any
 import torch
 from torchvision.ops import generalized_box_iou_loss
 
-from ...models.backbone import WeightsSource
-from ..modeling.dense_heads.tower_heads import GFLHead, integral
-from ..modeling.necks.fpn import pvt_fpn
-from ..modeling.losses import aligned_iou, distribution_focal_loss, quality_focal_loss
 from ...engine.distributed import reduce_mean
+from ...models.backbone import WeightsSource
 from ..modeling.dense_heads.anchor_point_detector import AnchorPointDetector, from_mmdet
+from ..modeling.dense_heads.tower_heads import GFLHead, integral
+from ..modeling.losses import aligned_iou, distribution_focal_loss, quality_focal_loss
+from ..modeling.necks.fpn import pvt_fpn
 from ..registry import DetectorSpec, register
 
 QFL_BETA = 2.0

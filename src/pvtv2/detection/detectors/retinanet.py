@@ -17,13 +17,13 @@ from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, sigmoid_f
 
 from ...engine.distributed import reduce_mean
 from ...models.backbone import WeightsSource
+from ..interop.mmdet import convert_detector, fpn_to_ours
 from ..modeling.anchors import octave_anchors
 from ..modeling.boxes import delta_coder
-from ..modeling.necks.fpn import pvt_fpn
 from ..modeling.dense_heads.foreground_labels import ForegroundLabels
-from ..interop.mmdet import convert_detector, fpn_to_ours
-from ..registry import DetectorSpec, register
+from ..modeling.necks.fpn import pvt_fpn
 from ..modeling.transform import use_detection_transform
+from ..registry import DetectorSpec, register
 
 
 class MMDetRetinaNet(RetinaNet):

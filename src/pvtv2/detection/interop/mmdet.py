@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from ...errors import CheckpointError
-from ...weights import read_checkpoint
 from ...models.openmmlab import backbone_variant
+from ...weights import read_checkpoint
 from ...weights.openmmlab import backbone_state_dict, checkpoint_config, fpn_pairs, load_strict, rename_prefixes
 from ..registry import DETECTORS, get_detector
 
