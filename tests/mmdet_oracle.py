@@ -94,7 +94,7 @@ except ImportError as e:  # `make test` installs them: without them the oracle t
 INSTALLED = {"mmcv": mmcv.__version__, "mmdet": mmdet.__version__, "mmseg": mmseg.__version__}  # what runs as oracle
 
 import pvtv2  # noqa: E402
-from pvtv2.detection.mmdet import COCO_CLASSES  # noqa: E402
+from pvtv2.detection.interop.mmdet import COCO_CLASSES  # noqa: E402
 
 mmcv.utils.get_logger("mmcv").setLevel(logging.WARNING)  # init_weights logs every parameter's initialiser
 from pvtv2.weights import convert  # noqa: E402

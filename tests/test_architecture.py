@@ -94,7 +94,14 @@ FORBIDDEN = {
     "detection": {"classification", "segmentation", "cli"},
     "segmentation": {"classification", "detection", "cli"},
     "serve": {"cli"},  # the web page: uses the tasks and analysis; only the cli imports it (test below)
+    # the mmcv-convention counting rules and complexity tables: read by the tasks (cost forwards, flops), never above
+    "analysis": {"data", "engine", *TASKS, "cli", "serve", "bench"},
 }
+
+# What a task may import besides itself: the "may import" column of docs/architecture.md, word for word. analysis is
+# there because the detectors' cost forwards count with its mmcv rules (analysis.counting.unseen_by_mmcv) and each
+# task's complexity table calls analysis.complexity.
+TASK_MAY_IMPORT = {"models", "weights", "engine", "data", "analysis", "export", "runtime", "_io", "errors"}
 
 
 @pytest.mark.parametrize("part", sorted(FORBIDDEN))
@@ -102,6 +109,17 @@ def test_dependencies_point_one_way(part: str) -> None:
     bad = [f"{m} imports {d}" for m, p in MODULES.items() if _layer(m) == part
            for d in _imports(m, p, top_level_only=False) if _layer(d) in FORBIDDEN[part]]
     assert not bad, bad
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_tasks_import_only_what_the_architecture_doc_lists(task: str) -> None:
+    bad = [f"{m} imports {d}" for m, p in MODULES.items() if _layer(m) == task
+           for d in _imports(m, p, top_level_only=False) if _layer(d) not in TASK_MAY_IMPORT | {task}]
+    assert not bad, bad
+    row = next(line for line in (Path(__file__).parents[1] / "docs/architecture.md").read_text().splitlines()
+               if line.startswith("| `classification/`"))
+    listed = {w.strip("`/ ") for w in row.rsplit("|", 2)[1].split(",")}
+    assert listed == TASK_MAY_IMPORT, listed
 
 
 def test_nothing_imports_the_command_line() -> None:

@@ -10,12 +10,11 @@ import torch
 from torchvision.models.detection.image_list import ImageList
 
 from pvtv2.detection import build_detector, get_detector
-from pvtv2.detection.anchors import octave_anchors
-from pvtv2.detection.assigners import atss_assign
-from pvtv2.detection.dense_heads import integral
-from pvtv2.detection.fpn import ExtraConvs
-from pvtv2.detection.losses import aligned_iou, centerness_target, distribution_focal_loss, quality_focal_loss
-from pvtv2.detection.one_stage import valid_flags
+from pvtv2.detection.modeling.anchors import octave_anchors, valid_flags
+from pvtv2.detection.modeling.assigners.atss import atss_assign
+from pvtv2.detection.modeling.dense_heads.tower_heads import integral
+from pvtv2.detection.modeling.losses import aligned_iou, centerness_target, distribution_focal_loss, quality_focal_loss
+from pvtv2.detection.modeling.necks.fpn import ExtraConvs
 
 TINY = {"depths": (1, 1, 1, 1)}
 
@@ -156,7 +155,7 @@ def test_table4_cells(monkeypatch, capsys) -> None:
     """ATSS cells within 0.5 M and 1 % of the paper (two backbones here; the docs list all); an unregistered
     detector's cells say so; the command line prints the table."""
     from pvtv2.cli import main
-    from pvtv2.detection import table4
+    from pvtv2.detection.evaluation import table4
 
     monkeypatch.setattr(table4, "BACKBONES", ("resnet50", "pvt_v2_b2_li"))
     monkeypatch.setattr(table4, "DETECTORS_T4", ("atss", "sparse_rcnn"))

@@ -14,13 +14,14 @@ from torch import nn
 from pvtv2.analysis import complexity
 from pvtv2.analysis.counting import unseen_by_mmcv
 from pvtv2.detection import build_detector, get_detector
-from pvtv2.detection.boxes import batched_nms, decode_deltas, encode_deltas, paste_masks
-from pvtv2.detection.cascade import CascadeRoIHeads
-from pvtv2.detection.hungarian import focal_cost, hungarian_match, match_cost
-from pvtv2.detection.roi_heads import mask_targets
-from pvtv2.detection.rpn import inside_image, valid_anchors
-from pvtv2.detection.sampling import assign_max_iou, sample_random
-from pvtv2.detection.sparse import SparseRoIHeads
+from pvtv2.detection.modeling.anchors import inside_image, valid_anchors
+from pvtv2.detection.modeling.assigners.hungarian import focal_cost, hungarian_match, match_cost
+from pvtv2.detection.modeling.assigners.max_iou import assign_max_iou
+from pvtv2.detection.modeling.assigners.random_sampler import sample_random
+from pvtv2.detection.modeling.boxes import batched_nms, decode_deltas, encode_deltas, paste_masks
+from pvtv2.detection.modeling.roi_heads.cascade import CascadeRoIHeads
+from pvtv2.detection.modeling.roi_heads.roi_align import mask_targets
+from pvtv2.detection.modeling.roi_heads.sparse import SparseRoIHeads
 
 TINY = {"depths": (1, 1, 1, 1)}
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -175,6 +176,49 @@ def test_sparse_losses_over_matched_queries() -> None:
     assert math.isclose(float(losses["loss_iou"]), 2 * (1 - 2 / 3), rel_tol=1e-5)
 
 
+def _sparse_case(rank: int) -> tuple[SparseRoIHeads, torch.Tensor, torch.Tensor, list[dict[str, torch.Tensor]]]:
+    """Rank 0: one image with 1 object; rank 1: one image with 3 (4 queries, 2 classes)."""
+    with torch.device("meta"):
+        heads = SparseRoIHeads(2, num_stages=1)
+    g = torch.Generator().manual_seed(rank)
+    logits = torch.randn(1, 4, 2, generator=g)
+    xy = torch.rand(1, 4, 2, generator=g) * 20
+    boxes = torch.cat([xy, xy + 5 + torch.rand(1, 4, 2, generator=g) * 10], dim=-1)
+    n = 1 + 2 * rank
+    gt_xy = torch.rand(n, 2, generator=g) * 20
+    target = {"boxes": torch.cat([gt_xy, gt_xy + 8], dim=-1), "labels": torch.ones(n, dtype=torch.long)}
+    return heads, logits, boxes, [target]
+
+
+def _sparse_loss_worker(rank: int, init: str, out: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    try:
+        heads, logits, boxes, targets = _sparse_case(rank)
+        losses = heads.loss(logits, boxes, [(40, 40)], targets)
+        torch.save({k: v.detach() for k, v in losses.items()}, f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_sparse_positives_averaged_over_processes(tmp_path) -> None:
+    """As mmdet's DIIHead (``reduce_mean(num_pos)``) and this package's RetinaNet / ATSS / GFL: under 2 gloo
+    processes each rank divides its summed losses by the mean matched count over the ranks ((1 + 3) / 2 = 2), not by
+    its own (1 or 3)."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_sparse_loss_worker, args=(f"file://{tmp_path / 'init'}", str(tmp_path / "losses")), nprocs=2,
+             join=True)
+    for rank, own in ((0, 1), (1, 3)):
+        heads, logits, boxes, targets = _sparse_case(rank)
+        alone = heads.loss(logits, boxes, [(40, 40)], targets)  # one process: summed / its own count
+        both = torch.load(tmp_path / f"losses.{rank}")
+        for k in ("loss_cls", "loss_bbox", "loss_iou"):
+            torch.testing.assert_close(both[k], alone[k] * own / 2, msg=f"rank {rank} {k}")
+
+
 def test_sparse_keeps_300_query_class_pairs() -> None:
     with torch.device("meta"):
         heads = SparseRoIHeads(4, num_stages=1)
@@ -261,7 +305,7 @@ def test_parameter_counts_as_mmdet() -> None:
 def test_table4_cells(monkeypatch) -> None:
     """Cascade and Sparse R-CNN cells within 0.5 M and 1 % of the paper (two backbones here; the docs list all four),
     with what mmcv's hooks do not see left out (Sparse R-CNN B2 would be 1.5 % over with it)."""
-    from pvtv2.detection import table4
+    from pvtv2.detection.evaluation import table4
 
     monkeypatch.setattr(table4, "BACKBONES", ("resnet50", "pvt_v2_b2"))
     monkeypatch.setattr(table4, "DETECTORS_T4", ("cascade_mask_rcnn", "sparse_rcnn"))

@@ -12,8 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from pvtv2.detection.data import load_coco, load_voc, open_dataset
-from pvtv2.detection.dataset import DetectionDataset, decode_masks
+from pvtv2.detection.data.annotations import load_coco, load_voc, open_dataset
+from pvtv2.detection.data.dataset import DetectionDataset, decode_masks
 from pvtv2.detection.recipes import eval_transforms, get_recipe, train_transforms
 from pvtv2.errors import DataError
 
@@ -82,7 +82,7 @@ def test_missing_image_skipped_and_counted_or_fails_strict(tmp_path: Path) -> No
     assert [r.id for r in data.images] == [0, 2]
     assert data.problems == {"missing_image": 1}
     assert "missing_image: 1" in data.summary()
-    with pytest.raises(DataError, match=r"1\.jpg does not exist.*skip and count"):
+    with pytest.raises(DataError, match=r"1\.jpg does not exist.*--on-bad-data skip to skip and count"):
         load_coco(path, strict=True)
 
 

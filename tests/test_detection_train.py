@@ -14,8 +14,8 @@ from test_detection_data import write_coco
 
 from pvtv2.cli import main as cli
 from pvtv2.detection import DetectionTask, get_recipe, load_coco
-from pvtv2.detection.dataset import DetectionDataset, decode_masks
-from pvtv2.detection.evaluate import METRICS, coco_ground_truth, coco_metrics, to_coco_results
+from pvtv2.detection.data.dataset import DetectionDataset, decode_masks
+from pvtv2.detection.evaluation.coco_eval import METRICS, coco_ground_truth, coco_metrics, to_coco_results
 from pvtv2.detection.visualize import draw_detections
 from pvtv2.engine import train as engine_train
 from pvtv2.weights import read_checkpoint

@@ -118,7 +118,7 @@ TINY = {"depths": (1, 1, 1, 1)}
 ])
 def test_cli_exports_a_detection_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str], arch: str,
                                             outputs: list[str]) -> None:
-    from pvtv2.detection.export import DenseDetector
+    from pvtv2.detection.interop.export import DenseDetector
     from pvtv2.detection.inference import build_from_meta, detector_meta, save_detector
 
     meta = detector_meta(arch, backbone="pvt_v2_b0", class_names=["bg", "a", "b"], min_size=64, max_size=96,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torchvision import tv_tensors
 
-from pvtv2.detection.augment import RandomSizeCrop
+from pvtv2.detection.data.augment import RandomSizeCrop
 from pvtv2.detection.recipes import get_recipe, train_transforms
 
 SIZES = set(range(480, 801, 32))

@@ -143,7 +143,7 @@ def test_losses_equal_mmdets(arch: str) -> None:
 def test_released_checkpoint_loads(arch: str, tmp_path) -> None:
     """A checkpoint as mmdet saves it (the authors' backbone names and config text) loads through
     ``load_mmdet_checkpoint``, which picks the detector and backbone from the config, strictly; same outputs."""
-    from pvtv2.detection.mmdet import load_mmdet_checkpoint
+    from pvtv2.detection.interop.mmdet import load_mmdet_checkpoint
 
     name = "pvt_v2_b2_li"
     cfg = config(arch, name, SHALLOW)

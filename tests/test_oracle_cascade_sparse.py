@@ -299,7 +299,7 @@ def test_parameter_counts_and_names_equal_mmdets(name: str) -> None:
 def test_released_checkpoint_files_load(pair: str, request: pytest.FixtureRequest, tmp_path) -> None:
     """A checkpoint saved as mmdet's checkpoint hook saves it (config text naming the authors' backbone class)
     loads through ``load_mmdet_checkpoint``, which reads the detector type from the config: the same weights."""
-    from pvtv2.detection.mmdet import load_mmdet_checkpoint
+    from pvtv2.detection.interop.mmdet import load_mmdet_checkpoint
 
     mm, ours = request.getfixturevalue(pair)
     arch = {"cascade": "cascade_mask_rcnn", "sparse": "sparse_rcnn"}[pair]

@@ -14,10 +14,10 @@ from PIL import Image
 import mmdet_oracle as O
 from pvtv2.cli import main as cli
 from pvtv2.detection import build_detector, get_detector
-from pvtv2.detection.mmdet import load_mmdet_checkpoint
+from pvtv2.detection.interop.mmdet import load_mmdet_checkpoint
+from pvtv2.errors import CheckpointError
 from pvtv2.models.openmmlab import variant_from_config
 from pvtv2.weights.openmmlab import parse_config
-from pvtv2.errors import CheckpointError
 
 RELEASED = ["pvt_v2_b0", "pvt_v2_b1", "pvt_v2_b2", "pvt_v2_b2_li", "pvt_v2_b3", "pvt_v2_b4", "pvt_v2_b5"]
 # parameters of the released configs as mmdet 2.13 counts them (80 classes), in the order of RELEASED

@@ -1,5 +1,5 @@
 """Mask R-CNN against the released detector run by mmdet 2.13 (``mask_rcnn_pvt_v2_*_fpn_1x_coco``): the same seeded
-weights, saved as mmdet saves them and read by :func:`pvtv2.detection.mmdet.load_mmdet_checkpoint`, give the same
+weights, saved as mmdet saves them and read by :func:`pvtv2.detection.interop.mmdet.load_mmdet_checkpoint`, give the same
 FPN maps, RPN outputs, final boxes and masks on photos and training losses."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import mmdet_oracle as O
-from pvtv2.detection.mmdet import load_mmdet_checkpoint
+from pvtv2.detection.interop.mmdet import load_mmdet_checkpoint
 from pvtv2.detection.registry import get_detector
 
 VARIANTS = [("pvt_v2_b0", {}), ("pvt_v2_b2_li", {"depths": [1, 1, 1, 1]})]

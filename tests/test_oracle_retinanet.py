@@ -1,5 +1,5 @@
 """RetinaNet against the released detector run by mmdet 2.13 (``retinanet_pvt_v2_*_fpn_1x_coco``): the same seeded
-weights, saved as mmdet saves them and read by :func:`pvtv2.detection.mmdet.load_mmdet_checkpoint`, give the same
+weights, saved as mmdet saves them and read by :func:`pvtv2.detection.interop.mmdet.load_mmdet_checkpoint`, give the same
 FPN maps, head outputs, final detections on photos and training losses."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import mmdet_oracle as O
-from pvtv2.detection.mmdet import load_mmdet_checkpoint
+from pvtv2.detection.interop.mmdet import load_mmdet_checkpoint
 from pvtv2.detection.registry import get_detector
 
 # B0 at its released size; B2-Li (linear SRA) with one block per stage to stay fast

@@ -26,7 +26,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pvtv2.detection.mmdet import COCO_CLASSES
+from pvtv2.detection.interop.mmdet import COCO_CLASSES
 from pvtv2.segmentation import ADE20K_CLASSES
 from pvtv2.serve.app import MAX_BYTES, ServeServer, make_server
 from pvtv2.serve.models import load_models

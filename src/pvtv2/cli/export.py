@@ -115,7 +115,7 @@ def _export_task_model(args: argparse.Namespace) -> int:
         model, _ = load_segmentor(args.checkpoint)
         what = f"logits ({model.num_classes} classes, at the input size)"
     except CheckpointError as seg_error:
-        from ..detection.export import DenseDetector
+        from ..detection.interop.export import DenseDetector
         from ..detection.inference import load_detector
 
         try:

@@ -184,7 +184,7 @@ def _table4(args: argparse.Namespace) -> int:
     if args.task != "det" or args.models or args.input_size != "224" or args.no_attn_matmul:
         raise PVTError("--table4 takes no model names and no --input-size / --no-attn-matmul; "
                        "run 'pvtv2 flops --task det --table4'")
-    from ..detection.table4 import table4_rows
+    from ..detection.evaluation.table4 import table4_rows
 
     rows = table4_rows()
     print(format_table(rows, TABLE4_COLUMNS))

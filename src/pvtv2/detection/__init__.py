@@ -4,28 +4,32 @@
 >>> model = retinanet(backbone="pvt_v2_b0", num_classes=80, backbone_weights="pvt_v2_b0.pth")
 
 - :mod:`.registry`: one :class:`DetectorSpec` per architecture (builder, learning rate, masks, dense outputs);
-  :mod:`.detectors`: one module per detector (RetinaNet, Mask R-CNN, FCOS, ATSS, GFL), each registering itself.
-- :mod:`.fpn`: the FPN on the backbone adapter (:mod:`pvtv2.models.backbone`); :mod:`.anchors`, :mod:`.labels`.
-- ATSS / GFL pieces: :mod:`.one_stage` (the shared frame), :mod:`.dense_heads`, :mod:`.assigners`, :mod:`.losses`,
-  :func:`.one_stage.from_mmdet` (released mmdet weights).
-- :mod:`.data`: COCO JSON / VOC XML annotations, checked once; :mod:`.dataset`: tv_tensors samples (no models).
+  :mod:`.detectors`: one thin module per detector (RetinaNet, Mask R-CNN, FCOS, ATSS, GFL, Cascade Mask R-CNN,
+  Sparse R-CNN) assembling parts and registering itself.
+- :mod:`.modeling`: the parts: ``necks`` (FPN on the backbone adapter :mod:`pvtv2.models.backbone`), ``anchors``,
+  ``boxes`` (coder, NMS), ``assigners`` (max-IoU, ATSS, Hungarian; random sampler), ``dense_heads`` (the ATSS/GFL
+  frame, towers, the foreground-label mixin), ``proposal`` (the RPNs), ``roi_heads`` (RoI pooling, Mask R-CNN,
+  cascade, Sparse R-CNN), ``losses``, ``transform``.
+- :mod:`.data`: COCO JSON / VOC XML annotations, checked once (``annotations``); tv_tensors samples (``dataset``, no
+  models); the released multi-scale + crop augmentation (``augment``).
 - :mod:`.recipes`: :class:`DetectionConfig`, the ``1x``, ``3x`` and ``3x_mstrain`` recipes and their transforms v2
-  pipelines (:mod:`.augment`: the released multi-scale + crop augmentation).
-- :mod:`.evaluate`: COCO AP through pycocotools; :mod:`.visualize`: drawn detections.
+  pipelines.
+- :mod:`.evaluation`: COCO AP through pycocotools (``coco_eval``), params and GFLOPs at 1280x800 beside the paper's
+  Tables 3 and 6 (``complexity``), Table 4 (``table4``).
+- :mod:`.interop`: mmdet 2.x checkpoints (``mmdet``), the ONNX export spec (``export``).
 - :mod:`.task`: :class:`DetectionTask` for :func:`pvtv2.engine.train`; :mod:`.inference`: checkpoints -> detectors
-  -> images.
-- :mod:`.complexity`: params and GFLOPs at 1280x800 beside the paper's Tables 3 and 6; :mod:`.table4`: Table 4.
+  -> images; :mod:`.visualize`: drawn detections; :mod:`.compare`: the detectors side by side.
 """
 
-from .complexity import complexity_rows
-from .data import DetectionData, load_coco, load_voc, open_dataset
-from .dataset import DetectionDataset
-from .evaluate import evaluate
-from .inference import detect, load_detector
+from .data.annotations import DetectionData, load_coco, load_voc, open_dataset
+from .data.dataset import DetectionDataset
 from .detectors import atss, fcos, gfl, mask_rcnn, retinanet
-from .fpn import PVTWithFPN, pvt_fpn
-from .registry import DETECTORS, DetectorSpec, build_detector, get_detector, register
+from .evaluation.coco_eval import evaluate
+from .evaluation.complexity import complexity_rows
+from .inference import detect, load_detector
+from .modeling.necks.fpn import PVTWithFPN, pvt_fpn
 from .recipes import RECIPES, DetectionConfig, get_recipe
+from .registry import DETECTORS, DetectorSpec, build_detector, get_detector, register
 from .task import DetectionTask
 
 __all__ = [

@@ -22,8 +22,8 @@ import torch
 
 from .._io import atomic_write, atomic_write_text
 from ..engine import DistEnv, TrainResult, train
-from .complexity import detector_complexity
-from .dataset import DetectionDataset
+from .data.dataset import DetectionDataset
+from .evaluation.complexity import detector_complexity
 from .inference import load_detector
 from .recipes import DetectionConfig, eval_transforms
 from .registry import DETECTORS, get_detector

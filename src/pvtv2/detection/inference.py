@@ -63,12 +63,12 @@ def load_detector(
 
     Args:
         path: a checkpoint written by ``pvtv2 det train`` (``last.pth``) or :func:`save_detector`, or a released
-            mmdet 2.x detector (:func:`pvtv2.detection.mmdet.load_mmdet_checkpoint`, e.g.
+            mmdet 2.x detector (:func:`pvtv2.detection.interop.mmdet.load_mmdet_checkpoint`, e.g.
             ``retinanet_pvt_v2_b2_fpn_1x_coco.pth``).
         device: where to put it.
         **kwargs: builder options to override (``score_thresh=0.3``, ``min_size=600``...).
     """
-    from .mmdet import is_mmdet_checkpoint, mmdet_detector
+    from .interop.mmdet import is_mmdet_checkpoint, mmdet_detector
 
     ckpt = read_checkpoint(path)
     if is_mmdet_checkpoint(ckpt):
@@ -180,9 +180,9 @@ def evaluate_checkpoint(
     import json
 
     from .._io import atomic_write_text
-    from .data import open_dataset
-    from .dataset import DetectionDataset
-    from .evaluate import evaluate
+    from .data.annotations import open_dataset
+    from .data.dataset import DetectionDataset
+    from .evaluation.coco_eval import evaluate
     from .recipes import eval_transforms
 
     model, meta = load_detector(checkpoint, device=device, **kwargs)

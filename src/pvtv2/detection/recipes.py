@@ -6,7 +6,7 @@
 - ``3x``: the paper's text: 36 epochs, steps after 27 and 33, multi-scale shorter side 640-800 (mmdet's "range"
   mode), weight decay 0.05.
 - ``3x_mstrain``: the released ``*_3x_mstrain_fp16.py`` configs (ATSS, GFL, Cascade Mask R-CNN, Sparse R-CNN): the
-  3x schedule with DETR's augmentation (:mod:`.augment`: shorter side 480-800 step 32; half the time resize to
+  3x schedule with DETR's augmentation (:mod:`.data.augment`: shorter side 480-800 step 32; half the time resize to
   400 / 500 / 600, random crop 384-600, then that resize) and no weight decay on norms (``paramwise_cfg``).
 - ``sparse_rcnn_3x``: the released Sparse R-CNN configs (``sparse_rcnn_pvt_v2_b2*_fpn_300_proposals_crop_mstrain_
   480-800_3x_coco.py``): ``3x_mstrain``'s schedule and augmentation with weight decay 1e-4 on every parameter (no
@@ -33,7 +33,7 @@ from torchvision.transforms import v2
 from ..engine.config import TrainConfig, option
 from ..engine.config import get_recipe as _get
 from ..errors import PVTError
-from .augment import mstrain_crop_transforms
+from .data.augment import mstrain_crop_transforms
 
 
 @dataclass(frozen=True)
@@ -114,7 +114,7 @@ def get_recipe(name: str) -> DetectionConfig:
 def train_transforms(cfg: DetectionConfig) -> v2.Compose:
     """Resize (random shorter side from ``train_sizes``, longer <= ``max_size``), flip, to float, drop degenerate
     boxes: the recipe's training augmentation on images, boxes and masks together (with a crop policy:
-    :func:`.augment.mstrain_crop_transforms`)."""
+    :func:`.data.augment.mstrain_crop_transforms`)."""
     if cfg.crop_size:
         return mstrain_crop_transforms(cfg)
     return v2.Compose(

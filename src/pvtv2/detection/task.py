@@ -25,9 +25,9 @@ from ..engine.distributed import DistEnv
 from ..engine.sampling import StepSampler, step_loader
 from ..engine.task import Task
 from ..errors import DataError, TrainingError
-from .data import DetectionData, open_dataset
-from .dataset import DetectionDataset, collate
-from .evaluate import evaluate
+from .data.annotations import DetectionData, open_dataset
+from .data.dataset import DetectionDataset, collate
+from .evaluation.coco_eval import evaluate
 from .inference import detector_meta
 from .recipes import DetectionConfig, eval_transforms, train_transforms
 from .registry import get_detector

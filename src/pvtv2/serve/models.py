@@ -144,7 +144,7 @@ def load_models(
         CheckpointError: a file that is not a checkpoint of that kind (one line).
     """
     from ..detection.inference import build_from_meta, detector_meta, load_detector
-    from ..detection.mmdet import COCO_CLASSES
+    from ..detection.interop.mmdet import COCO_CLASSES
     from ..segmentation import ADE20K_CLASSES, DatasetMeta, load_segmentor, semantic_fpn
 
     m = Models(seg_scale=(2048, seg_size))

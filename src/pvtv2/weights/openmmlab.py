@@ -1,7 +1,7 @@
 """What OpenMMLab checkpoints (mmdet 2.x, mmseg 0.x) share: the config text in ``meta["config"]`` and the PVT v2
 backbone under ``backbone.*``, in the authors' layout (their ``pvt_v2.py`` classes ``pvt_v2_b0``...:
 ``patch_embed1``, ``block1.0``, ``norm1``) or mmdet's own ``PyramidVisionTransformerV2`` (``layers.0.0.projection``...).
-The detection and segmentation readers (:mod:`pvtv2.detection.mmdet`, :mod:`pvtv2.segmentation.mmseg`) build on
+The detection and segmentation readers (:mod:`pvtv2.detection.interop.mmdet`, :mod:`pvtv2.segmentation.mmseg`) build on
 these; nothing here knows a head or a model (which registered variant a backbone is: :mod:`pvtv2.models.openmmlab`).
 """
 

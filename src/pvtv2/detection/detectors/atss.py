@@ -12,13 +12,13 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
-from ...models.backbone import WeightsSource
-from ..boxes import delta_coder
-from ..dense_heads import ATSSHead
-from ..fpn import pvt_fpn
-from ..losses import centerness_target
 from ...engine.distributed import reduce_mean
-from ..one_stage import AnchorPointDetector, from_mmdet
+from ...models.backbone import WeightsSource
+from ..modeling.boxes import delta_coder
+from ..modeling.dense_heads.anchor_point_detector import AnchorPointDetector, from_mmdet
+from ..modeling.dense_heads.tower_heads import ATSSHead
+from ..modeling.losses import centerness_target
+from ..modeling.necks.fpn import pvt_fpn
 from ..registry import DetectorSpec, register
 
 FOCAL_ALPHA, FOCAL_GAMMA = 0.25, 2.0
@@ -27,7 +27,7 @@ TARGET_STDS = (0.1, 0.1, 0.2, 0.2)  # the released DeltaXYWHBBoxCoder's (means 0
 
 
 class ATSS(AnchorPointDetector):
-    """ATSS: :class:`~pvtv2.detection.one_stage.AnchorPointDetector` with box deltas and a centre-ness branch
+    """ATSS: :class:`~pvtv2.detection.modeling.dense_heads.anchor_point_detector.AnchorPointDetector` with box deltas and a centre-ness branch
     (arguments as there)."""
 
     box_coder = delta_coder(TARGET_STDS)  # clamps dw, dh to +-log(1000 / 16), as mmdet's wh_ratio_clip
@@ -93,7 +93,7 @@ def atss(
             :func:`pvtv2.models.backbone.build_backbone`.
         fpn_channels: FPN and head width; 256 in every released config.
         stages: stages feeding the FPN (the released config: 1, 2, 3).
-        **kwargs: :class:`~pvtv2.detection.one_stage.AnchorPointDetector` options (``min_size``, ``max_size``,
+        **kwargs: :class:`~pvtv2.detection.modeling.dense_heads.anchor_point_detector.AnchorPointDetector` options (``min_size``, ``max_size``,
             ``score_thresh``, ``nms_thresh``, ``detections_per_img``, ``topk_candidates``...).
     """
     fpn = pvt_fpn(backbone, stages=stages, extra="p6p7_output", backbone_weights=backbone_weights,

@@ -18,12 +18,12 @@ from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 
 from ...analysis.counting import unseen_by_mmcv
 from ...models.backbone import WeightsSource
-from ..cascade import CascadeRoIHeads
-from ..fpn import pvt_fpn
-from ..mmdet import convert_detector, fpn_to_ours
+from ..interop.mmdet import convert_detector, fpn_to_ours
+from ..modeling.necks.fpn import pvt_fpn
+from ..modeling.proposal.rpn import ProposalNetwork
+from ..modeling.roi_heads.cascade import CascadeRoIHeads
+from ..modeling.transform import DetectionTransform
 from ..registry import DetectorSpec, register
-from ..rpn import ProposalNetwork
-from ..transform import DetectionTransform
 from .mask_rcnn import BOX_ROIS, MASK_ROIS
 from .mask_rcnn import _dense as rpn_dense
 

@@ -9,15 +9,15 @@ from typing import Any
 from torchvision.models.detection import FCOS
 
 from ...models.backbone import WeightsSource
-from ..anchors import point_anchors
-from ..fpn import pvt_fpn
-from ..labels import ForegroundLabels
+from ..modeling.anchors import point_anchors
+from ..modeling.dense_heads.foreground_labels import ForegroundLabels
+from ..modeling.necks.fpn import pvt_fpn
 from ..registry import DetectorSpec, register
 from .retinanet import one_stage_dense
 
 
 class PVTFCOS(ForegroundLabels, FCOS):
-    """torchvision's FCOS with ``num_classes`` = object classes (labels 1..K, see :mod:`.labels`)."""
+    """torchvision's FCOS with ``num_classes`` = object classes (labels 1..K, see :mod:`~pvtv2.detection.modeling.dense_heads.foreground_labels`)."""
 
 
 def fcos(

@@ -12,12 +12,12 @@ from typing import Any
 import torch
 from torchvision.ops import generalized_box_iou_loss
 
-from ...models.backbone import WeightsSource
-from ..dense_heads import GFLHead, integral
-from ..fpn import pvt_fpn
-from ..losses import aligned_iou, distribution_focal_loss, quality_focal_loss
 from ...engine.distributed import reduce_mean
-from ..one_stage import AnchorPointDetector, from_mmdet
+from ...models.backbone import WeightsSource
+from ..modeling.dense_heads.anchor_point_detector import AnchorPointDetector, from_mmdet
+from ..modeling.dense_heads.tower_heads import GFLHead, integral
+from ..modeling.losses import aligned_iou, distribution_focal_loss, quality_focal_loss
+from ..modeling.necks.fpn import pvt_fpn
 from ..registry import DetectorSpec, register
 
 QFL_BETA = 2.0
@@ -26,7 +26,7 @@ REG_MAX = 16
 
 
 class GFL(AnchorPointDetector):
-    """GFL: :class:`~pvtv2.detection.one_stage.AnchorPointDetector` with distribution box regression (arguments as
+    """GFL: :class:`~pvtv2.detection.modeling.dense_heads.anchor_point_detector.AnchorPointDetector` with distribution box regression (arguments as
     there)."""
 
     head: GFLHead
@@ -98,7 +98,7 @@ def gfl(
         fpn_channels: FPN and head width; 256 in every released config.
         stages: stages feeding the FPN (the released config: 1, 2, 3).
         reg_max: largest distance bin, in strides (the released config: 16).
-        **kwargs: :class:`~pvtv2.detection.one_stage.AnchorPointDetector` options (``min_size``, ``max_size``,
+        **kwargs: :class:`~pvtv2.detection.modeling.dense_heads.anchor_point_detector.AnchorPointDetector` options (``min_size``, ``max_size``,
             ``score_thresh``, ``nms_thresh``, ``detections_per_img``, ``topk_candidates``...).
     """
     fpn = pvt_fpn(backbone, stages=stages, extra="p6p7_output", backbone_weights=backbone_weights,

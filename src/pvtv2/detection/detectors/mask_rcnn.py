@@ -15,13 +15,15 @@ from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 
 from ...models.backbone import WeightsSource
-from ..anchors import octave_anchors
-from ..boxes import delta_coder
-from ..fpn import pvt_fpn
-from ..mmdet import convert_detector, fpn_to_ours
+from ..interop.mmdet import convert_detector, fpn_to_ours
+from ..modeling.anchors import octave_anchors
+from ..modeling.boxes import delta_coder
+from ..modeling.necks.fpn import pvt_fpn
+from ..modeling.proposal.rpn import rebuild_rpn
+from ..modeling.roi_heads.mask_rcnn import rebuild_roi_heads
+from ..modeling.roi_heads.roi_align import LevelRoIAlign
+from ..modeling.transform import use_detection_transform
 from ..registry import DetectorSpec, register
-from ..roi_heads import LevelRoIAlign, rebuild_roi_heads, rebuild_rpn
-from ..transform import use_detection_transform
 
 BOX_ROIS, MASK_ROIS = 1000, 100  # RoIs of mmdet's forward_dummy, which the paper's GFLOPs count
 

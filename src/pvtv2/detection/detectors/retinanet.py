@@ -17,13 +17,13 @@ from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, sigmoid_f
 
 from ...engine.distributed import reduce_mean
 from ...models.backbone import WeightsSource
-from ..anchors import octave_anchors
-from ..boxes import delta_coder
-from ..fpn import pvt_fpn
-from ..labels import ForegroundLabels
-from ..mmdet import convert_detector, fpn_to_ours
+from ..interop.mmdet import convert_detector, fpn_to_ours
+from ..modeling.anchors import octave_anchors
+from ..modeling.boxes import delta_coder
+from ..modeling.dense_heads.foreground_labels import ForegroundLabels
+from ..modeling.necks.fpn import pvt_fpn
+from ..modeling.transform import use_detection_transform
 from ..registry import DetectorSpec, register
-from ..transform import use_detection_transform
 
 
 class MMDetRetinaNet(RetinaNet):

@@ -20,11 +20,11 @@ from torchvision.ops import box_convert
 
 from ...analysis.counting import unseen_by_mmcv
 from ...models.backbone import WeightsSource
-from ..fpn import pvt_fpn
-from ..mmdet import convert_detector, fpn_to_ours
+from ..interop.mmdet import convert_detector, fpn_to_ours
+from ..modeling.necks.fpn import pvt_fpn
+from ..modeling.roi_heads.sparse import DynamicConv, ProposalEmbedding, SparseRoIHeads
+from ..modeling.transform import DetectionTransform
 from ..registry import DetectorSpec, register
-from ..sparse import DynamicConv, ProposalEmbedding, SparseRoIHeads
-from ..transform import DetectionTransform
 from .cascade_mask_rcnn import IMAGENET_MEAN, IMAGENET_STD
 
 COST_IMAGE_SHAPE = (800, 1333)  # mmdet's forward_dummy decodes the proposals for this image size

@@ -14,8 +14,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision import tv_tensors
 
-from ..errors import DataError
-from .data import DetectionData, ImageRecord, Instance
+from ...errors import DataError
+from .annotations import DetectionData, ImageRecord, Instance
 
 log = logging.getLogger(__name__)
 

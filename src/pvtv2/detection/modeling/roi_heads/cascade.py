@@ -24,10 +24,11 @@ from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.ops import generalized_box_iou_loss
 
-from .boxes import batched_nms, decode_deltas
-from .roi_heads import LevelRoIAlign, mask_targets
-from .rpn import padded_shape
-from .sampling import Samples, assign_max_iou, sample_random
+from ..anchors import padded_shape
+from ..assigners.max_iou import assign_max_iou
+from ..assigners.random_sampler import Samples, sample_random
+from ..boxes import batched_nms, decode_deltas
+from .roi_align import LevelRoIAlign, mask_targets
 
 STAGE_IOUS = (0.5, 0.6, 0.7)
 STAGE_STDS = ((0.1, 0.1, 0.2, 0.2), (0.05, 0.05, 0.1, 0.1), (0.033, 0.033, 0.067, 0.067))

@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..models import list_models
-from .registry import DetectorSpec, get_detector
+from ...models import list_models
+from ..registry import DetectorSpec, get_detector
 
 INPUT_SIZE = (800, 1280)  # (H, W): the paper's "1280x800"
 TABLE6_MODELS = ("pvt_v1_small", "pvt_v1_small_ope", "pvt_v1_small_ope_cffn", "pvt_v1_small_ope_cffn_lsra")
@@ -68,7 +68,7 @@ def detector_complexity(arch: str, backbone: str, input_size: Sequence[int] = IN
         input_size: ``(H, W)`` of the image.
         **build: builder arguments (default: COCO's 80 classes).
     """
-    from ..analysis import complexity
+    from ...analysis import complexity
 
     spec = get_detector(arch)
     with torch.device("meta"):

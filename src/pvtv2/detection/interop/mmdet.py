@@ -20,11 +20,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import CheckpointError
-from ..weights import read_checkpoint
-from ..models.openmmlab import backbone_variant
-from ..weights.openmmlab import backbone_state_dict, checkpoint_config, fpn_pairs, load_strict, rename_prefixes
-from .registry import DETECTORS, get_detector
+from ...errors import CheckpointError
+from ...models.openmmlab import backbone_variant
+from ...weights import read_checkpoint
+from ...weights.openmmlab import backbone_state_dict, checkpoint_config, fpn_pairs, load_strict, rename_prefixes
+from ..registry import DETECTORS, get_detector
 
 StateDict = dict[str, torch.Tensor]
 
@@ -47,7 +47,7 @@ COCO_CLASSES = (
 
 # --- key conversion helpers for the detectors' ``from_mmdet`` --------------------------------------------------
 def fpn_to_ours(num_inputs: int, prefix: str = "backbone.fpn.") -> list[tuple[str, str]]:
-    """Prefix pairs from mmdet's ``FPN`` to the FPN of :class:`~pvtv2.detection.fpn.PVTWithFPN`."""
+    """Prefix pairs from mmdet's ``FPN`` to the FPN of :class:`~pvtv2.detection.modeling.necks.fpn.PVTWithFPN`."""
     return fpn_pairs(num_inputs, prefix)
 
 
@@ -130,7 +130,7 @@ def mmdet_detector(
     **options: Any,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """:func:`load_mmdet_checkpoint` on a checkpoint already read (``where`` names it in errors)."""
-    from .inference import detector_meta
+    from ..inference import detector_meta
 
     path = where
     if not is_mmdet_checkpoint(ckpt):

@@ -5,6 +5,11 @@ detectors check for it) with two differences to the released detectors removed: 
 integers (RetinaNet's 40.32 px becomes 40), and it derives each level's stride from the padded image size integer-
 divided by the map size (800 // 13 = 61 on P6 instead of 64). :class:`LevelAnchors` keeps mmdet's float sizes and the
 levels' nominal strides (mmdet ``core/anchor/anchor_generator.py``).
+
+Which anchors take part in an image's loss, as mmdet's ``valid_flags`` and ``anchor_inside_flags``
+(``core/anchor/utils.py``): :func:`valid_anchors` (one level) and :func:`valid_flags` (all levels) keep the anchors
+on the image's own extent padded to :data:`SIZE_DIVISOR` (a batch padded to its largest image gives the smaller
+images anchors outside them); :func:`inside_image` the ones wholly inside the image (the RPN's ``allowed_border``).
 """
 
 from __future__ import annotations
@@ -69,3 +74,39 @@ def octave_anchors(strides: Sequence[int], octave_base: float, scales_per_octave
 def point_anchors(strides: Sequence[int]) -> LevelAnchors:
     """One square anchor per location whose side is the level's stride (FCOS's points)."""
     return LevelAnchors(strides, [[s] for s in strides], (1.0,))
+
+
+SIZE_DIVISOR = 32  # mmdet's Pad(size_divisor=32) in every released config; each image's anchors stop at its own
+
+
+def padded_shape(image_size: Sequence[int]) -> tuple[int, int]:
+    """An image's size padded up to a multiple of 32 (mmdet's per-image ``pad_shape``)."""
+    return tuple(-(-int(s) // SIZE_DIVISOR) * SIZE_DIVISOR for s in image_size[:2])  # type: ignore[return-value]
+
+
+def valid_anchors(size: Sequence[int], stride: int, num_base: int, pad_shape: Sequence[int],
+                  device: torch.device | None) -> torch.Tensor:
+    """``(h * w * A,)`` bool: the anchor's location lies on the image's own padded extent (not the batch's)."""
+    h, w = int(size[0]), int(size[1])
+    vh, vw = min(-(-int(pad_shape[0]) // stride), h), min(-(-int(pad_shape[1]) // stride), w)
+    valid = torch.zeros(h, w, dtype=torch.bool, device=device)
+    valid[:vh, :vw] = True
+    return valid.view(-1, 1).expand(-1, num_base).reshape(-1)
+
+
+def valid_flags(sizes: Sequence[tuple[int, int]], strides: Sequence[int], image_size: Sequence[int],
+                device: torch.device | None = None) -> torch.Tensor:
+    """``(sum h*w,)`` bool: :func:`valid_anchors` of one anchor per location, level after level (mmdet's
+    ``valid_flags`` on ``pad_shape``)."""
+    pad = padded_shape(image_size)
+    return torch.cat([valid_anchors(size, s, 1, pad, device) for size, s in zip(sizes, strides)])
+
+
+def inside_image(anchors: torch.Tensor, image_size: Sequence[int], border: int) -> torch.Tensor:
+    """``(N,)`` bool: the anchor lies within the image grown by ``border`` pixels (right and bottom edges
+    exclusive, as mmdet's ``anchor_inside_flags``); a negative ``border`` admits every anchor."""
+    if border < 0:
+        return torch.ones_like(anchors[:, 0], dtype=torch.bool)
+    h, w = image_size[0], image_size[1]
+    return (anchors[:, 0] >= -border) & (anchors[:, 1] >= -border) & (anchors[:, 2] < w + border) & \
+        (anchors[:, 3] < h + border)

@@ -2,7 +2,7 @@
 
 :class:`AnchorPointDetector` does what mmdet's ``AnchorHead`` and its ATSS/GFL subclasses share: one square anchor
 of ``anchor_scale`` x stride per location (mmdet's ``AnchorGenerator(octave_base_scale=8, scales_per_octave=1,
-ratios=[1.0])``, :func:`~.anchors.octave_anchors`: centred on ``(x * stride, y * stride)``), the ATSS assignment on
+ratios=[1.0])``, :func:`~pvtv2.detection.modeling.anchors.octave_anchors`: centred on ``(x * stride, y * stride)``), the ATSS assignment on
 the anchors that lie inside each image's own padded extent (mmdet's ``valid_flags``: a batch padded to its largest image gives the smaller images
 anchors outside them, which get no target and no loss), the positive count averaged over processes, losses in
 fp32 under autocast (mmdet's ``force_fp32``), and the test-time decoding: the best ``topk_candidates`` per level,
@@ -12,35 +12,18 @@ Subclasses give the head, the losses and how a level is scored and decoded.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 from torchvision.ops import batched_nms, clip_boxes_to_image
 
-from ..engine.distributed import reduce_mean
-from ..models.backbone import PVTBackbone
-from .anchors import octave_anchors
-from .assigners import atss_assign
-from .mmdet import convert_detector, fpn_to_ours, rename_prefixes
-from .transform import DetectionTransform
-
-SIZE_DIVISOR = 32  # mmdet's Pad(size_divisor=32); the anchors of each image stop at its own padded extent
-
-
-def valid_flags(sizes: Sequence[tuple[int, int]], strides: Sequence[int], image_size: Sequence[int],
-                device: torch.device | None = None) -> torch.Tensor:
-    """``(sum h*w,)`` bool: the anchors inside the image's own extent padded to 32 (mmdet's ``valid_flags`` on
-    ``pad_shape``), level after level."""
-    ph, pw = (-(-int(v) // SIZE_DIVISOR) * SIZE_DIVISOR for v in image_size)
-    flags = []
-    for (h, w), s in zip(sizes, strides):
-        vh, vw = min(-(-ph // s), h), min(-(-pw // s), w)
-        f = torch.zeros(h, w, dtype=torch.bool, device=device)
-        f[:vh, :vw] = True
-        flags.append(f.reshape(-1))
-    return torch.cat(flags)
+from ....engine.distributed import reduce_mean
+from ....models.backbone import PVTBackbone
+from ...interop.mmdet import convert_detector, fpn_to_ours, rename_prefixes
+from ..anchors import SIZE_DIVISOR, octave_anchors, valid_flags
+from ..assigners.atss import atss_assign
+from ..transform import DetectionTransform
 
 
 def flatten_levels(maps: list[torch.Tensor]) -> torch.Tensor:
@@ -53,18 +36,18 @@ class AnchorPointDetector(nn.Module):
 
     Args:
         backbone: backbone + FPN (``strides`` and the maps' ``out_channels``), e.g.
-            :class:`~pvtv2.detection.fpn.PVTWithFPN`.
+            :class:`~pvtv2.detection.modeling.necks.fpn.PVTWithFPN`.
         head: ``feats -> {name: [per-level (B, C, h, w)]}``; its first output is the class logits.
         num_classes: K object classes; labels 1..K in targets and detections.
         anchor_scale: anchor side in strides (mmdet's ``octave_base_scale``).
         topk: ATSS candidates per level and box.
-        min_size, max_size, image_mean, image_std: the transform's (:class:`~.transform.DetectionTransform`: mmcv's
+        min_size, max_size, image_mean, image_std: the transform's (:class:`~pvtv2.detection.modeling.transform.DetectionTransform`: mmcv's
             resize rounding; the batch padded to a multiple of 32).
         score_thresh: lowest class score kept at test time (before any quality factor, as mmdet).
         nms_thresh: IoU of the class-wise NMS.
         detections_per_img: detections kept per image.
         topk_candidates: best anchors per level decoded at test time (mmdet's ``nms_pre``).
-        **kwargs: more :class:`~.transform.DetectionTransform` arguments.
+        **kwargs: more :class:`~pvtv2.detection.modeling.transform.DetectionTransform` arguments.
     """
 
     def __init__(
@@ -202,7 +185,7 @@ class AnchorPointDetector(nn.Module):
 
 def from_mmdet(sd: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
     """A released mmdet ``ATSS`` / ``GFL`` state dict under our names: the backbone (PVT in the authors' or mmdet's
-    layout; mmdet's ResNet has torchvision's names), the FPN (:func:`~.mmdet.fpn_to_ours`) and the head, whose names
+    layout; mmdet's ResNet has torchvision's names), the FPN (:func:`~pvtv2.detection.interop.mmdet.fpn_to_ours`) and the head, whose names
     are mmdet's but for the towers' ``ConvModule`` (``.conv`` / ``.gn`` -> ``Conv2dNormActivation``'s ``.0`` /
     ``.1``). GFL's constant bin values (``bbox_head.integral.project``) are not weights here."""
     sd = {k: v for k, v in sd.items() if k != "bbox_head.integral.project"}

@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..export import ExportSpec
-from .registry import DetectorSpec, get_detector
+from ...export import ExportSpec
+from ..registry import DetectorSpec, get_detector
 
 
 class DenseDetector(nn.Module):

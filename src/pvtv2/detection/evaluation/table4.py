@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..registry import DETECTORS
 from .complexity import INPUT_SIZE, detector_complexity
-from .registry import DETECTORS
 
 BACKBONES = ("resnet50", "swin_t", "pvt_v2_b2_li", "pvt_v2_b2")
 DETECTORS_T4 = ("cascade_mask_rcnn", "atss", "gfl", "sparse_rcnn")

@@ -25,7 +25,7 @@ from typing import IO, Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ..errors import DataError
+from ...errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,8 @@ class _Checker:
 
     def __call__(self, kind: str, message: str) -> None:
         if self.strict:
-            raise DataError(f"{self.source}: {message} (pass strict=False / --skip-bad to skip and count such cases)")
+            raise DataError(f"{self.source}: {message} "
+                            "(pass strict=False / --on-bad-data skip to skip and count such cases)")
         self.counts[kind] += 1
         self.first.setdefault(kind, message)
 

@@ -6,9 +6,10 @@ learned 256-d features (``EmbeddingRPNHead``); six stages of ``DIIHead`` (self-a
 a dynamic 1x1 conv of each proposal's 7x7 RoI features with parameters generated from its feature, an FFN, then
 a 1-layer class branch and a 3-layer box branch), each refining the boxes of the stage before
 (deltas with standard deviations 0.5, 0.5, 1, 1, not clipped). Training matches the queries of each stage to the
-ground truth one to one (:mod:`.hungarian`) and sums focal loss (weight 2), L1 on image-normalised boxes (5) and
-GIoU (2), each over the number of matched queries. At test time the 300 x K sigmoid scores of the last stage are
-ranked and the best 300 (query, class) pairs are the detections.
+ground truth one to one (:mod:`~pvtv2.detection.modeling.assigners.hungarian`) and sums focal loss (weight 2), L1 on image-normalised boxes (5) and
+GIoU (2), each over the number of matched queries averaged over the processes (mmdet's ``reduce_mean``). At test
+time the 300 x K sigmoid scores of the last stage are ranked and the best 300 (query, class) pairs are the
+detections.
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ from torch import nn
 from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import box_convert, generalized_box_iou_loss, sigmoid_focal_loss
 
-from .boxes import decode_deltas
-from .hungarian import hungarian_match, match_cost
-from .roi_heads import LevelRoIAlign
+from ....engine.distributed import reduce_mean
+from ..assigners.hungarian import hungarian_match, match_cost
+from ..boxes import decode_deltas
+from .roi_align import LevelRoIAlign
 
 DELTA_STDS = (0.5, 0.5, 1.0, 1.0)
 
@@ -222,7 +224,8 @@ class SparseRoIHeads(nn.Module):
             pred.append(boxes[i, q])
             goal.append(target["boxes"][g])
             scale.append(boxes.new_tensor([w, h, w, h]).expand(len(q), 4))
-        num_pos = max(sum(len(p) for p in pred), 1)  # mmdet divides by the matched count (0 without objects)
+        # mmdet's DIIHead divides by the matched count averaged over processes (reduce_mean), here at least 1
+        num_pos = max(float(reduce_mean(logits.new_tensor(float(sum(len(p) for p in pred))))), 1.0)
         onehot = F.one_hot(labels.flatten(), k + 1)[:, :k].to(logits.dtype)  # (B*N, K), no-object row all 0
         loss_cls = sigmoid_focal_loss(logits.reshape(-1, k), onehot, alpha=0.25, gamma=2.0, reduction="sum")
         losses = {"loss_cls": self.weights["cls"] * loss_cls / num_pos}

@@ -19,7 +19,7 @@ from torch import nn
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, LastLevelMaxPool, LastLevelP6P7
 
-from ..models.backbone import StageBackbone, WeightsSource, pvt_backbone
+from ....models.backbone import StageBackbone, WeightsSource, pvt_backbone
 
 
 class ExtraConvs(LastLevelP6P7):

@@ -5,7 +5,7 @@ Normalisation (ImageNet mean/std = mmdet's ``img_norm_cfg`` / 255), the keep-rat
 ``min(short / min(h, w), long / max(h, w))`` (``Resize(img_scale=(1333, 800), keep_ratio=True)``) and zero padding to
 a multiple of 32 are torchvision's. Two things are not: the resized size is rounded to the nearest pixel as mmcv's
 ``rescale_size`` does (torchvision floors it: 451 x 300 becomes 1202 x 800, mmdet's 1203 x 800), and masks are pasted
-with :func:`~pvtv2.detection.boxes.paste_masks`. The interpolation itself stays torchvision's bilinear resampling of
+with :func:`~pvtv2.detection.modeling.boxes.paste_masks`. The interpolation itself stays torchvision's bilinear resampling of
 the float image; mmcv resizes the uint8 image with OpenCV, which differs by about one grey level.
 """
 

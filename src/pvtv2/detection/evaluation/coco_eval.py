@@ -13,9 +13,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._io import atomic_write_text
-from .data import DetectionData
-from .dataset import DetectionDataset, collate
+from ..._io import atomic_write_text
+from ..data.annotations import DetectionData
+from ..data.dataset import DetectionDataset, collate
 
 log = logging.getLogger(__name__)
 

@@ -17,11 +17,11 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 from torchvision.transforms.v2._utils import query_size
 
-from ..data.transform import Transform
-from ..errors import PVTError
+from ...data.transform import Transform
+from ...errors import PVTError
 
 if TYPE_CHECKING:
-    from .recipes import DetectionConfig
+    from ..recipes import DetectionConfig
 
 
 class RandomSizeCrop(Transform):

@@ -1,10 +1,16 @@
-"""The region proposal network of the released two-stage configs (mmdet 2.x ``RPNHead``), on torchvision's head.
+"""The two region proposal networks of the released two-stage configs (mmdet 2.x ``RPNHead``).
 
-The layers are torchvision's :class:`~torchvision.models.detection.rpn.RPNHead` (3x3 conv + ReLU, 1x1 objectness
+- :class:`ProposalNetwork` (Cascade Mask R-CNN): mmdet's anchors, targets and proposal selection on torchvision's
+  head (below).
+- :class:`MMDetRPN` (Mask R-CNN, through :func:`rebuild_rpn`): torchvision's ``RegionProposalNetwork`` with the
+  released losses only: the box loss is L1 (``loss_bbox=L1Loss``), not smooth L1 with beta 1/9; both losses are
+  averaged over the sampled anchors, each image counting at least one positive and one negative.
+
+:class:`ProposalNetwork`'s layers are torchvision's :class:`~torchvision.models.detection.rpn.RPNHead` (3x3 conv + ReLU, 1x1 objectness
 and 1x1 box-delta convs: the same parameters as mmdet's). What torchvision's ``RegionProposalNetwork`` does
 differently, and this module does as mmdet does:
 
-- anchors: exact float sizes on the levels' nominal strides (:class:`~.anchors.LevelAnchors`);
+- anchors: exact float sizes on the levels' nominal strides (:class:`~pvtv2.detection.modeling.anchors.LevelAnchors`);
 - training targets: only anchors wholly inside the image (``allowed_border=0``) and on the image's own padded
   extent take part; max-IoU assignment 0.7 / 0.3 with low-quality matches, 256 samples (half positive); binary
   cross-entropy and smooth-L1 (beta 1/9) both averaged over the sampled anchors;
@@ -17,40 +23,14 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 from torchvision.models.detection.image_list import ImageList
-from torchvision.models.detection.rpn import RPNHead
+from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 
-from .anchors import octave_anchors
-from .boxes import batched_nms, decode_deltas, encode_deltas
-from .sampling import assign_max_iou, sample_random
-
-SIZE_DIVISOR = 32  # every released config pads each image to a multiple of 32
-
-
-def valid_anchors(size: Sequence[int], stride: int, num_base: int, pad_shape: Sequence[int],
-                  device: torch.device) -> torch.Tensor:
-    """``(h * w * A,)`` bool: the anchor's location lies on the image's own padded extent (not the batch's)."""
-    h, w = int(size[0]), int(size[1])
-    vh, vw = min(-(-int(pad_shape[0]) // stride), h), min(-(-int(pad_shape[1]) // stride), w)
-    valid = torch.zeros(h, w, dtype=torch.bool, device=device)
-    valid[:vh, :vw] = True
-    return valid.view(-1, 1).expand(-1, num_base).reshape(-1)
-
-
-def inside_image(anchors: torch.Tensor, image_size: Sequence[int], border: int) -> torch.Tensor:
-    """``(N,)`` bool: the anchor lies within the image grown by ``border`` pixels (right and bottom edges
-    exclusive, as mmdet's ``anchor_inside_flags``); a negative ``border`` admits every anchor."""
-    if border < 0:
-        return torch.ones_like(anchors[:, 0], dtype=torch.bool)
-    h, w = image_size[0], image_size[1]
-    return (anchors[:, 0] >= -border) & (anchors[:, 1] >= -border) & (anchors[:, 2] < w + border) & \
-        (anchors[:, 3] < h + border)
-
-
-def padded_shape(image_size: Sequence[int]) -> tuple[int, int]:
-    """An image's size padded up to a multiple of 32 (mmdet's per-image ``pad_shape``)."""
-    return tuple(-(-int(s) // SIZE_DIVISOR) * SIZE_DIVISOR for s in image_size[:2])  # type: ignore[return-value]
+from ..anchors import inside_image, octave_anchors, padded_shape, valid_anchors
+from ..assigners.max_iou import assign_max_iou
+from ..assigners.random_sampler import sample_random
+from ..boxes import batched_nms, decode_deltas, encode_deltas
 
 
 class ProposalNetwork(nn.Module):
@@ -201,3 +181,34 @@ class ProposalNetwork(nn.Module):
         l1 = F.smooth_l1_loss(reg, torch.stack(box_t), beta=self.smooth_l1_beta, reduction="none")
         return {"loss_rpn_cls": (bce * torch.stack(label_w)).sum() / num_samples,
                 "loss_rpn_bbox": (l1 * torch.stack(box_w)).sum() / num_samples}
+
+
+def _avg_factor(masks: list[Tensor]) -> int:
+    """Samples per image, each image counting at least one (mmdet ``max(inds.numel(), 1)``)."""
+    return sum(max(int(m.sum()), 1) for m in masks)
+
+
+class MMDetRPN(RegionProposalNetwork):
+    """torchvision's RPN with the released losses (see the module doc)."""
+
+    def compute_loss(self, objectness: Tensor, pred_bbox_deltas: Tensor, labels: list[Tensor],
+                     regression_targets: list[Tensor]) -> tuple[Tensor, Tensor]:
+        pos_masks, neg_masks = self.fg_bg_sampler(labels)
+        pos = torch.where(torch.cat(pos_masks))[0]
+        sampled = torch.cat([pos, torch.where(torch.cat(neg_masks))[0]])
+        total = _avg_factor(pos_masks) + _avg_factor(neg_masks)
+        targets = torch.cat(regression_targets)
+        box_loss = F.l1_loss(pred_bbox_deltas[pos], targets[pos], reduction="sum") / total
+        objectness_loss = F.binary_cross_entropy_with_logits(
+            objectness.flatten()[sampled], torch.cat(labels)[sampled], reduction="sum") / total
+        return objectness_loss, box_loss
+
+
+def rebuild_rpn(rpn: RegionProposalNetwork) -> MMDetRPN:
+    """An :class:`MMDetRPN` with the parts and settings of torchvision's ``rpn``."""
+    matcher, sampler = rpn.proposal_matcher, rpn.fg_bg_sampler
+    out = MMDetRPN(rpn.anchor_generator, rpn.head, matcher.high_threshold, matcher.low_threshold,
+                   sampler.batch_size_per_image, sampler.positive_fraction, rpn._pre_nms_top_n, rpn._post_nms_top_n,
+                   rpn.nms_thresh, rpn.score_thresh)
+    out.box_coder = rpn.box_coder
+    return out

@@ -1,0 +1,2 @@
+"""Other tools' formats: mmdet checkpoints (:mod:`.mmdet`), the ONNX export spec (:mod:`.export`).
+"""

@@ -1,0 +1,2 @@
+"""Necks on the backbone: the FPN (:mod:`.fpn`).
+"""

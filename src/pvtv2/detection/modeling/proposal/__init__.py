@@ -1,0 +1,2 @@
+"""Proposal generators: the two region proposal networks (:mod:`.rpn`).
+"""

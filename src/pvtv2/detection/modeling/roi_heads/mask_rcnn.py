@@ -1,0 +1,106 @@
+"""The box and mask RoI heads of the released mmdet 2.x Mask R-CNN, on torchvision's ``RoIHeads``.
+
+:class:`MMDetRoIHeads`: L1 box loss; mask targets from
+:func:`~pvtv2.detection.modeling.roi_heads.roi_align.mask_targets` (cropped with ``aligned=True``, binarised at 0.5);
+at test time every (RoI, class) scoring above ``score_thresh`` enters the class-wise NMS, without torchvision's
+removal of boxes under 0.01 px (``multiclass_nms``). The RoIs are pooled by
+:class:`~pvtv2.detection.modeling.roi_heads.roi_align.LevelRoIAlign`; the RPN in front of these heads is
+:class:`~pvtv2.detection.modeling.proposal.rpn.MMDetRPN`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchvision.models.detection.roi_heads import RoIHeads, maskrcnn_inference
+from torchvision.ops import batched_nms, clip_boxes_to_image
+
+from .roi_align import mask_targets
+
+
+class MMDetRoIHeads(RoIHeads):
+    """torchvision's box and mask RoI heads with the released losses and test-time selection (module doc);
+    class 0 is the background, object classes 1..K (the released heads put the background last: the checkpoint
+    reader moves it)."""
+
+    def forward(self, features: dict[str, Tensor], proposals: list[Tensor], image_shapes: list[tuple[int, int]],
+                targets: list[dict[str, Tensor]] | None = None) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
+        if self.training:
+            if targets is None:
+                raise ValueError("targets are needed in training mode")
+            proposals, matched_idxs, labels, regression_targets = self.select_training_samples(proposals, targets)
+        box_feats = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
+        class_logits, box_regression = self.box_predictor(box_feats)  # (R, K + 1), (R, 4 (K + 1))
+        if self.training:
+            losses = self.box_losses(class_logits, box_regression, labels, regression_targets)
+            if self.has_mask():
+                pos = [torch.where(lab > 0)[0] for lab in labels]
+                boxes = [p[i] for p, i in zip(proposals, pos)]
+                logits = self.mask_logits(features, boxes, image_shapes)
+                losses["loss_mask"] = self.mask_loss(logits, boxes, targets, [m[i] for m, i in zip(matched_idxs, pos)],
+                                                     [lab[i] for lab, i in zip(labels, pos)])
+            return [], losses
+        boxes, scores, labels = self.postprocess_detections(class_logits, box_regression, proposals, image_shapes)
+        result = [{"boxes": b, "labels": lab, "scores": s} for b, s, lab in zip(boxes, scores, labels)]
+        if self.has_mask():
+            logits = self.mask_logits(features, boxes, image_shapes)
+            for probs, r in zip(maskrcnn_inference(logits, labels), result):
+                r["masks"] = probs  # (N, 1, M, M) of each box's class
+        return result, {}
+
+    def mask_logits(self, features: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[tuple[int, int]]
+                    ) -> Tensor:
+        """Mask logits ``(N, K + 1, 2S, 2S)`` of the boxes."""
+        return self.mask_predictor(self.mask_head(self.mask_roi_pool(features, boxes, image_shapes)))
+
+    @staticmethod
+    def box_losses(class_logits: Tensor, box_regression: Tensor, labels: list[Tensor],
+                   regression_targets: list[Tensor]) -> dict[str, Tensor]:
+        """Cross-entropy over the sampled RoIs; L1 of the positives' deltas of their class, over the sampled RoIs."""
+        labels_all, targets = torch.cat(labels), torch.cat(regression_targets)
+        pos = torch.where(labels_all > 0)[0]
+        deltas = box_regression.reshape(len(labels_all), -1, 4)[pos, labels_all[pos]]  # (P, 4)
+        return {"loss_classifier": F.cross_entropy(class_logits, labels_all),
+                "loss_box_reg": F.l1_loss(deltas, targets[pos], reduction="sum") / max(len(labels_all), 1)}
+
+    @staticmethod
+    def mask_loss(logits: Tensor, boxes: list[Tensor], targets: list[dict[str, Tensor]], matched: list[Tensor],
+                  labels: list[Tensor]) -> Tensor:
+        """Binary cross-entropy of each positive's class channel against its ground-truth mask cropped to the box
+        with ``aligned=True`` and binarised at 0.5."""
+        size = logits.shape[-2:]
+        wanted = [mask_targets(t["masks"], b, m, size, t["masks"].shape[-2:])  # no padding: see mask_targets
+                  for b, t, m in zip(boxes, targets, matched)]
+        target = torch.cat(wanted).to(logits.dtype)
+        if target.numel() == 0:
+            return logits.sum() * 0
+        chosen = logits[torch.arange(len(target), device=logits.device), torch.cat(labels)]  # (P, 2S, 2S)
+        return F.binary_cross_entropy_with_logits(chosen, target)
+
+    def postprocess_detections(self, class_logits: Tensor, box_regression: Tensor, proposals: list[Tensor],
+                               image_shapes: list[tuple[int, int]]) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+        boxes_all = self.box_coder.decode(box_regression, proposals)  # (R, K + 1, 4)
+        scores_all = F.softmax(class_logits, -1)
+        out_boxes, out_scores, out_labels = [], [], []
+        for boxes, scores, shape in zip(boxes_all.split([len(p) for p in proposals]),
+                                        scores_all.split([len(p) for p in proposals]), image_shapes):
+            boxes = clip_boxes_to_image(boxes, shape)[:, 1:]  # background (class 0) dropped
+            rows, classes = torch.where(scores[:, 1:] > self.score_thresh)
+            boxes, scores = boxes[rows, classes], scores[rows, classes + 1]
+            keep = batched_nms(boxes, scores, classes, self.nms_thresh)[: self.detections_per_img]
+            out_boxes.append(boxes[keep])
+            out_scores.append(scores[keep])
+            out_labels.append(classes[keep] + 1)
+        return out_boxes, out_scores, out_labels
+
+
+def rebuild_roi_heads(heads: RoIHeads) -> MMDetRoIHeads:
+    """An :class:`MMDetRoIHeads` with the parts and settings of torchvision's ``heads``."""
+    matcher, sampler = heads.proposal_matcher, heads.fg_bg_sampler
+    out = MMDetRoIHeads(heads.box_roi_pool, heads.box_head, heads.box_predictor, matcher.high_threshold,
+                        matcher.low_threshold, sampler.batch_size_per_image, sampler.positive_fraction,
+                        heads.box_coder.weights, heads.score_thresh, heads.nms_thresh, heads.detections_per_img,
+                        heads.mask_roi_pool, heads.mask_head, heads.mask_predictor)
+    out.box_coder = heads.box_coder
+    return out
