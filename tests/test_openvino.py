@@ -117,3 +117,16 @@ def test_bench_has_the_openvino_paths() -> None:
     for path, precision in (("pvtv2-openvino", "fp32"), ("pvtv2-openvino-bf16", "bf16"), ("openvino", "fp32"),
                             ("openvino-bf16", "bf16")):
         assert path in PATHS and path in DEFAULT_PATHS and PRECISION_OF[path] == precision
+
+
+def test_token_layer_norms_share_the_parameters_and_the_numbers() -> None:
+    from pvtv2.export.openvino import TokenLayerNorm, with_token_layer_norms
+
+    model = create_model("pvt_v2_b0", num_classes=5, depths=(1, 1, 1, 1)).eval()
+    copy = with_token_layer_norms(model)
+    assert all(a is b for a, b in zip(model.parameters(), copy.parameters(), strict=True))
+    assert any(isinstance(m, TokenLayerNorm) for m in copy.modules())
+    assert not any(isinstance(m, TokenLayerNorm) for m in model.modules())
+    x = torch.randn(2, 3, 64, 96)
+    with torch.inference_mode():
+        assert _diff(copy(x), model(x)) < 1e-5

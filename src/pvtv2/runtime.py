@@ -160,11 +160,12 @@ def _onnxruntime(model: nn.Module, dev: torch.device, example: torch.Tensor | No
 
 def _openvino(module: nn.Module, dev: torch.device, example: torch.Tensor | None, model: nn.Module, precision: str,
               backbone: bool) -> Runner:
-    from .export.openvino import OpenVINORunner
+    from .export.openvino import OpenVINORunner, with_token_layer_norms
 
     # traced at batch 2 (a batch of 1 may be traced as a special case), at the example's height and width
     trace = torch.randn(2, 3, *example.shape[-2:]) if example is not None else None
-    ov_runner = OpenVINORunner(module, precision, example_input=trace)
+    # LayerNorms on (B, N, C) tokens: OpenVINO keeps them as one MVN kernel each (see TokenLayerNorm)
+    ov_runner = OpenVINORunner(with_token_layer_norms(module), precision, example_input=trace)
 
     def run(x: torch.Tensor) -> Output:
         outs = ov_runner.outputs(x)
