@@ -26,7 +26,8 @@ def test_smoke_run_writes_table_and_json(tmp_path: Path) -> None:
     # a process of its own: the bench tunes glibc's allocator for the whole process.
     # onnxruntime's path is prepare(model, "onnxruntime"), covered by test_runtime; leave its export out of here.
     cmd = [sys.executable, "-m", "pvtv2", "bench", "--smoke", "--threads", "1", "--paths", "pvtv2", "pvtv2-plain",
-           "timm", "hf", "pvtv2-bf16", "timm-bf16", "openvino-bf16", "--train-paths", "pvtv2", "timm", "timm-bf16",
+           "timm", "hf", "pvtv2-bf16", "timm-bf16", "openvino-bf16", "pvtv2-openvino-bf16",
+           "--train-paths", "pvtv2", "timm", "timm-bf16",
            "--json", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": SRC})
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -48,6 +49,8 @@ def test_smoke_run_writes_table_and_json(tmp_path: Path) -> None:
     native = data["machine"]["cpu_native_bf16"] or data["machine"]["force_reduced"]
     assert {r["precision"] for r in rows if r["path"] == "pvtv2-bf16"} == {"bf16" if native else "fp32"}
     assert {r["precision"] for r in rows if r["path"] == "timm-bf16"} == {"bf16"}  # autocast emulates it anyway
+    # ours in OpenVINO asks for bf16 only where it is native; the peer path asks anyway (OpenVINO emulates it)
+    assert {r["precision"] for r in rows if r["path"] == "pvtv2-openvino-bf16"} == {"bf16" if native else "fp32"}
     if "timm" in paths:
         assert all(r["x_timm"] is not None for r in rows)
         assert {r["path"] for r in data["training"]} == {"pvtv2", "timm", "timm-bf16"}

@@ -118,8 +118,9 @@ def test_backend_choice_and_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(PVTError, match="unknown backend 'tensorrt'"):
         prepare(model, "tensorrt")
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert runtime._measured_best(cpu, 1) == "onnxruntime" and runtime._measured_best(cpu, 16) == "torch"
-    assert runtime._measured_best(cpu, None) == "torch" and runtime._measured_best(cuda, 1) == "compile"
+    assert runtime._measured_best(cpu, 1) == ("openvino", "onnxruntime", "torch")
+    assert runtime._measured_best(cpu, 16) == runtime._measured_best(cpu, None) == ("openvino", "torch")
+    assert runtime._measured_best(cuda, 1) == ("compile",)
     monkeypatch.setattr(runtime, "_available", lambda backend, dev: backend == "torch")  # as if ORT were missing
     run = fastest(model, device="cpu")
     assert run.backend == "torch"  # type: ignore[attr-defined]

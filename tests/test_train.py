@@ -204,3 +204,20 @@ def test_predict_and_eval_in_reduced_precision(folder_run, imagenet_folder, tmp_
                             "--workers", "0", "--precision", "bf16", "--json", str(tmp_path / "e.json"))
     ran = json.loads((tmp_path / "e.json").read_text())["precision"]
     assert code == 0 and ran in ("bf16", "fp32") and f"in {ran}" in stdout
+
+
+def test_predict_and_eval_with_the_openvino_backend(folder_run, imagenet_folder, tmp_path, capsys):
+    """--backend openvino gives eager PyTorch's answer (fp32) in predict and eval."""
+    from conftest import require
+
+    require("openvino")
+    out, _ = folder_run
+    image = str(imagenet_folder / "val/n02123045/chelsea_0.JPEG")
+    args = ("predict", "--checkpoint", str(out / "best.pth"), image, "--topk", "1")
+    code, eager, _ = _main(capsys, *args)
+    code_ov, ov, _ = _main(capsys, *args, "--backend", "openvino")
+    assert code == code_ov == 0 and eager.split("%")[0].rsplit(None, 2)[-2] == ov.split("%")[0].rsplit(None, 2)[-2]
+    code, stdout, _ = _main(capsys, "eval", "--checkpoint", str(out / "best.pth"), str(imagenet_folder / "val"),
+                            "--workers", "0", "--backend", "openvino", "--json", str(tmp_path / "e.json"))
+    res = json.loads((tmp_path / "e.json").read_text())
+    assert code == 0 and res["backend"] == "openvino" and res["precision"] == "fp32" and "backend openvino" in stdout

@@ -1,6 +1,6 @@
 """Inference backends: one call turns a model into a fast ``images -> output`` function.
 
->>> run = pvtv2.runtime.prepare(model, "onnxruntime")     # or "torch", "compile"
+>>> run = pvtv2.runtime.prepare(model, "onnxruntime")     # or "torch", "compile", "openvino"
 >>> logits = run(images)                                   # (B, 3, H, W) float -> (B, num_classes)
 >>> run = pvtv2.runtime.fastest(model, device="cpu")       # the best backend for that device
 >>> run = pvtv2.runtime.prepare(model, "torch", precision="bf16")  # where the CPU/GPU has native bf16
@@ -8,6 +8,8 @@
 Every backend returns what eager PyTorch returns, within float rounding (1e-4 max abs on logits, checked by the
 tests and ``pvtv2 bench``): logits for a classifier, the list of four NCHW stage maps for a headless backbone.
 In bf16/fp16 (:mod:`pvtv2.precision`) the outputs are still float32 tensors, within the reduced type's rounding.
+``"openvino"`` (``pip install 'pvtv2[openvino]'``) runs fp32, or bf16 by OpenVINO's inference-precision hint where
+the CPU has native bf16.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from .export.spec import export_spec, is_backbone
 from .precision import DTYPES, Autocast, Converted, check, native, resolve, to_reduced
 
 Output = Union[torch.Tensor, list[torch.Tensor]]
-BACKENDS = ("torch", "compile", "onnxruntime")
+BACKENDS = ("torch", "compile", "onnxruntime", "openvino")
 log = logging.getLogger(__name__)
 
 
@@ -77,14 +79,19 @@ def prepare(
         model: a PVT classifier or backbone (any module with an ``export_spec`` hook for ``onnxruntime``).
             Put in eval mode and moved to ``device``.
         backend: ``"torch"`` (eager), ``"compile"`` (``torch.compile``; inductor with weight freezing on CPU) or
-            ``"onnxruntime"`` (exported to ONNX in memory; CUDA provider on CUDA).
-        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` for ``torch`` and ``compile``; where the device has no
-            native support for it, fp32 with one logged line (:func:`pvtv2.precision.resolve`). CPU: a copy of the
-            model converted once (:func:`pvtv2.precision.to_reduced`: the fused kernels in bf16 with pre-packed
-            weights, LayerNorm statistics, softmax, pooled mean and head in fp32); CUDA: ``torch.autocast``.
+            ``"onnxruntime"`` (exported to ONNX in memory; CUDA provider on CUDA) or ``"openvino"`` (CPU only;
+            converted by OpenVINO's PyTorch front end with dynamic batch, height and width, compiled once per input
+            shape: :class:`pvtv2.export.openvino.OpenVINORunner`).
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` for ``torch`` and ``compile``, ``"fp32"`` or ``"bf16"`` for
+            ``openvino`` (bf16: OpenVINO's ``INFERENCE_PRECISION_HINT``, the model's weights stay fp32); where the
+            device has no native support for it, fp32 with one logged line (:func:`pvtv2.precision.resolve`).
+            CPU (torch, compile): a copy of the model converted once (:func:`pvtv2.precision.to_reduced`: the fused
+            kernels in bf16 with pre-packed weights, LayerNorm statistics, softmax, pooled mean and head in fp32);
+            CUDA: ``torch.autocast``.
             Outputs are float32 either way.
         example_input: a batch like the ones to come; ``compile`` is warmed up on it (so the first real call is
-            not the slow one) and ``onnxruntime`` traces at its size. Default: 2 random images of 224x224.
+            not the slow one), ``onnxruntime`` traces at its size, ``openvino`` traces at its height and width and
+            compiles for its shape. Default: 2 random images of 224x224.
         device: ``"cpu"``, ``"cuda"``, ... (default: where the model's parameters are).
         backbone: return the four stage maps instead of the logits (default: True for a headless model).
     """
@@ -92,11 +99,21 @@ def prepare(
         raise PVTError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if check(precision) != "fp32" and backend == "onnxruntime":
         raise PVTError(f"the onnxruntime backend runs fp32 models; for {precision} use backend torch or compile")
+    if backend == "openvino" and precision == "fp16":
+        raise PVTError("the openvino backend runs fp32 or bf16; for fp16 use backend torch or compile")
     dev = _device_of(model, device)
+    if backend == "openvino":
+        if dev.type != "cpu":
+            raise PVTError(f"the openvino backend runs on the CPU, not {dev.type}; use --device cpu")
+        from .export.openvino import require_openvino
+
+        require_openvino()  # one line before anything is converted
     model = model.to(dev).eval()
     backbone = is_backbone(model) if backbone is None else backbone
     module = export_spec(model, backbone=backbone).module.eval()  # the model, or a StageMaps wrapper
     precision = resolve(precision, dev)
+    if backend == "openvino":  # fp32 weights; bf16 is OpenVINO's compile-time choice
+        return _openvino(module, dev, example_input, model, precision, backbone)
     module = _in_precision(module, precision, dev)
     if backend == "torch":
         return Runner("torch", module, dev, model, precision)
@@ -141,6 +158,26 @@ def _onnxruntime(model: nn.Module, dev: torch.device, example: torch.Tensor | No
     return Runner("onnxruntime", run, dev, model)
 
 
+def _openvino(module: nn.Module, dev: torch.device, example: torch.Tensor | None, model: nn.Module, precision: str,
+              backbone: bool) -> Runner:
+    from .export.openvino import OpenVINORunner, with_token_layer_norms
+
+    # traced at batch 2 (a batch of 1 may be traced as a special case), at the example's height and width
+    trace = torch.randn(2, 3, *example.shape[-2:]) if example is not None else None
+    # LayerNorms on (B, N, C) tokens: OpenVINO keeps them as one MVN kernel each (see TokenLayerNorm)
+    ov_runner = OpenVINORunner(with_token_layer_norms(module), precision, example_input=trace)
+
+    def run(x: torch.Tensor) -> Output:
+        outs = ov_runner.outputs(x)
+        return outs[0] if len(outs) == 1 and not backbone else outs
+
+    runner = Runner("openvino", run, dev, model, precision)
+    if example is not None:
+        run(example)  # compile for the example's shape now, not on the first batch
+        runner.precision = ov_runner.precision  # what the compiled model chose
+    return runner
+
+
 def _glibc() -> Any:
     """The C library when it is glibc (``mallopt``/``malloc_trim`` exist), else None."""
     try:
@@ -179,17 +216,18 @@ def release_free_memory() -> None:
         libc.malloc_trim(0)
 
 
-def _measured_best(dev: torch.device, batch: int | None) -> str:
-    """The backend ``pvtv2 bench`` found fastest (docs/speed.md); ``fastest(measure=True)`` re-measures.
+def _measured_best(dev: torch.device, batch: int | None) -> tuple[str, ...]:
+    """The backends ``pvtv2 bench`` found fastest (docs/speed.md), best first; ``fastest(measure=True)`` re-measures.
 
-    CPU: onnxruntime for single images (0.93-1.19x eager, steadier on a busy machine), eager with the fused kernels
-    for batches (1.3-1.4x onnxruntime). CUDA: torch.compile.
+    CPU: OpenVINO (our graph in OpenVINO, 2026-12-03: faster than every PyTorch and onnxruntime path at batch 1 and
+    16); without it, onnxruntime for single images (0.93-1.19x eager, steadier on a busy machine) and eager with the
+    fused kernels for batches (1.3-1.4x onnxruntime). CUDA: torch.compile.
     """
     if dev.type == "cuda":
-        return "compile"
-    if dev.type == "cpu" and batch == 1:
-        return "onnxruntime"
-    return "torch"
+        return ("compile",)
+    if dev.type == "cpu":
+        return ("openvino", "onnxruntime", "torch") if batch == 1 else ("openvino", "torch")
+    return ("torch",)
 
 
 def _reduced_choice(dev: torch.device) -> str | None:
@@ -201,6 +239,10 @@ def _reduced_choice(dev: torch.device) -> str | None:
 
 
 def _available(backend: str, dev: torch.device) -> bool:
+    if backend == "openvino":
+        import importlib.util
+
+        return dev.type == "cpu" and importlib.util.find_spec("openvino") is not None
     if backend == "onnxruntime":
         try:
             import onnxruntime  # noqa: F401
@@ -227,8 +269,8 @@ def fastest(
         device: target device (default: where the model is).
         example_input: a typical batch (also what ``measure`` times).
         measure: time every available backend on ``example_input`` and keep the fastest, instead of the choice
-            that ``pvtv2 bench`` measured (CPU: onnxruntime for batch 1, else eager with the fused kernels;
-            CUDA: torch.compile).
+            that ``pvtv2 bench`` measured (CPU: OpenVINO where installed, else onnxruntime for batch 1 and eager
+            with the fused kernels for batches; CUDA: torch.compile).
         repeats: timed runs per backend when measuring (median).
         backbone: return the four stage maps instead of the logits.
         allow_reduced: also consider bf16 (CUDA: bf16 or fp16) where the device has it natively. Off by default:
@@ -237,17 +279,18 @@ def fastest(
     dev = _device_of(model, device)
     reduced = _reduced_choice(dev) if allow_reduced else None
     if not measure:
-        if reduced is not None:  # the converted model on CPU (onnxruntime runs fp32 only); compiled on CUDA
-            choice = "compile" if dev.type == "cuda" else "torch"
+        if reduced is not None:  # OpenVINO's bf16 (else the converted model) on CPU; compiled on CUDA
+            choice = "compile" if dev.type == "cuda" else "openvino" if _available("openvino", dev) else "torch"
             return prepare(model, choice, precision=reduced, example_input=example_input, device=dev,
                            backbone=backbone)
-        choice = _measured_best(dev, None if example_input is None else example_input.shape[0])
-        choice = choice if _available(choice, dev) else "torch"
+        ranked = _measured_best(dev, None if example_input is None else example_input.shape[0])
+        choice = next((b for b in ranked if _available(b, dev)), "torch")
         return prepare(model, choice, example_input=example_input, device=dev, backbone=backbone)
     x = example_input if example_input is not None else torch.randn(2, 3, 224, 224)
     candidates = [(name, "fp32") for name in BACKENDS if _available(name, dev)]
     if reduced is not None:
-        candidates += [("torch", reduced), ("compile", reduced)]
+        candidates += [(name, reduced) for name in ("torch", "compile", "openvino") if _available(name, dev)
+                       and (name != "openvino" or reduced == "bf16")]
     best: tuple[float, Callable[[torch.Tensor], Output]] | None = None
     for name, precision in candidates:
         runner = prepare(model, name, precision=precision, example_input=x, device=dev, backbone=backbone)

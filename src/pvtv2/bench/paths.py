@@ -67,6 +67,7 @@ PATHS: dict[str, Builder] = {
     "pvtv2-plain": _plain,  # eager, fused CPU kernels off: what the fusion buys
     "pvtv2-compile": _ours("compile"),
     "pvtv2-onnxruntime": _ours("onnxruntime"),
+    "pvtv2-openvino": _ours("openvino"),  # our model in OpenVINO (same runner as the "openvino" peer path), f32
     "timm": _peer(timm_model, "eager"),
     "timm-compile": _peer(timm_model, "compile"),
     "timm-onnxruntime": _peer(timm_model, "onnxruntime"),
@@ -75,14 +76,16 @@ PATHS: dict[str, Builder] = {
     # reduced precision: ours converted (fp32 where the CPU has no native bf16), the peers as their users turn it on
     "pvtv2-bf16": _ours("torch", "bf16"),
     "pvtv2-compile-bf16": _ours("compile", "bf16"),
+    "pvtv2-openvino-bf16": _ours("openvino", "bf16"),  # bf16 hint where the CPU has native bf16, else f32
     "timm-bf16": _peer(timm_model, "autocast-bf16"),
     "hf-bf16": _peer(_hf, "autocast-bf16"),
     "openvino-bf16": _peer(timm_model, "openvino-bf16"),  # OpenVINO's bf16 inference-precision hint
 }
 # the precision each path asks for (what it ran in is in each result row)
 PRECISION_OF = {name: "bf16" if name.endswith("-bf16") else "fp32" for name in PATHS}
-DEFAULT_PATHS = ("pvtv2", "pvtv2-plain", "pvtv2-compile", "pvtv2-onnxruntime", "timm", "timm-onnxruntime", "hf",
-                 "openvino", "pvtv2-bf16", "timm-bf16", "hf-bf16", "openvino-bf16")
+DEFAULT_PATHS = ("pvtv2", "pvtv2-plain", "pvtv2-compile", "pvtv2-onnxruntime", "pvtv2-openvino", "timm",
+                 "timm-onnxruntime", "hf", "openvino", "pvtv2-bf16", "pvtv2-openvino-bf16", "timm-bf16", "hf-bf16",
+                 "openvino-bf16")
 
 
 def autocast_bf16(model: torch.nn.Module) -> torch.nn.Module:

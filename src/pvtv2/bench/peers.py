@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import warnings
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
+from ..export.openvino import OpenVINORunner
 from ..models import PVTConfig, PyramidVisionTransformer
 
 log = logging.getLogger(__name__)
@@ -97,50 +97,13 @@ def onnxruntime_runner(module: nn.Module, size: tuple[int, int]) -> Callable[[to
     return lambda x: torch.from_numpy(session.run(None, {name: x.numpy()})[0])
 
 
-class OpenVINORunner:
-    """A peer converted to OpenVINO (its PyTorch front end) and compiled for the CPU, once per input shape.
-
-    Args:
-        module: the PyTorch model (``images -> logits``).
-        precision: ``"fp32"`` or ``"bf16"``, given to OpenVINO as its inference-precision hint (``precision`` then
-            reads what the compiled model chose; OpenVINO 2026 honours an explicit bf16 hint also on CPUs without
-            native bf16, by emulation).
-        threads: inference threads (default: ``torch.get_num_threads()``).
-    """
-
-    def __init__(self, module: nn.Module, precision: str, threads: int | None = None) -> None:
-        import openvino as ov
-
-        self.core = ov.Core()
-        self.config = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
-                       "INFERENCE_NUM_THREADS": threads or torch.get_num_threads(), "NUM_STREAMS": 1,
-                       "PERFORMANCE_HINT": "LATENCY"}
-        self.module = module.eval()
-        self.requests: dict[tuple[int, ...], object] = {}
-        self.precision = precision
-
-    def _request(self, x: torch.Tensor) -> object:
-        shape = tuple(x.shape)
-        if shape not in self.requests:  # a static shape compiles to OpenVINO's best kernels
-            import openvino as ov
-
-            with torch.no_grad(), warnings.catch_warnings():
-                warnings.simplefilter("ignore", FutureWarning)  # its front end still calls torch.jit.trace
-                model = ov.convert_model(self.module, example_input=x, input=[list(shape)])
-            compiled = self.core.compile_model(model, "CPU", self.config)
-            chosen = compiled.get_property("INFERENCE_PRECISION_HINT")  # an ov.Type: "bf16", "f32", ...
-            self.precision = "bf16" if getattr(chosen, "get_type_name", lambda: str(chosen))() == "bf16" else "fp32"
-            self.requests[shape] = compiled.create_infer_request()
-        return self.requests[shape]
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        request = self._request(x)
-        request.infer({0: x.numpy()})  # type: ignore[attr-defined]
-        return torch.from_numpy(request.get_output_tensor(0).data.copy())  # type: ignore[attr-defined]
-
-
 def openvino_runner(module: nn.Module, precision: str) -> OpenVINORunner | None:
-    """:class:`OpenVINORunner` of ``module``, or None when OpenVINO is not installed (``pip install 'pvtv2[openvino]'``)."""
+    """:class:`~pvtv2.export.openvino.OpenVINORunner` of ``module`` (the same converter and compiled-model cache as
+    our ``openvino`` backend), or None when OpenVINO is not installed (``pip install 'pvtv2[openvino]'``).
+
+    A peer is traced once per input shape (``per_shape``), as its users would with ``ov.convert_model``; the bf16
+    hint is given as asked (OpenVINO emulates it where the CPU has no native bf16; ``precision`` says what ran).
+    """
     if importlib.util.find_spec("openvino") is None:
         return None
-    return OpenVINORunner(module, precision)
+    return OpenVINORunner(module, precision, per_shape=True)

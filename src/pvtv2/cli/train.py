@@ -51,7 +51,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-classes", type=int, help="head size for --weights (default: read from the file)")
     p.add_argument("--ema", action="store_true", help="use the checkpoint's EMA weights")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    p.add_argument("--backend", default="torch", choices=["torch", "compile", "onnxruntime"],
+    p.add_argument("--backend", default="torch", choices=["torch", "compile", "onnxruntime", "openvino"],
                    help="inference backend (pvtv2.runtime)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
                    help="compute in bf16/fp16 where the device has it natively (else fp32, said in one line)")
