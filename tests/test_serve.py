@@ -2,7 +2,8 @@
 
 One server for the module, in a thread of this process, on a free port of 127.0.0.1, with small models written to
 disk by the package's own save functions (so the checkpoint loaders are exercised): a B0 classifier (10 classes), a
-narrow Mask R-CNN-B0 and a Semantic FPN-B0, all with random weights. The browser test never skips: without
+narrow Mask R-CNN-B0 and a Semantic FPN-B0, all with random weights, and a ``runs`` directory the page can switch to
+(another B0 classifier, a copy of the detector, a corrupt file). The browser test never skips: without
 /usr/bin/chromium or /usr/bin/chromedriver it fails with one line saying to run ``make setup``.
 ``PVTV2_SCREENSHOT=docs/figures/serve.png`` also writes the page's screenshot there.
 """
@@ -13,6 +14,7 @@ import base64
 import io
 import json
 import os
+import shutil
 import threading
 import time
 import urllib.error
@@ -54,8 +56,15 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeServer]:
     save_detector(build_from_meta(meta), meta, d / "det.pth")
     save_segmentor(semantic_fpn(backbone="pvt_v2_b0", num_classes=150), DatasetMeta(150, ADE20K_CLASSES, 255, True),
                    d / "seg.pth")
+    runs = d / "runs"
+    (runs / "cls").mkdir(parents=True)
+    (runs / "det").mkdir()
+    torch.manual_seed(1)  # other random weights: other top-5 classes
+    save_weights(create_model("pvt_v2_b0"), runs / "cls" / "best.safetensors")
+    shutil.copy(d / "det.pth", runs / "det" / "last.pth")
+    (runs / "broken.pth").write_bytes(b"PK\x03\x04 not really a checkpoint")
     models = load_models(str(d / "clf.safetensors"), str(d / "det.pth"), str(d / "seg.pth"),
-                         classifier_model="pvt_v2_b0", seg_size=256)
+                         classifier_model="pvt_v2_b0", seg_size=256, runs=runs)
     srv = make_server(models)  # default host, port 0: a free port
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
@@ -193,6 +202,54 @@ def test_api_runs_every_panel(server: ServeServer) -> None:
     assert status == 400 and "upload it again" in gone["error"]
 
 
+def _choice(srv: ServeServer, panel: str, ending: str) -> str:
+    status, info = _request(srv, "/api/info")
+    return next(o["id"] for o in info["choices"][panel]["options"] if o["label"].endswith(ending))
+
+
+def test_switch_model_from_runs(server: ServeServer) -> None:
+    status, info = _request(server, "/api/info")
+    assert status == 200
+    labels = {k: [o["label"] for o in v["options"]] for k, v in info["choices"].items()}
+    assert [c["current"] for c in info["choices"].values()] == ["startup"] * 3
+    assert labels["classify"][0].endswith("clf.safetensors (start-up)")
+    assert labels["classify"][1] == "B0, random weights"
+    assert labels["classify"][2].endswith("runs/cls/best.safetensors") and len(labels["classify"]) == 3
+    assert labels["detect"][2].endswith("runs/det/last.pth") and len(labels["detect"]) == 3
+    assert labels["segment"] == [labels["segment"][0], "B0, random weights"]  # the corrupt file: skipped
+    assert not any("broken" in label for v in labels.values() for label in v)
+
+    status, image = _request(server, "/api/image", _encode(_photo(), "PNG"))
+    try:
+        clf_id = _choice(server, "classify", "best.safetensors")
+        status, answer = _call(server, "model", panel="classify", choice=clf_id)
+        assert status == 200 and answer["attention"], answer
+        assert answer["panels"]["classify"]["source"].endswith("runs/cls/best.safetensors")
+        assert answer["panels"]["attention"]["source"] == answer["panels"]["classify"]["source"]
+        status, top = _call(server, "classify", id=image["id"])
+        assert status == 200 and len(top["top"]) == 5
+        status, info = _request(server, "/api/info")
+        assert info["panels"]["classify"]["source"].endswith("best.safetensors")
+        assert info["choices"]["classify"]["current"] == _choice(server, "classify", "best.safetensors")
+
+        status, answer = _call(server, "model", panel="detect", choice=_choice(server, "detect", "last.pth"))
+        assert status == 200 and answer["panels"]["detect"]["source"].endswith("runs/det/last.pth")
+        status, det = _call(server, "detect", id=image["id"])
+        assert status == 200 and det["detections"]
+
+        for bad in ({"panel": "classify", "choice": "/etc/passwd"}, {"panel": "attention", "choice": "startup"},
+                    {"panel": "classify"}):
+            status, answer = _call(server, "model", **bad)
+            assert status == 400 and answer["error"] and "\n" not in answer["error"], (bad, answer)
+        status, answer = _call(server, "model", panel="classify", choice="/etc/passwd")
+        assert "no model choice '/etc/passwd'" in answer["error"]
+    finally:
+        for panel in ("classify", "detect"):
+            assert _call(server, "model", panel=panel, choice="startup")[0] == 200
+    status, info = _request(server, "/api/info")
+    assert info["panels"]["classify"]["source"].endswith("clf.safetensors")
+
+
 # --- the page in a real browser -----------------------------------------------------------------------------------
 def _browser(profile: Path) -> Any:
     for exe in (CHROMIUM, CHROMEDRIVER):
@@ -281,6 +338,24 @@ def test_page_in_headless_chromium(server: ServeServer, tmp_path: Path) -> None:
         assert state("attention") == "done"
         assert all(c.size["width"] > 0 and c.size["height"] > 0 for c in css("#attn-maps canvas"))
         assert "stage 1" in driver.find_element(By.ID, "attn-maps").text
+
+        from selenium.webdriver.support.ui import Select
+
+        label = driver.find_element(By.ID, "classify-model")
+        before = [r.text for r in css("#top5 .row")]
+        assert label.text.endswith("clf.safetensors") and len(Select(driver.find_element(By.ID, "classify-choice"))
+                                                               .options) == 3
+        old_row = css("#top5 .row")[0]
+        Select(driver.find_element(By.ID, "classify-choice")).select_by_visible_text(
+            next(o.text for o in Select(driver.find_element(By.ID, "classify-choice")).options
+                 if o.text.endswith("best.safetensors")))
+        wait.until(lambda _: label.text.endswith("runs/cls/best.safetensors") and state("classify") == "done"
+                   and len(css("#top5 .row")) == 5 and css("#top5 .row")[0] != old_row)
+        assert [r.text for r in css("#top5 .row")] != before  # other weights, other top-5
+        wait.until(lambda _: state("attention") == "done"  # it follows the classifier: redrawn for the same point
+                   and "ms" in driver.find_element(By.ID, "attention-ms").text)
+        assert driver.find_element(By.ID, "attention-model").text == label.text
+        assert driver.find_element(By.ID, "error").get_attribute("hidden") is not None
 
         height = driver.execute_script("return document.documentElement.scrollHeight")
         driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",  # the whole page in one screenshot

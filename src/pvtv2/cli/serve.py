@@ -28,6 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--segmentor", default="random", metavar="CKPT|random|none",
                    help="a segmentation checkpoint ('pvtv2 seg train', save_segmentor, released mmseg) or 'random' "
                         "(default: Semantic FPN-B0, ADE20K classes, random weights)")
+    p.add_argument("--runs", default=None, metavar="DIR",
+                   help="checkpoints the page can switch each panel to: */best.pth, */last.pth and *.pth / "
+                        "*.safetensors up to 3 levels under DIR, at most 50 files (default: ./runs if it exists)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0: a free one, printed)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
@@ -47,16 +50,25 @@ def run_serve(args: argparse.Namespace) -> int:
     import torch
 
     from ..serve.app import make_server
+    from pathlib import Path
+
     from ..serve.models import load_models
 
+    runs = args.runs if args.runs is not None else ("runs" if Path("runs").is_dir() else None)
+    if runs and not Path(runs).is_dir():
+        log.warning("--runs %s is not a directory: the page offers no checkpoints to switch to", runs)
+        runs = None
     if args.threads:
         torch.set_num_threads(args.threads)
     served = load_models(args.classifier, args.detector, args.segmentor, classifier_model=args.classifier_model,
-                         det_size=args.det_size, seg_size=args.seg_size)
+                         det_size=args.det_size, seg_size=args.seg_size, runs=runs)
     server = make_server(served, args.host, args.port, work_side=args.work_side)
     for p in served.panels.values():
         how = "the classifier's blocks" if p.task == "attention" else f"loaded in {p.load_ms:.0f} ms"
         print(f"{p.task:<10} {p.name} ({p.source}), {how}")
+    found = sum(c.id.startswith("run") for v in served.choices.values() for c in v)
+    if runs:
+        print(f"{found} checkpoint(s) under {runs} to choose from on the page")
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("listening on %s: other machines can reach the page and run the models", args.host)
     print(f"serving {server.url} (ready in {time.perf_counter() - t0:.1f} s; Ctrl-C stops)", flush=True)

@@ -3,7 +3,10 @@
 One page (``page.html``, ``page.js``, ``page.css`` beside this file: vanilla JavaScript, no external asset, works
 offline) and a JSON API:
 
-- ``GET /``, ``/page.js``, ``/page.css``: the page; ``GET /api/info``: the panels' models, the limits, the examples;
+- ``GET /``, ``/page.js``, ``/page.css``: the page; ``GET /api/info``: the panels' models, the model choices of each
+  panel (``choices``: ``{panel: {"current": id, "options": [{"id", "label"}]}}``), the limits, the examples;
+- ``POST /api/model`` (JSON ``{"panel", "choice"}``, an id of ``/api/info``'s choices, never a path): load that model
+  into the panel (kept in a small cache); answers the panels' new info (``attention`` follows the classifier);
 - ``GET /api/example/NAME.jpg``: scikit-image's bundled photos (astronaut, chelsea, coffee, rocket) as JPEG;
 - ``POST /api/image`` (body: the file's bytes): decode, check, convert to 8-bit RGB, shrink to the working size;
   answers ``{"id", "width", "height", "original", "note", "preview"}`` (the working copy, what every model sees);
@@ -162,7 +165,8 @@ class ServeServer(ThreadingHTTPServer):
 
     def info(self) -> dict[str, Any]:
         """``/api/info``: each panel's model, the examples, the upload limits."""
-        return {"panels": {k: p.info() for k, p in self.models.panels.items()}, "examples": list(EXAMPLES),
+        return {"panels": {k: p.info() for k, p in self.models.panels.items()},
+                "choices": self.models.choice_info(), "examples": list(EXAMPLES),
                 "limits": {"max_bytes": self.max_bytes, "max_pixels": self.max_pixels, "work_side": self.work_side}}
 
     def example(self, name: str) -> bytes:
@@ -263,6 +267,17 @@ class Handler(BaseHTTPRequestHandler):
             self._json({"id": srv.store.add(work), "width": work.width, "height": work.height,
                         "original": list(image.size), "note": note, "preview": preview,
                         "ms": round(1000 * (time.perf_counter() - t0), 1)})
+            return
+        if path == "/api/model":
+            try:
+                req = json.loads(self._body(1 << 16) or b"{}")
+                panel, choice = str(req["panel"]), str(req["choice"])
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+                raise UploadError('bad request to /api/model: expected JSON {"panel": ..., "choice": ...} '
+                                  f"({type(e).__name__}: {e})") from None
+            t0 = time.perf_counter()
+            answer = tasks.switch(srv.models, panel, choice)
+            self._json({**answer, "ms": round(1000 * (time.perf_counter() - t0), 1)})
             return
         run = {"/api/classify": tasks.classify, "/api/detect": tasks.detect, "/api/segment": tasks.segment}
         if path not in run and path != "/api/attention":

@@ -62,12 +62,17 @@ async function init() {
   }
   const { panels, limits, examples } = state.info;
   for (const task of ["classify", "detect", "segment", "attention"]) {
-    const panel = $(`panel-${task}`), p = panels[task];
-    if (!p) { panel.dataset.state = "off"; continue; }
-    const label = $(`${task}-model`);
-    label.textContent = p.random ? p.name : `${p.name} · ${p.source}`;
-    if (p.random) label.insertAdjacentHTML("beforeend", ' <span class="badge">random weights</span>');
-    if (task === "detect") { $("det-score").value = p.default_score; updateThresh(); }
+    if (!panels[task]) { $(`panel-${task}`).dataset.state = "off"; continue; }
+    showModel(task, panels[task]);
+    if (task === "detect") { $("det-score").value = panels[task].default_score; updateThresh(); }
+  }
+  for (const [task, c] of Object.entries(state.info.choices || {})) {
+    const select = $(`${task}-choice`);
+    if (!select || !panels[task]) continue;
+    for (const o of c.options) select.add(new Option(o.label, o.id, false, o.id === c.current));
+    select.dataset.current = c.current;
+    select.addEventListener("change", () => chooseModel(task, select));
+    $(`${task}-choose`).hidden = c.options.length < 2;
   }
   $("limits").textContent = `JPEG, PNG, WebP, GIF, BMP, TIFF; at most ${limits.max_bytes / 1048576} MB and ` +
     `${limits.max_pixels / 1e6} megapixels; shrunk to ${limits.work_side} px for the models`;
@@ -80,6 +85,48 @@ async function init() {
     $("examples").appendChild(b);
   }
   setStatus("ready: drop a photo or pick an example");
+}
+
+function showModel(task, p) {
+  const label = $(`${task}-model`);
+  label.textContent = p.random ? p.name : `${p.name} · ${p.source}`;
+  if (p.random) label.insertAdjacentHTML("beforeend", ' <span class="badge">random weights</span>');
+}
+
+// --- choosing a panel's model: the server loads one of the choices it listed, then the panel runs again ------------
+async function chooseModel(task, select) {
+  const panel = $(`panel-${task}`), gen = state.gen;
+  showError("");
+  panel.dataset.state = "busy";
+  select.disabled = true;
+  let data;
+  try {
+    data = await api("/api/model", { panel: task, choice: select.value });
+  } catch (e) {
+    showError(`${task} model: ${e.message}`);
+    select.value = select.dataset.current;  // the panel keeps its model
+    panel.dataset.state = "error";
+    return;
+  } finally {
+    select.disabled = false;
+  }
+  select.dataset.current = data.choice;
+  for (const [t, p] of Object.entries(data.panels)) { state.info.panels[t] = p; showModel(t, p); }
+  setStatus(`${task}: ${select.selectedOptions[0].text} loaded in ${Math.round(data.ms)} ms`);
+  if (task === "classify") {  // attention follows the classifier
+    if (!data.attention) delete state.info.panels.attention;
+    $("panel-attention").dataset.state = data.attention ? "idle" : "off";
+    $("attn-maps").innerHTML = "";
+    $("attention-ms").textContent = "";
+  }
+  if (task === "detect") { $("det-score").value = data.panels.detect.default_score; updateThresh(); }
+  $(`${task}-ms`).textContent = "";
+  if (state.image && gen === state.gen) await runTask(task, gen);
+  else panel.dataset.state = "idle";
+  if (task === "classify" && state.query && data.attention && gen === state.gen) {
+    const [y, x] = state.query;
+    runTask("attention", gen, { y, x });
+  }
 }
 
 async function pickExample(name) {
