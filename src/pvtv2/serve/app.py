@@ -43,6 +43,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from ..data.images import to_rgb
 from ..errors import DataError
 from . import models as tasks
+from . import predict
 
 log = logging.getLogger(__name__)
 
@@ -279,7 +280,7 @@ class Handler(BaseHTTPRequestHandler):
             answer = tasks.switch(srv.models, panel, choice)
             self._json({**answer, "ms": round(1000 * (time.perf_counter() - t0), 1)})
             return
-        run = {"/api/classify": tasks.classify, "/api/detect": tasks.detect, "/api/segment": tasks.segment}
+        run = {"/api/classify": predict.classify, "/api/detect": predict.detect, "/api/segment": predict.segment}
         if path not in run and path != "/api/attention":
             self._error(404, f"no API {path}")
             return
@@ -292,7 +293,7 @@ class Handler(BaseHTTPRequestHandler):
             raise UploadError(f"bad request to {path}: expected JSON {want} ({type(e).__name__}: {e})") from None
         image = srv.store.get(key)
         if query is not None:
-            self._json(tasks.attention(srv.models, image, *query))
+            self._json(predict.attention(srv.models, image, *query))
         else:
             self._json(run[path](srv.models, image))
 
