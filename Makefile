@@ -63,7 +63,7 @@ $(MIN_STAMP): pyproject.toml Makefile scripts/lowest_requirements.py
 	test -x $(VENV_MIN)/bin/python || $(PYTHON) -m venv $(VENV_MIN)
 	$(VENV_MIN)/bin/pip install -q --upgrade pip
 	$(VENV_MIN)/bin/pip install -q $$($(PYTHON) scripts/lowest_requirements.py torch torchvision)
-	$(VENV_MIN)/bin/pip install -q '.[test,deploy]'
+	$(VENV_MIN)/bin/pip install -q '.[test,deploy,openvino]'
 	$(VENV_MIN)/bin/python scripts/lowest_requirements.py --check torch torchvision
 	touch $@
 
