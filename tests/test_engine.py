@@ -260,3 +260,15 @@ def test_best_is_a_snapshot_that_costs_no_space_and_survives_the_next_last(tmp_p
     atomic_copy(last, best)
     assert best.read_bytes() == last.read_bytes() and best.stat().st_ino != last.stat().st_ino
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pth", "last.pth"]  # no temporary left behind
+
+
+def test_loader_workers_default_to_the_usable_cpus(monkeypatch) -> None:
+    """`pvtv2 eval` on a 2-core machine used to start 4 workers (torch warned); the default follows the CPUs."""
+    import os
+
+    from pvtv2.engine.sampling import loader_workers
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert loader_workers() == 2 and loader_workers(0) == 0 and loader_workers(6) == 6
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert loader_workers() == 4 and loader_workers(most=8) == 8

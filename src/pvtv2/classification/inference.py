@@ -21,6 +21,7 @@ from torch import nn
 
 from ..data import load_image
 from ..engine.checkpoint import read_train_checkpoint
+from ..engine.sampling import loader_workers
 from ..errors import CheckpointError, DataError
 from ..weights.release import IMAGENET_EVAL
 from .evaluate import evaluate
@@ -257,7 +258,7 @@ def evaluate_folder(
     root: str | os.PathLike[str],
     *,
     batch_size: int = 64,
-    workers: int = 4,
+    workers: int | None = None,
     backend: str = "torch",
     device: str | torch.device = "cpu",
     on_bad: str = "skip",
@@ -275,7 +276,8 @@ def evaluate_folder(
         raise DataError(f"{root} has {len(ds.classes)} class folders but the model has {len(clf.class_names)} "
                         "outputs and no class names to match them by")
     base: Any = ds if limit is None else torch.utils.data.Subset(ds, range(min(limit, len(ds))))
-    loader = torch.utils.data.DataLoader(base, batch_size=batch_size, num_workers=workers, collate_fn=collate_skip_bad)
+    loader = torch.utils.data.DataLoader(base, batch_size=batch_size, num_workers=loader_workers(workers),
+                                         collate_fn=collate_skip_bad)  # workers: default one per CPU, at most 4
     size = int(clf.preprocess.get("size", 224))
     example = torch.zeros(min(batch_size, len(base)), int(clf.preprocess.get("channels", 3)), size, size)
     run = _runner(clf, backend, example, device, precision)

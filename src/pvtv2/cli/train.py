@@ -26,7 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     _model_args(p)
     p.add_argument("data", help="ImageFolder root: DATA/<class>/<image> (e.g. imagenet/val with synset folders)")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--workers", type=int, default=None,
+                   help="DataLoader worker processes (default: one per usable CPU, at most 4)")
     p.add_argument("--limit", type=int, help="evaluate the first N images only")
     p.add_argument("--on-bad-data", choices=["skip", "error"], default="skip")
     p.add_argument("--json", default="eval.json", help="where to write the results (default: eval.json)")

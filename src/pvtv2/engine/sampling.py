@@ -25,6 +25,7 @@ How a task uses it::
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 from collections.abc import Iterator
 from typing import Any
@@ -158,6 +159,18 @@ class SeededDataset(Dataset):
             with seeded(seed):
                 return self.dataset[index]
         return self.dataset[key]
+
+
+def loader_workers(requested: int | None = None, most: int = 4) -> int:
+    """DataLoader worker processes: ``requested`` if given, else one per CPU this process may use, at most ``most``
+    (more workers than CPUs only compete with the compute threads, and torch warns about it)."""
+    if requested is not None:
+        return requested
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    return max(0, min(most, cpus))
 
 
 def step_loader(dataset: Any, sampler: StepSampler, *, collate_fn: Any, workers: int = 0,
