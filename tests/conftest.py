@@ -37,31 +37,18 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-# Comma-separated names of optional test dependencies to run without (their tests then skip, with the reason), or
-# "all". Unset, as in `make test` and CI: a missing dependency fails its tests in one line, it never skips them.
-ALLOW_MISSING = "PVTV2_ALLOW_MISSING"
-
-
-def allowed_missing(name: str) -> bool:
-    allowed = {n.strip() for n in os.environ.get(ALLOW_MISSING, "").split(",") if n.strip()}
-    return "all" in allowed or name in allowed
-
-
 def missing(name: str, error: Exception, how: str = "run `make setup` (it installs every test dependency)") -> None:
-    """A test dependency did not import: fail in one line, or skip when the user opted out (``PVTV2_ALLOW_MISSING``)."""
-    message = f"{name} is not importable ({type(error).__name__}: {error}); {how}, or set {ALLOW_MISSING}={name} to skip"
-    if allowed_missing(name):
-        pytest.skip(message, allow_module_level=True)
-    pytest.fail(message, pytrace=False)
+    """A test dependency did not import: the test fails in one line saying how to install it (never a skip)."""
+    pytest.fail(f"{name} is not importable ({type(error).__name__}: {error}); {how}", pytrace=False)
 
 
 def require(module: str, name: str | None = None) -> ModuleType:
-    """``import module`` for a test, or :func:`missing` (a failure unless opted out), never a silent skip."""
+    """``import module`` for a test, or :func:`missing` (a one-line failure), never a skip."""
     try:
         return importlib.import_module(module)
     except ImportError as e:
         missing(name or module.split(".")[0], e)
-        raise  # unreachable: missing() fails or skips
+        raise  # unreachable: missing() fails
 
 
 def max_abs(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -4,9 +4,8 @@ oracles on current PyTorch (CPU, no compiled operators).
 Importing this module
 - routes mmcv's compiled operators to torchvision: ``nms`` -> ``torchvision.ops.nms``, ``roi_align_forward`` ->
   ``torchvision.ops.roi_align`` (average pooling); every other compiled function raises when called;
-- imports mmdet and mmseg, or fails the importing test module in one line (``make test`` installs them: the
-  Makefile's oracle step, ``pip install -e '.[oracle]'`` plus the three pinned packages with ``--no-deps``); only
-  ``PVTV2_ALLOW_MISSING=oracle`` turns that failure into a skip with the reason (CI never sets it);
+- imports mmdet and mmseg, or fails the importing test module in one line, never skips (``make test`` installs
+  them: the Makefile's oracle step, ``pip install -e '.[oracle]'`` plus the three pinned packages with ``--no-deps``);
 - registers :class:`PVTOracle` (our PVT, returning its four stage maps) in mmdet's and mmseg's ``BACKBONES``.
 
 The tests build each detector from a config dict carrying the facts of the released config (whai362/PVT

@@ -11,7 +11,8 @@ from pvtv2 import PVTConfig, PyramidVisionTransformer, create_model, list_models
 ALL = list_models()
 V2 = list_models("pvt_v2_*")
 
-# Exact parameter counts with the 1000-class head (SPEC section 1).
+# Exact parameter counts with the 1000-class head, as the released models have them (whai362/PVT v2
+# classification/pvt_v2.py and timm's pvt_v2 builders; the README's model table lists the same figures).
 EXACT_PARAMS = {
     "pvt_v2_b0": 3_666_760,
     "pvt_v2_b1": 14_009_000,
