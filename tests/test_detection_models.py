@@ -40,9 +40,9 @@ def _batch(masks: bool = False) -> tuple[list[torch.Tensor], list[dict[str, torc
 @pytest.mark.parametrize(
     ("builder", "loss_keys", "levels"),
     [
-        (retinanet, {"classification", "bbox_regression"}, ["0", "1", "2", "p6", "p7"]),
-        (fcos, {"classification", "bbox_regression", "bbox_ctrness"}, ["0", "1", "2", "3", "pool"]),
-        (mask_rcnn, {"loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg"},
+        (retinanet, {"loss_cls", "loss_bbox"}, ["0", "1", "2", "p6", "p7"]),
+        (fcos, {"loss_cls", "loss_bbox", "loss_centerness"}, ["0", "1", "2", "3", "pool"]),
+        (mask_rcnn, {"loss_cls", "loss_bbox", "loss_mask", "loss_rpn_cls", "loss_rpn_bbox"},
          ["0", "1", "2", "3", "pool"]),
     ],
 )

@@ -49,7 +49,7 @@ def test_smoke_run_loss_goes_down_and_eval_has_ap_fields(tmp_path: Path) -> None
     assert len(losses) == 6 and losses[-1] < 0.9 * losses[0]  # one step per epoch (2 images, batch 2)
     assert {k.split("_", 1)[1] for k in result.metrics} == set(METRICS) and all(k.startswith("bbox_") for k in result.metrics)
     assert all(0.0 <= v <= 1.0 for v in result.metrics.values())
-    assert records[-1]["bbox_AP50"] == result.metrics["bbox_AP50"] and "train_classification" in records[-1]
+    assert records[-1]["bbox_AP50"] == result.metrics["bbox_AP50"] and "train_loss_cls" in records[-1]
     for name in ("last.pth", "config.json", "metrics.csv", "curves.png", "results.json", "summary.json",
                  "predictions.png"):
         assert (tmp_path / "run" / name).is_file(), name

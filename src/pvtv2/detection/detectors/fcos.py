@@ -6,18 +6,52 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from torch import Tensor
 from torchvision.models.detection import FCOS
 
 from ...models.backbone import WeightsSource
 from ..modeling.anchors import point_anchors
 from ..modeling.dense_heads.foreground_labels import ForegroundLabels
 from ..modeling.necks.fpn import pvt_fpn
+from ..modeling.selection import dense_detections
 from ..registry import DetectorSpec, register
 from .retinanet import one_stage_dense
 
 
-class PVTFCOS(ForegroundLabels, FCOS):
-    """torchvision's FCOS with ``num_classes`` = object classes (labels 1..K, see :mod:`~pvtv2.detection.modeling.dense_heads.foreground_labels`)."""
+# torchvision's loss names -> mmdet's (every detector's losses carry the names mmdet gives them)
+LOSS_NAMES = {"classification": "loss_cls", "bbox_regression": "loss_bbox", "bbox_ctrness": "loss_centerness"}
+
+
+class MMDetFCOS(FCOS):
+    """torchvision's FCOS with mmdet's loss names and mmdet's test-time selection (``FCOSHead.get_bboxes``: per
+    level the best ``topk_candidates`` locations by class score x centre-ness, then ``multiclass_nms`` with the
+    score threshold on the class score and the centre-ness as the score factor), as every other detector here;
+    torchvision's ranks (location, class) pairs by the geometric mean of the two."""
+
+    def compute_loss(self, *args: Any) -> dict[str, Tensor]:
+        return {LOSS_NAMES[k]: v for k, v in super().compute_loss(*args).items()}
+
+    def postprocess_detections(self, head_outputs: dict[str, list[Tensor]], anchors: list[list[Tensor]],
+                               image_shapes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:
+        results = []
+        for index, shape in enumerate(image_shapes):
+            scores = [c[index].sigmoid() for c in head_outputs["cls_logits"]]  # per level (h*w, K)
+            quality = [c[index].sigmoid().flatten() for c in head_outputs["bbox_ctrness"]]  # (h*w,)
+
+            def decode(level: int, keep: Tensor) -> Tensor:
+                deltas = head_outputs["bbox_regression"][level][index][keep]  # (m, 4)
+                return self.box_coder.decode(deltas, anchors[index][level][keep])
+
+            boxes, scores, classes = dense_detections(
+                scores, quality, decode, shape, topk=self.topk_candidates, score_thresh=self.score_thresh,
+                iou_threshold=self.nms_thresh, max_num=self.detections_per_img)
+            results.append({"boxes": boxes, "scores": scores, "labels": classes})
+        return results
+
+
+class PVTFCOS(ForegroundLabels, MMDetFCOS):
+    """:class:`MMDetFCOS` with ``num_classes`` = object classes (labels 1..K, see
+    :mod:`~pvtv2.detection.modeling.dense_heads.foreground_labels`)."""
 
 
 def fcos(

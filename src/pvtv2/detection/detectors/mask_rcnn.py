@@ -19,7 +19,7 @@ from ..interop.mmdet import convert_detector, fpn_to_ours
 from ..modeling.anchors import octave_anchors
 from ..modeling.boxes import delta_coder
 from ..modeling.necks.fpn import pvt_fpn
-from ..modeling.proposal.rpn import rebuild_rpn
+from ..modeling.proposal.rpn import proposal_network_like
 from ..modeling.roi_heads.mask_rcnn import rebuild_roi_heads
 from ..modeling.roi_heads.roi_align import LevelRoIAlign
 from ..modeling.transform import use_detection_transform
@@ -67,8 +67,8 @@ def mask_rcnn(
     model = MaskRCNN(fpn, num_classes + 1, **kwargs)
     if own_predictor:  # torchvision builds it 256 wide and refuses one beside num_classes
         model.roi_heads.mask_predictor = MaskRCNNPredictor(fpn_channels, fpn_channels, num_classes + 1)
-    model.rpn = rebuild_rpn(model.rpn)
-    model.rpn.box_coder = delta_coder()
+    # the released RPN: L1 box loss (smooth L1 with beta 0), every anchor in the loss (allowed_border=-1)
+    model.rpn = proposal_network_like(model.rpn, fpn.strides, allowed_border=-1, smooth_l1_beta=0.0)
     model.roi_heads = rebuild_roi_heads(model.roi_heads)
     model.roi_heads.box_coder = delta_coder((0.1, 0.1, 0.2, 0.2))
     return use_detection_transform(model)

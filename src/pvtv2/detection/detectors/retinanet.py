@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection import RetinaNet
-from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, sigmoid_focal_loss
+from torchvision.ops import box_iou, sigmoid_focal_loss
 
 from ...engine.distributed import reduce_mean
 from ...models.backbone import WeightsSource
@@ -22,6 +22,7 @@ from ..modeling.anchors import octave_anchors
 from ..modeling.boxes import delta_coder
 from ..modeling.dense_heads.foreground_labels import ForegroundLabels
 from ..modeling.necks.fpn import pvt_fpn
+from ..modeling.selection import dense_detections
 from ..modeling.transform import use_detection_transform
 from ..registry import DetectorSpec, register
 
@@ -59,26 +60,22 @@ class MMDetRetinaNet(RetinaNet):
             wanted = self.box_coder.encode_single(target["boxes"][matched[fg]], anchor[fg])  # (P, 4)
             reg_loss = reg_loss + F.l1_loss(deltas[fg], wanted, reduction="sum")
         count = reduce_mean(cls_loss.new_tensor(float(num_pos)))  # as mmdet's later heads
-        return {"classification": cls_loss / count, "bbox_regression": reg_loss / count}
+        return {"loss_cls": cls_loss / count, "loss_bbox": reg_loss / count}
 
     def postprocess_detections(self, head_outputs: dict[str, list[Tensor]], anchors: list[list[Tensor]],
                                image_shapes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:
         results = []
         for index, shape in enumerate(image_shapes):
-            all_boxes, all_scores = [], []
-            for logits, deltas, anchor in zip(head_outputs["cls_logits"], head_outputs["bbox_regression"],
-                                              anchors[index]):
-                scores, deltas = logits[index].sigmoid(), deltas[index]  # (h*w*A, K), (h*w*A, 4)
-                if len(scores) > self.topk_candidates:
-                    top = scores.max(dim=1).values.topk(self.topk_candidates).indices
-                    scores, deltas, anchor = scores[top], deltas[top], anchor[top]
-                all_boxes.append(clip_boxes_to_image(self.box_coder.decode_single(deltas, anchor), shape))
-                all_scores.append(scores)
-            boxes, scores = torch.cat(all_boxes), torch.cat(all_scores)  # (n, 4), (n, K)
-            rows, classes = torch.where(scores > self.score_thresh)
-            boxes, scores = boxes[rows], scores[rows, classes]
-            keep = batched_nms(boxes, scores, classes, self.nms_thresh)[: self.detections_per_img]
-            results.append({"boxes": boxes[keep], "scores": scores[keep], "labels": classes[keep]})
+            scores = [logits[index].sigmoid() for logits in head_outputs["cls_logits"]]  # per level (h*w*A, K)
+
+            def decode(level: int, keep: Tensor) -> Tensor:
+                deltas = head_outputs["bbox_regression"][level][index][keep]  # (m, 4)
+                return self.box_coder.decode_single(deltas, anchors[index][level][keep])
+
+            boxes, scores, classes = dense_detections(
+                scores, [None] * len(scores), decode, shape, topk=self.topk_candidates,
+                score_thresh=self.score_thresh, iou_threshold=self.nms_thresh, max_num=self.detections_per_img)
+            results.append({"boxes": boxes, "scores": scores, "labels": classes})
         return results
 
 

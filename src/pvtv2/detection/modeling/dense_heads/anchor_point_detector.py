@@ -16,13 +16,12 @@ from typing import Any
 
 import torch
 from torch import nn
-from torchvision.ops import batched_nms, clip_boxes_to_image
-
 from ....engine.distributed import reduce_mean
 from ....models.backbone import PVTBackbone
 from ...interop.mmdet import convert_detector, fpn_to_ours, rename_prefixes
 from ..anchors import SIZE_DIVISOR, octave_anchors, valid_flags
 from ..assigners.atss import atss_assign
+from ..selection import dense_detections
 from ..transform import DetectionTransform
 
 
@@ -151,30 +150,17 @@ class AnchorPointDetector(nn.Module):
         """mmdet's ``get_bboxes`` with ``multiclass_nms``, per image."""
         results = []
         for i, size in enumerate(image_sizes):
-            all_boxes, all_scores, all_factors = [], [], []
-            for level, (level_anchors, stride) in enumerate(zip(anchors, self.strides)):
-                out = {k: v[level][i] for k, v in outputs.items()}  # (C, h, w)
-                scores, factor = self.level_scores(out)
-                rank = (scores if factor is None else scores * factor[:, None]).max(dim=1)[0]
-                keep = rank.topk(self.topk_candidates).indices if len(rank) > self.topk_candidates else \
-                    torch.arange(len(rank), device=rank.device)
-                all_boxes.append(clip_boxes_to_image(self.decode(out, level_anchors, stride, keep), size))
-                all_scores.append(scores[keep])
-                all_factors.append(None if factor is None else factor[keep])
-            boxes, scores = torch.cat(all_boxes), torch.cat(all_scores)
-            factors = None if all_factors[0] is None else torch.cat(all_factors)
-            results.append(self._multiclass_nms(boxes, scores, factors))
-        return results
+            per_level = [{k: v[level][i] for k, v in outputs.items()} for level in range(len(anchors))]  # (C, h, w)
+            scored = [self.level_scores(out) for out in per_level]
 
-    def _multiclass_nms(self, boxes: torch.Tensor, scores: torch.Tensor,
-                        factors: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        """Every (box, class) pair scoring above the threshold, scores times the quality factor, class-wise NMS,
-        the best ``detections_per_img`` (mmdet's ``multiclass_nms``)."""
-        idx, cls = (scores > self.score_thresh).nonzero(as_tuple=True)
-        kept_scores = scores[idx, cls] if factors is None else scores[idx, cls] * factors[idx]
-        kept_boxes = boxes[idx]
-        keep = batched_nms(kept_boxes, kept_scores, cls, self.nms_thresh)[: self.detections_per_img]
-        return {"boxes": kept_boxes[keep], "scores": kept_scores[keep], "labels": cls[keep] + 1}
+            def decode(level: int, keep: torch.Tensor) -> torch.Tensor:
+                return self.decode(per_level[level], anchors[level], self.strides[level], keep)
+
+            boxes, scores, classes = dense_detections(
+                [s for s, _ in scored], [f for _, f in scored], decode, size, topk=self.topk_candidates,
+                score_thresh=self.score_thresh, iou_threshold=self.nms_thresh, max_num=self.detections_per_img)
+            results.append({"boxes": boxes, "scores": scores, "labels": classes + 1})
+        return results
 
     def dense(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Normalised images ``(B, 3, H, W)`` -> the head's raw maps, ``{name}_{level}`` in mmdet's

@@ -1,10 +1,6 @@
-"""The two region proposal networks of the released two-stage configs (mmdet 2.x ``RPNHead``).
-
-- :class:`ProposalNetwork` (Cascade Mask R-CNN): mmdet's anchors, targets and proposal selection on torchvision's
-  head (below).
-- :class:`MMDetRPN` (Mask R-CNN, through :func:`rebuild_rpn`): torchvision's ``RegionProposalNetwork`` with the
-  released losses only: the box loss is L1 (``loss_bbox=L1Loss``), not smooth L1 with beta 1/9; both losses are
-  averaged over the sampled anchors, each image counting at least one positive and one negative.
+"""The region proposal network of the released two-stage configs (mmdet 2.x ``RPNHead``), for Mask R-CNN and
+Cascade Mask R-CNN alike (they differ in settings only: Mask R-CNN's box loss is L1 and every anchor takes part,
+Cascade's is smooth L1 with beta 1/9 on the anchors inside the image).
 
 :class:`ProposalNetwork`'s layers are torchvision's :class:`~torchvision.models.detection.rpn.RPNHead` (3x3 conv + ReLU, 1x1 objectness
 and 1x1 box-delta convs: the same parameters as mmdet's). What torchvision's ``RegionProposalNetwork`` does
@@ -23,7 +19,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 
@@ -183,32 +179,16 @@ class ProposalNetwork(nn.Module):
                 "loss_rpn_bbox": (l1 * torch.stack(box_w)).sum() / num_samples}
 
 
-def _avg_factor(masks: list[Tensor]) -> int:
-    """Samples per image, each image counting at least one (mmdet ``max(inds.numel(), 1)``)."""
-    return sum(max(int(m.sum()), 1) for m in masks)
-
-
-class MMDetRPN(RegionProposalNetwork):
-    """torchvision's RPN with the released losses (see the module doc)."""
-
-    def compute_loss(self, objectness: Tensor, pred_bbox_deltas: Tensor, labels: list[Tensor],
-                     regression_targets: list[Tensor]) -> tuple[Tensor, Tensor]:
-        pos_masks, neg_masks = self.fg_bg_sampler(labels)
-        pos = torch.where(torch.cat(pos_masks))[0]
-        sampled = torch.cat([pos, torch.where(torch.cat(neg_masks))[0]])
-        total = _avg_factor(pos_masks) + _avg_factor(neg_masks)
-        targets = torch.cat(regression_targets)
-        box_loss = F.l1_loss(pred_bbox_deltas[pos], targets[pos], reduction="sum") / total
-        objectness_loss = F.binary_cross_entropy_with_logits(
-            objectness.flatten()[sampled], torch.cat(labels)[sampled], reduction="sum") / total
-        return objectness_loss, box_loss
-
-
-def rebuild_rpn(rpn: RegionProposalNetwork) -> MMDetRPN:
-    """An :class:`MMDetRPN` with the parts and settings of torchvision's ``rpn``."""
+def proposal_network_like(rpn: RegionProposalNetwork, strides: Sequence[int], *, allowed_border: int,
+                          smooth_l1_beta: float) -> ProposalNetwork:
+    """A :class:`ProposalNetwork` with the head, anchors and settings of torchvision's ``rpn`` (as ``MaskRCNN``
+    builds it from its ``rpn_*`` arguments), and mmdet's targets, losses and proposal selection."""
     matcher, sampler = rpn.proposal_matcher, rpn.fg_bg_sampler
-    out = MMDetRPN(rpn.anchor_generator, rpn.head, matcher.high_threshold, matcher.low_threshold,
-                   sampler.batch_size_per_image, sampler.positive_fraction, rpn._pre_nms_top_n, rpn._post_nms_top_n,
-                   rpn.nms_thresh, rpn.score_thresh)
-    out.box_coder = rpn.box_coder
+    out = ProposalNetwork(
+        rpn.head.conv[0][0].in_channels, strides, pre_nms_top_n=dict(rpn._pre_nms_top_n),
+        post_nms_top_n=dict(rpn._post_nms_top_n), nms_thresh=rpn.nms_thresh,
+        batch_size_per_image=sampler.batch_size_per_image, positive_fraction=sampler.positive_fraction,
+        fg_iou_thresh=matcher.high_threshold, bg_iou_thresh=matcher.low_threshold, allowed_border=allowed_border,
+        smooth_l1_beta=smooth_l1_beta)
+    out.head, out.anchor_generator = rpn.head, rpn.anchor_generator
     return out

@@ -27,7 +27,8 @@ from torchvision.ops import generalized_box_iou_loss
 from ..anchors import padded_shape
 from ..assigners.max_iou import assign_max_iou
 from ..assigners.random_sampler import Samples, sample_random
-from ..boxes import batched_nms, decode_deltas
+from ..boxes import decode_deltas
+from ..selection import multiclass_nms
 from .roi_align import LevelRoIAlign, mask_targets
 
 STAGE_IOUS = (0.5, 0.6, 0.7)
@@ -260,14 +261,9 @@ class CascadeRoIHeads(nn.Module):
 
     def select(self, boxes: torch.Tensor, scores: torch.Tensor) -> dict[str, torch.Tensor]:
         """``(n, 4K)`` class boxes and ``(n, K + 1)`` probabilities -> the detections (mmdet's ``multiclass_nms``)."""
-        k = self.num_classes
-        boxes = boxes.reshape(-1, 4)  # (n, 4K) -> (n*K, 4): box-major, class-minor
-        scores = scores[:, :k].reshape(-1)
-        labels = torch.arange(k, device=boxes.device).repeat(scores.numel() // max(k, 1))
-        valid = scores > self.score_thresh
-        boxes, scores, labels = boxes[valid], scores[valid], labels[valid]
-        keep = batched_nms(boxes, scores, labels, self.nms_thresh)[: self.detections_per_img]
-        return {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep] + 1}
+        boxes, scores, classes = multiclass_nms(boxes, scores[:, : self.num_classes], score_thresh=self.score_thresh,
+                                                iou_threshold=self.nms_thresh, max_num=self.detections_per_img)
+        return {"boxes": boxes, "scores": scores, "labels": classes + 1}
 
     def add_masks(self, features: dict[str, torch.Tensor], results: list[dict[str, torch.Tensor]],
                   image_shapes: list[tuple[int, int]]) -> None:

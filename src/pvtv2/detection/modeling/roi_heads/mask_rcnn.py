@@ -1,11 +1,12 @@
 """The box and mask RoI heads of the released mmdet 2.x Mask R-CNN, on torchvision's ``RoIHeads``.
 
-:class:`MMDetRoIHeads`: L1 box loss; mask targets from
+:class:`MMDetRoIHeads`: the RoIs sampled as the RPN's anchors and Cascade's RoIs are
+(:mod:`~pvtv2.detection.modeling.assigners`); L1 box loss; mask targets from
 :func:`~pvtv2.detection.modeling.roi_heads.roi_align.mask_targets` (cropped with ``aligned=True``, binarised at 0.5);
 at test time every (RoI, class) scoring above ``score_thresh`` enters the class-wise NMS, without torchvision's
 removal of boxes under 0.01 px (``multiclass_nms``). The RoIs are pooled by
 :class:`~pvtv2.detection.modeling.roi_heads.roi_align.LevelRoIAlign`; the RPN in front of these heads is
-:class:`~pvtv2.detection.modeling.proposal.rpn.MMDetRPN`.
+:class:`~pvtv2.detection.modeling.proposal.rpn.ProposalNetwork`.
 """
 
 from __future__ import annotations
@@ -14,8 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torchvision.models.detection.roi_heads import RoIHeads, maskrcnn_inference
-from torchvision.ops import batched_nms, clip_boxes_to_image
+from torchvision.ops import clip_boxes_to_image
 
+from ..assigners.max_iou import assign_max_iou
+from ..assigners.random_sampler import sample_random
+from ..boxes import encode_deltas
+from ..selection import multiclass_nms
 from .roi_align import mask_targets
 
 
@@ -49,6 +54,30 @@ class MMDetRoIHeads(RoIHeads):
                 r["masks"] = probs  # (N, 1, M, M) of each box's class
         return result, {}
 
+    def select_training_samples(self, proposals: list[Tensor], targets: list[dict[str, Tensor]] | None
+                                ) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor]]:
+        """Per image, the RoIs the heads learn from (the released ``rcnn`` train settings: max-IoU assignment with
+        low-quality matches, the ground truths added first, random sampling; the same functions as the RPN's and
+        Cascade's): sampled boxes (positives first), the ground truth of each (0 for negatives), class labels (0:
+        background) and box-delta targets, as torchvision's ``RoIHeads`` returns them."""
+        assert targets is not None
+        fg, bg = self.proposal_matcher.high_threshold, self.proposal_matcher.low_threshold
+        stds = [1.0 / w for w in self.box_coder.weights]
+        boxes_out, matched, labels, regression = [], [], [], []
+        for boxes, target in zip(proposals, targets):
+            gt = target["boxes"]
+            assigned = assign_max_iou(boxes, gt, pos_iou=fg, neg_iou=bg, min_pos_iou=fg, match_low_quality=True)
+            smp = sample_random(assigned, boxes, gt, num=self.fg_bg_sampler.batch_size_per_image,
+                                pos_fraction=self.fg_bg_sampler.positive_fraction, add_gt=True)
+            negatives = smp.gt_index.new_zeros(len(smp.boxes) - smp.num_pos)
+            gt_index = torch.cat([smp.gt_index, negatives])  # (P + Q,)
+            boxes_out.append(smp.boxes)
+            matched.append(gt_index)
+            labels.append(torch.cat([target["labels"][smp.gt_index], negatives]))
+            wanted = gt[gt_index] if len(gt) else torch.zeros_like(smp.boxes)
+            regression.append(encode_deltas(smp.boxes, wanted, stds))
+        return boxes_out, matched, labels, regression
+
     def mask_logits(self, features: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[tuple[int, int]]
                     ) -> Tensor:
         """Mask logits ``(N, K + 1, 2S, 2S)`` of the boxes."""
@@ -61,8 +90,8 @@ class MMDetRoIHeads(RoIHeads):
         labels_all, targets = torch.cat(labels), torch.cat(regression_targets)
         pos = torch.where(labels_all > 0)[0]
         deltas = box_regression.reshape(len(labels_all), -1, 4)[pos, labels_all[pos]]  # (P, 4)
-        return {"loss_classifier": F.cross_entropy(class_logits, labels_all),
-                "loss_box_reg": F.l1_loss(deltas, targets[pos], reduction="sum") / max(len(labels_all), 1)}
+        return {"loss_cls": F.cross_entropy(class_logits, labels_all),
+                "loss_bbox": F.l1_loss(deltas, targets[pos], reduction="sum") / max(len(labels_all), 1)}
 
     @staticmethod
     def mask_loss(logits: Tensor, boxes: list[Tensor], targets: list[dict[str, Tensor]], matched: list[Tensor],
@@ -85,13 +114,12 @@ class MMDetRoIHeads(RoIHeads):
         out_boxes, out_scores, out_labels = [], [], []
         for boxes, scores, shape in zip(boxes_all.split([len(p) for p in proposals]),
                                         scores_all.split([len(p) for p in proposals]), image_shapes):
-            boxes = clip_boxes_to_image(boxes, shape)[:, 1:]  # background (class 0) dropped
-            rows, classes = torch.where(scores[:, 1:] > self.score_thresh)
-            boxes, scores = boxes[rows, classes], scores[rows, classes + 1]
-            keep = batched_nms(boxes, scores, classes, self.nms_thresh)[: self.detections_per_img]
-            out_boxes.append(boxes[keep])
-            out_scores.append(scores[keep])
-            out_labels.append(classes[keep] + 1)
+            boxes, scores, classes = multiclass_nms(  # background (class 0) dropped
+                clip_boxes_to_image(boxes, shape)[:, 1:], scores[:, 1:], score_thresh=self.score_thresh,
+                iou_threshold=self.nms_thresh, max_num=self.detections_per_img)
+            out_boxes.append(boxes)
+            out_scores.append(scores)
+            out_labels.append(classes + 1)
         return out_boxes, out_scores, out_labels
 
 
