@@ -7,7 +7,8 @@ import json
 import logging
 from pathlib import Path
 
-from .options import add_config_options, add_scenes_option, add_train_arguments, given_options, run_training
+from .options import (add_config_options, add_device_option, add_scenes_option, add_train_arguments, device_of,
+                      given_options, run_training)
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--batch-size", type=int, default=2)
     e.add_argument("--test-size", type=int, default=None, help="shorter side (default: the checkpoint's)")
     e.add_argument("--max-size", type=int, default=None)
-    e.add_argument("--device", default="auto")
+    add_device_option(e)
     e.add_argument("--workers", type=int, default=0)
     e.add_argument("--on-bad-data", choices=("skip", "error"), default="skip",
                    help="bad annotations: skip and count them, or stop at the first")
@@ -63,17 +64,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--score-thresh", type=float, default=0.5)
     d.add_argument("--test-size", type=int, default=None)
     d.add_argument("--max-size", type=int, default=None)
-    d.add_argument("--device", default="auto")
+    add_device_option(d)
     d.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
                    help="backbone and neck in bf16/fp16 where the device has it natively (box arithmetic in fp32)")
     d.add_argument("--json", action="store_true", help="print the detections as JSON")
     d.set_defaults(func=run_detect)
-
-
-def _device(name: str) -> str:
-    from ..engine.distributed import resolve_device
-
-    return str(resolve_device(name))
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -105,8 +100,8 @@ def run_eval(args: argparse.Namespace) -> int:
     split = args.split or ("test" if args.data == "scenes" else None)  # the scenes: their held-out split
     metrics = evaluate_checkpoint(
         args.checkpoint, data, split=split, images=args.images, out=args.out, batch_size=args.batch_size,
-        device=_device(args.device), strict=args.on_bad_data == "error", workers=args.workers, min_size=args.test_size,
-        max_size=args.max_size,
+        device=str(device_of(args)), strict=args.on_bad_data == "error", workers=args.workers,
+        min_size=args.test_size, max_size=args.max_size,
     )
     for kind, vals in metrics.items():
         print(f"{kind:<5} " + "  ".join(f"{k} {v:.3f}" for k, v in vals.items()))
@@ -116,10 +111,11 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_detect(args: argparse.Namespace) -> int:
-    from ..detection.inference import detect, load_detector, read_image
+    from ..data.images import read_image
+    from ..detection.inference import detect, load_detector
     from ..precision import autocast_module
 
-    device = _device(args.device)
+    device = str(device_of(args))
     model, meta = load_detector(args.checkpoint, device=device, min_size=args.test_size, max_size=args.max_size)
     model.backbone = autocast_module(model.backbone, args.precision, device)  # boxes, NMS stay fp32
     found = detect(model, read_image(args.image), class_names=meta["class_names"], score_thresh=args.score_thresh,

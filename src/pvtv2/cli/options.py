@@ -93,6 +93,19 @@ def given_options(args: argparse.Namespace, base: Any) -> dict[str, Any]:
     return given
 
 
+def add_device_option(parser: argparse.ArgumentParser) -> None:
+    """``--device`` of every inference command (training takes its config's ``device`` field)."""
+    parser.add_argument("--device", default="auto", help="auto (the CUDA device if there is one, else the CPU), cpu, "
+                                                         "cuda or cuda:N")
+
+
+def device_of(args: argparse.Namespace) -> Any:
+    """The ``torch.device`` of ``--device`` (one line if CUDA is asked for and missing)."""
+    from ..engine.distributed import resolve_device
+
+    return resolve_device(args.device)
+
+
 def add_scenes_option(parser: argparse.ArgumentParser) -> None:
     """``--scenes TRAIN TEST SIZE``: which generated scenes set the data word ``scenes`` names."""
     parser.add_argument("--scenes", type=int, nargs=3, default=(4000, 500, 256), metavar=("TRAIN", "TEST", "SIZE"),

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from .options import add_train_arguments, resolve_config, run_training
+from .options import add_device_option, add_train_arguments, device_of, resolve_config, run_training
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -51,7 +51,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="pvt_v2_b2", help="model name for --weights (default: pvt_v2_b2)")
     p.add_argument("--num-classes", type=int, help="head size for --weights (default: read from the file)")
     p.add_argument("--ema", action="store_true", help="use the checkpoint's EMA weights")
-    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    add_device_option(p)
     p.add_argument("--backend", default="torch", choices=["torch", "compile", "onnxruntime", "openvino"],
                    help="inference backend (pvtv2.runtime)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
@@ -78,7 +78,7 @@ def _load(args: argparse.Namespace):  # -> Classifier
     from ..classification.inference import load_classifier
 
     return load_classifier(checkpoint=args.checkpoint, weights=args.weights, model=args.model,
-                           num_classes=args.num_classes, device=args.device, use_ema=args.ema)
+                           num_classes=args.num_classes, device=str(device_of(args)), use_ema=args.ema)
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -87,7 +87,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
     clf = _load(args)
     res = evaluate_folder(clf, args.data, batch_size=args.batch_size, workers=args.workers, backend=args.backend,
-                          device=args.device, on_bad=args.on_bad_data, limit=args.limit, precision=args.precision)
+                          device=str(device_of(args)), on_bad=args.on_bad_data, limit=args.limit, precision=args.precision)
     print(f"{res['model']} ({res['weights']}) on {res['data']}: top-1 {res['top1']:.2f}%  top-5 {res['top5']:.2f}%  "
           f"({res['n']} images, {res['protocol']}, backend {res['backend']} in {res['precision']}"
           f"{', %d unreadable skipped' % res['skipped'] if res['skipped'] else ''})")
@@ -115,7 +115,7 @@ def run_predict(args: argparse.Namespace) -> int:
         raise DataError(f"none of the {len(args.images)} image(s) could be read; nothing to predict")
     args.images = images
     clf = _load(args)
-    preds = predict(clf, images, topk=args.topk, backend=args.backend, device=args.device, precision=args.precision)
+    preds = predict(clf, images, topk=args.topk, backend=args.backend, device=str(device_of(args)), precision=args.precision)
     for path, pred in zip(args.images, preds):
         print(path)
         for rank, (name, prob) in enumerate(pred, 1):

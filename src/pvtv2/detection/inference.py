@@ -99,21 +99,6 @@ def save_detector(model: nn.Module, meta: dict[str, Any], path: str | os.PathLik
     return atomic_write(path, lambda tmp: torch.save({"model": sd, "detector": meta}, tmp))
 
 
-def read_image(path: str | os.PathLike[str]) -> torch.Tensor:
-    """An RGB image file as a ``(3, H, W)`` uint8 tensor; a missing or broken file raises one clear line."""
-    import numpy as np
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            pixels = np.asarray(im.convert("RGB"))
-    except FileNotFoundError:
-        raise DataError(f"image {path} does not exist") from None
-    except (UnidentifiedImageError, OSError) as e:
-        raise DataError(f"{path} cannot be read as an image ({e})") from None
-    return torch.from_numpy(pixels.copy()).permute(2, 0, 1)  # (H, W, 3) -> (3, H, W)
-
-
 @torch.no_grad()
 def detect(
     model: nn.Module,

@@ -135,11 +135,15 @@ def barrier() -> None:
 
 
 def reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    """Sum of ``t`` over ranks (a copy; ``t`` itself is unchanged)."""
-    t = t.detach().clone()
+    """Sum of ``t`` over ranks (a copy on ``t``'s device; ``t`` itself is unchanged). NCCL reduces CUDA tensors
+    only: a CPU tensor goes through the GPU there."""
+    out = t.detach().clone()
     if is_dist():
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t
+        nccl_cpu = dist.get_backend() == "nccl" and out.device.type != "cuda"
+        work = out.cuda() if nccl_cpu else out
+        dist.all_reduce(work, op=dist.ReduceOp.SUM)
+        out = work.to(t.device) if nccl_cpu else work
+    return out
 
 
 def reduce_mean(t: torch.Tensor) -> torch.Tensor:

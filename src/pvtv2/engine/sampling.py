@@ -127,6 +127,14 @@ def shard(n: int, rank: int = 0, world_size: int = 1) -> list[int]:
     return list(range(rank, n, world_size))
 
 
+def rank_shard(dataset: Dataset) -> torch.utils.data.Subset:
+    """Evaluation: this process's part of ``dataset`` (:func:`shard` by the ``torch.distributed`` rank; the whole
+    dataset in a single process). Every task's evaluation splits its data here."""
+    from .distributed import get_rank, get_world_size
+
+    return torch.utils.data.Subset(dataset, shard(len(dataset), get_rank(), get_world_size()))
+
+
 @contextlib.contextmanager
 def seeded(seed: int) -> Iterator[None]:
     """Seed python's, numpy's and torch's global generators for the block, then give back their previous states

@@ -27,6 +27,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision import tv_tensors
 
+from ..data.images import read_image
 from ..errors import DataError
 
 log = logging.getLogger(__name__)
@@ -54,17 +55,6 @@ def plain_name(path: Path) -> str:
 def _read_bytes(path: Path) -> bytes:
     data = path.read_bytes()
     return gzip.decompress(data) if path.name.endswith(".gz") else data
-
-
-def read_image(path: str | os.PathLike[str]) -> torch.Tensor:
-    """An RGB image file (optionally gzipped) as a ``(3, H, W)`` uint8 tensor; unreadable files raise DataError."""
-    path = Path(path)
-    try:
-        with Image.open(io.BytesIO(_read_bytes(path))) as im:
-            arr = np.array(im.convert("RGB"))  # (H, W, 3)
-    except (OSError, UnidentifiedImageError, EOFError, ValueError) as e:
-        raise DataError(f"cannot read image {path}: {e.__class__.__name__}: {e}; replace or remove the file") from None
-    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()  # (H, W, 3) -> (3, H, W)
 
 
 def read_mask(path: str | os.PathLike[str]) -> torch.Tensor:

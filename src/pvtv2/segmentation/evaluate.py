@@ -10,19 +10,13 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from ..engine.distributed import is_main_process, reduce_sum
+from ..engine.sampling import rank_shard
 from .datasets import SegmentationDataset, collate_segmentation, next_batch
 from .inference import Mode, predict_logits
 from .metrics import ConfusionMatrix
 
 log = logging.getLogger(__name__)
-
-
-def _rank_world() -> tuple[int, int]:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 @torch.no_grad()
@@ -53,11 +47,9 @@ def evaluate(
     Returns:
         ``miou``, ``miou_gt``, ``macc``, ``pixel_acc``, ``per_class``, ``images``, ``skipped``, ``seconds``.
     """
-    rank, world = _rank_world()
     meta = dataset.meta
     raw = SegmentationDataset(dataset.pairs, meta, transforms=None, on_error=dataset.on_error, name=dataset.name)
-    shard = torch.utils.data.Subset(raw, list(range(rank, len(raw), world)))
-    loader = torch.utils.data.DataLoader(shard, batch_size=1, num_workers=num_workers, collate_fn=collate_segmentation,
+    loader = torch.utils.data.DataLoader(rank_shard(raw), batch_size=1, num_workers=num_workers, collate_fn=collate_segmentation,
                                          generator=torch.Generator())  # leaves the global RNG untouched
     cm = ConfusionMatrix(meta.num_classes, meta.ignore_index)
     was_training = model.training
@@ -65,7 +57,7 @@ def evaluate(
     start, images, skipped = time.perf_counter(), 0, 0
     try:
         batches = iter(loader)
-        for _ in tqdm(range(len(loader)), desc="eval", disable=not progress or rank != 0, leave=False):
+        for _ in tqdm(range(len(loader)), desc="eval", disable=not progress or not is_main_process(), leave=False):
             batch = next_batch(batches)
             skipped += batch["skipped"]
             for image, mask in zip(batch["image"], batch["mask"]):  # one image per batch; sizes differ
@@ -76,13 +68,7 @@ def evaluate(
     finally:
         model.train(was_training)
     cm.all_reduce()
-    counts = torch.tensor([images, skipped], dtype=torch.int64)
-    if world > 1:
-        import torch.distributed as dist
-
-        dev = "cuda" if dist.get_backend() == "nccl" else "cpu"
-        counts = counts.to(dev)
-        dist.all_reduce(counts)
+    counts = reduce_sum(torch.tensor([images, skipped], dtype=torch.int64))
     result = cm.compute(meta.class_names)
     result.update(images=int(counts[0]), skipped=int(counts[1]), seconds=time.perf_counter() - start)
     if result["skipped"]:

@@ -32,13 +32,9 @@ class ConfusionMatrix:
 
     def all_reduce(self) -> None:
         """Sum the matrices of all processes (no-op without torch.distributed)."""
-        import torch.distributed as dist
+        from ..engine.distributed import reduce_sum
 
-        if dist.is_available() and dist.is_initialized():
-            backend_device = "cuda" if dist.get_backend() == "nccl" else "cpu"
-            m = self.matrix.to(backend_device)
-            dist.all_reduce(m)
-            self.matrix = m.cpu()
+        self.matrix = reduce_sum(self.matrix)
 
     def compute(self, class_names: Sequence[str] | None = None) -> dict[str, Any]:
         """``miou``, ``macc``, ``pixel_acc``, ``miou_gt`` (over classes present in the ground truth) and

@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from torchvision import tv_tensors
 
+from ...data.images import read_image
 from ...errors import DataError
 from .annotations import DetectionData, ImageRecord, Instance
 
@@ -81,12 +81,7 @@ class DetectionDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> tuple[Any, dict[str, Any]]:
         rec = self.records[index]
-        try:
-            with Image.open(rec.path) as im:
-                pixels = np.array(im.convert("RGB"))
-        except (OSError, UnidentifiedImageError) as e:
-            raise DataError(f"image {rec.path} cannot be decoded ({e}); remove it or fix the file") from None
-        image = tv_tensors.Image(torch.from_numpy(pixels).permute(2, 0, 1))  # (H, W, 3) -> (3, H, W)
+        image = tv_tensors.Image(read_image(rec.path))  # (3, H, W) uint8
         objs = [a for a in rec.instances if not a.iscrowd]
         boxes = torch.tensor([a.box for a in objs], dtype=torch.float32).reshape(-1, 4)
         target: dict[str, Any] = {

@@ -14,6 +14,8 @@ import torch
 from torch import nn
 
 from ..._io import atomic_write_text
+from ...engine.distributed import all_gather_object, is_main_process
+from ...engine.sampling import rank_shard
 from ..data.annotations import DetectionData
 from ..data.dataset import DetectionDataset, collate
 
@@ -102,13 +104,9 @@ def predict(
     Each batch is converted at once (masks become RLE strings), so memory does not grow with full-size masks.
     Under ``torch.distributed`` each rank predicts every ``world_size``-th image; every rank gets all results.
     """
-    import torch.distributed as dist
-
-    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
-    subset = torch.utils.data.Subset(dataset, list(range(rank, len(dataset), world)))
-    loader = torch.utils.data.DataLoader(subset, batch_size=batch_size, collate_fn=collate, num_workers=num_workers,
+    loader = torch.utils.data.DataLoader(rank_shard(dataset), batch_size=batch_size, collate_fn=collate, num_workers=num_workers,
                                          generator=torch.Generator())  # leaves the global RNG of training alone
-    if progress and rank == 0:
+    if progress and is_main_process():
         from tqdm import tqdm
 
         loader = tqdm(loader, desc="eval", leave=False)
@@ -120,11 +118,7 @@ def predict(
         outputs = model([im.as_subclass(torch.Tensor).to(device) for im in images])
         results += to_coco_results(outputs, [int(t["image_id"]) for t in targets], label_to_category)
     model.train(was_training)
-    if world > 1:
-        gathered: list[Any] = [None] * world
-        dist.all_gather_object(gathered, results)
-        results = [r for part in gathered for r in part]
-    return results
+    return [r for part in all_gather_object(results) for r in part]
 
 
 def evaluate(
