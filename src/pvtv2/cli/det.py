@@ -93,11 +93,11 @@ def run_compare(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from ..data.scenes import resolve
+    from ..data.scenes import default_split, resolve
     from ..detection.inference import evaluate_checkpoint
 
     data = resolve(args.data, tuple(args.scenes), progress=not args.no_progress)  # "scenes": the generated set
-    split = args.split or ("test" if args.data == "scenes" else None)  # the scenes: their held-out split
+    split = default_split(str(data), args.split, held_out=True)  # the scenes: their held-out split
     metrics = evaluate_checkpoint(
         args.checkpoint, data, split=split, images=args.images, out=args.out, batch_size=args.batch_size,
         device=str(device_of(args)), strict=args.on_bad_data == "error", workers=args.workers,

@@ -81,11 +81,12 @@ def run_eval(args: argparse.Namespace) -> int:
 
     model, meta = load_segmentor(args.checkpoint, map_location=device_of(args))
     model = autocast_module(model, args.precision, device_of(args))
-    from ..data.scenes import resolve
+    from ..data.scenes import canvas_side, resolve
     from ..segmentation.layouts import evaluation_split
 
-    scale = args.test_scale or ((args.scenes[2],) * 2 if args.data == "scenes" else (2048, 512))
     args.data = resolve(args.data, tuple(args.scenes), progress=not args.no_progress)  # "scenes": the generated set
+    side = canvas_side(args.data)
+    scale = args.test_scale or ((side, side) if side else (2048, 512))
     split = evaluation_split(args.data, args.split)  # ADE20K: its validation images by default
     ds = build_dataset(args.data, layout=args.layout, split=split, masks=args.masks,
                        num_classes=args.num_classes or (meta.num_classes if args.masks else None),

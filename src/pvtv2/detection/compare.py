@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .._io import atomic_write, atomic_write_text
+from ..data.scenes import evaluation_data
 from ..engine import DistEnv, TrainResult, train
 from .data.dataset import DetectionDataset
 from .evaluation.complexity import detector_complexity
@@ -119,7 +120,7 @@ def format_row(row: dict[str, Any]) -> str:
 def write_table(rows: list[dict[str, Any]], out: Path, cfg: DetectionConfig) -> None:
     """``table.md`` (Markdown), ``table.json`` and ``table.png`` (:func:`plot_table`)."""
     head = "| " + " | ".join(t for _, t, _ in COLUMNS) + " |"
-    held_out = cfg.val_data or ("scenes" if cfg.data == "scenes" else None)  # --data scenes: its test split
+    held_out = evaluation_data(cfg.data, cfg.val_data)
     lines = [f"Detectors on `{cfg.data}` (evaluated on `{held_out}`), backbone {cfg.backbone}, "
              f"{cfg.steps or cfg.epochs} {'steps' if cfg.steps else 'epochs'} of batch {cfg.batch_size}, "
              f"train size {list(cfg.train_sizes)}, test size {cfg.test_size}, seed {cfg.seed}.", "",

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .._io import atomic_write_text, save_image_grid
-from ..data.scenes import resolve
+from ..data.scenes import default_split, evaluation_data, resolve
 from ..engine.distributed import DistEnv
 from ..engine.sampling import StepSampler, step_loader
 from ..engine.task import Task
@@ -68,15 +68,14 @@ class DetectionTask(Task):
     def setup(self, env: DistEnv) -> int:
         cfg, bars = self.cfg, env.is_main and self.progress
         data = resolve(cfg.data, cfg.scenes, progress=bars)
-        split = cfg.split or ("train" if cfg.data == "scenes" else None)
-        self.data = self._open(str(data), split, cfg.images)
+        self.data = self._open(str(data), default_split(str(data), cfg.split, held_out=False), cfg.images)
         log.info("train: %s", self.data.summary())
         self.train_set = DetectionDataset(self.data, train_transforms(cfg), with_masks=self.spec.masks,
                                           drop_empty=True)
-        val_data = cfg.val_data or ("scenes" if cfg.data == "scenes" else None)  # the scenes' own held-out split
+        val_data = evaluation_data(cfg.data, cfg.val_data)
         if val_data:
-            val_split = cfg.val_split or ("test" if val_data == "scenes" else None)
-            val = self._open(str(resolve(val_data, cfg.scenes, progress=bars)), val_split, cfg.val_images)
+            val_root = str(resolve(val_data, cfg.scenes, progress=bars))
+            val = self._open(val_root, default_split(val_root, cfg.val_split, held_out=True), cfg.val_images)
             log.info("val: %s", val.summary())
             if val.class_names != self.data.class_names:
                 raise DataError(f"{val_data} has classes {val.class_names[1:6]}... but {cfg.data} has "

@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..data.scenes import default_split, is_scenes_root
 from ..errors import DataError
 from .classes import ADE20K_CLASSES, VOC_CLASSES
 from .datasets import DatasetMeta, OnError, SegmentationDataset, plain_name, read_class_names
@@ -118,11 +119,6 @@ def scenes(
     return SegmentationDataset(pairs, meta, transforms=transforms, on_error=on_error, name=f"scenes {split}")
 
 
-def is_scenes(root: str | os.PathLike[str]) -> bool:
-    """A scenes root (``manifest.json`` beside ``masks/``)."""
-    return (Path(root) / "manifest.json").is_file() and (Path(root) / "masks").is_dir()
-
-
 def build_dataset(
     root: str | os.PathLike[str], *, layout: str = "auto", split: str | None = None, masks: str | None = None,
     num_classes: int | None = None, class_names: Sequence[str] | None = None, reduce_zero_label: bool = False,
@@ -143,7 +139,7 @@ def build_dataset(
     if not root.is_dir():
         raise DataError(f"dataset folder {root} does not exist")
     if layout == "auto":
-        if is_scenes(root):
+        if is_scenes_root(root):
             layout = "scenes"
         elif (root / "images").is_dir() and (root / "annotations").is_dir():
             layout = "ade20k"
@@ -157,7 +153,7 @@ def build_dataset(
                 "SegmentationClass/ (VOC), or an image folder with --masks DIR"
             )
     if layout == "scenes":
-        return scenes(root, split or "train", transforms=transforms, on_error=on_error)
+        return scenes(root, default_split(root, split, held_out=False), transforms=transforms, on_error=on_error)
     if layout == "ade20k":
         return ade20k(root, split or "training", transforms=transforms, on_error=on_error)
     if layout == "voc":
@@ -173,8 +169,8 @@ def build_dataset(
 def evaluation_split(root: str | os.PathLike[str], split: str | None) -> str | None:
     """``split``, or the held-out split of a scenes or ADE20K root when none is given (never score on the training
     images)."""
-    if split is None and is_scenes(root):
-        return "test"
+    if is_scenes_root(root):
+        return default_split(root, split, held_out=True)
     if split is None and (Path(root) / "annotations" / "validation").is_dir():
         return "validation"
     return split

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._io import save_image_grid
-from ..data.scenes import resolve
+from ..data.scenes import evaluation_data, resolve
 from ..engine.amp import Precision
 from ..engine.distributed import DistEnv, reduce_sum
 from ..engine.sampling import StepSampler, step_loader
@@ -71,8 +71,9 @@ class SegmentationTask(Task):
         data = resolve(cfg.data, cfg.scenes, progress=env.is_main and self.progress)
         self.train_set = build_dataset(str(data), split=cfg.train_split, transforms=transforms, **common)
         self.meta = self.train_set.meta
-        if cfg.val_data or cfg.val_split or cfg.data == "scenes":  # the scenes: their held-out test split
-            root = str(resolve(cfg.val_data, cfg.scenes, progress=env.is_main and self.progress) or data)
+        val_data = evaluation_data(cfg.data, cfg.val_data)
+        if val_data or cfg.val_split:  # no --val-data: another split of the training data
+            root = str(resolve(val_data, cfg.scenes, progress=env.is_main and self.progress) or data)
             self.val_set = build_dataset(root, split=evaluation_split(root, cfg.val_split), **common)
             if self.val_set.meta.num_classes != self.meta.num_classes:
                 raise DataError(f"the evaluation set has {self.val_set.meta.num_classes} classes, the training set "

@@ -43,6 +43,10 @@ __all__ = [
     "check",
     "default_root",
     "read_manifest",
+    "canvas_side",
+    "default_split",
+    "evaluation_data",
+    "is_scenes_root",
     "resolve",
     "scenes",
     "scenes_paths",
@@ -141,6 +145,32 @@ def scenes(
     spec = ScenesSpec(train, test, seed, layout)
     return ensure(Path(root) if root is not None else None, spec, workers=workers, data_dir=data_dir,
                   progress=progress)
+
+
+def is_scenes_root(root: str | os.PathLike[str]) -> bool:
+    """A generated scenes folder (``manifest.json`` beside ``masks/``)."""
+    return (Path(root) / "manifest.json").is_file() and (Path(root) / "masks").is_dir()
+
+
+def canvas_side(root: str | os.PathLike[str]) -> int | None:
+    """The side of a scenes folder's square canvases (their natural test scale), or None for other data."""
+    manifest = read_manifest(root) if is_scenes_root(root) else None
+    return int(manifest["spec"]["layout"]["size"]) if manifest else None
+
+
+def default_split(root: str | os.PathLike[str], split: str | None, *, held_out: bool) -> str | None:
+    """The split to read: ``split`` if given; of a scenes folder its ``train`` split, or with ``held_out`` its
+    ``test`` split (the only one ever scored); of any other data ``None`` (its own default). Every task and command
+    decides the scenes' split here."""
+    if split is not None or not is_scenes_root(root):
+        return split
+    return "test" if held_out else "train"
+
+
+def evaluation_data(data: str | None, val_data: str | None) -> str | None:
+    """A run's evaluation set: ``val_data``, else, when the run trains on ``"scenes"``, the scenes again (scored on
+    their held-out test split, see :func:`default_split`)."""
+    return val_data or ("scenes" if data == "scenes" else None)
 
 
 def resolve(data: str | None, counts: tuple[int, int, int] = (4000, 500, 256), progress: bool = True) -> str | None:
