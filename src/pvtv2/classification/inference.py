@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data import load_image
-from ..engine.checkpoint import read_train_checkpoint
+from ..engine.model_file import read_model_file
 from ..engine.sampling import loader_workers
 from ..errors import CheckpointError, DataError
 from ..weights.release import IMAGENET_EVAL
@@ -147,17 +147,13 @@ def load_classifier(
     if (checkpoint is None) == (weights is None):
         raise CheckpointError("give exactly one of --checkpoint RUN/best.pth or --weights PATH|official")
     if checkpoint is not None:
-        ckpt = read_train_checkpoint(checkpoint)
-        cfg = ClassificationConfig.from_dict(ckpt.get("config") or {})
-        extra = ckpt.get("extra") or {}
+        saved = read_model_file(checkpoint, task="classification", needs="preprocess", use_ema=use_ema,
+                                hint="use a last.pth / best.pth of 'pvtv2 train', or a weights file with --weights")
+        cfg = ClassificationConfig.from_dict(saved.config)
+        extra = saved.description
         classes = list(extra.get("classes") or [])
-        net = build_model(cfg.replace(weights=None), len(classes) or int(ckpt["model"]["head.weight"].shape[0]))
-        state = ckpt["model"]
-        if use_ema:
-            if not ckpt.get("ema"):
-                raise CheckpointError(f"{checkpoint} holds no EMA weights (the run had ema off)")
-            state = {k[len("module."):]: v for k, v in ckpt["ema"].items() if k.startswith("module.")}
-        net.load_state_dict(state)
+        net = build_model(cfg.replace(weights=None), len(classes) or int(saved.weights["head.weight"].shape[0]))
+        saved.load_into(net)
         names = classes or [str(i) for i in range(net.num_classes)]
         clf = Classifier(net, classes or None, names, dict(extra.get("preprocess") or IMAGENET_EVAL),
                          str(checkpoint), cfg.model)

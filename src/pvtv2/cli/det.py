@@ -7,8 +7,8 @@ import json
 import logging
 from pathlib import Path
 
-from .options import (add_config_options, add_device_option, add_scenes_option, add_train_arguments, device_of,
-                      given_options, run_training)
+from .options import (add_config_options, add_device_option, add_ema_option, add_scenes_option, add_train_arguments,
+                      device_of, given_options, run_training)
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--test-size", type=int, default=None, help="shorter side (default: the checkpoint's)")
     e.add_argument("--max-size", type=int, default=None)
     add_device_option(e)
+    add_ema_option(e)
     e.add_argument("--workers", type=int, default=0)
     e.add_argument("--on-bad-data", choices=("skip", "error"), default="skip",
                    help="bad annotations: skip and count them, or stop at the first")
@@ -65,6 +66,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--test-size", type=int, default=None)
     d.add_argument("--max-size", type=int, default=None)
     add_device_option(d)
+    add_ema_option(d)
     d.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
                    help="backbone and neck in bf16/fp16 where the device has it natively (box arithmetic in fp32)")
     d.add_argument("--json", action="store_true", help="print the detections as JSON")
@@ -101,7 +103,7 @@ def run_eval(args: argparse.Namespace) -> int:
     metrics = evaluate_checkpoint(
         args.checkpoint, data, split=split, images=args.images, out=args.out, batch_size=args.batch_size,
         device=str(device_of(args)), strict=args.on_bad_data == "error", workers=args.workers,
-        min_size=args.test_size, max_size=args.max_size,
+        min_size=args.test_size, max_size=args.max_size, use_ema=args.ema,
     )
     for kind, vals in metrics.items():
         print(f"{kind:<5} " + "  ".join(f"{k} {v:.3f}" for k, v in vals.items()))
@@ -116,7 +118,8 @@ def run_detect(args: argparse.Namespace) -> int:
     from ..precision import autocast_module
 
     device = str(device_of(args))
-    model, meta = load_detector(args.checkpoint, device=device, min_size=args.test_size, max_size=args.max_size)
+    model, meta = load_detector(args.checkpoint, device=device, min_size=args.test_size, max_size=args.max_size,
+                                use_ema=args.ema)
     model.backbone = autocast_module(model.backbone, args.precision, device)  # boxes, NMS stay fp32
     found = detect(model, read_image(args.image), class_names=meta["class_names"], score_thresh=args.score_thresh,
                    save_vis=args.save_vis)

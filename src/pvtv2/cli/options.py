@@ -99,6 +99,12 @@ def add_device_option(parser: argparse.ArgumentParser) -> None:
                                                          "cuda or cuda:N")
 
 
+def add_ema_option(parser: argparse.ArgumentParser) -> None:
+    """``--ema`` of every command that reads a trained checkpoint."""
+    parser.add_argument("--ema", action="store_true",
+                        help="use the checkpoint's EMA weights (a training checkpoint of a run with --ema)")
+
+
 def device_of(args: argparse.Namespace) -> Any:
     """The ``torch.device`` of ``--device`` (one line if CUDA is asked for and missing)."""
     from ..engine.distributed import resolve_device

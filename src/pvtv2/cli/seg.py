@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .options import add_device_option, add_scenes_option, add_train_arguments, device_of, run_training
+from .options import add_device_option, add_ema_option, add_scenes_option, add_train_arguments, device_of, run_training
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
@@ -26,6 +26,7 @@ def _add_test_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--crop", type=int, default=512, help="sliding-window size")
     p.add_argument("--stride", type=int, default=341, help="sliding-window step")
     add_device_option(p)
+    add_ema_option(p)
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
                    help="compute in bf16/fp16 where the device has it natively (else fp32, said in one line)")
 
@@ -79,7 +80,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from ..segmentation import build_dataset, evaluate, format_results, load_segmentor
     from .._io import atomic_write_text
 
-    model, meta = load_segmentor(args.checkpoint, map_location=device_of(args))
+    model, meta = load_segmentor(args.checkpoint, map_location=device_of(args), use_ema=args.ema)
     model = autocast_module(model, args.precision, device_of(args))
     from ..data.scenes import canvas_side, resolve
     from ..segmentation.layouts import evaluation_split
@@ -115,7 +116,7 @@ def run_segment(args: argparse.Namespace) -> int:
     from ..segmentation import load_segmentor, predict, save_visualization
     from ..data.images import read_image
 
-    model, meta = load_segmentor(args.checkpoint, map_location=device_of(args))
+    model, meta = load_segmentor(args.checkpoint, map_location=device_of(args), use_ema=args.ema)
     model = autocast_module(model.eval(), args.precision, device_of(args))
     image = read_image(args.image)
     labels = predict(model, image, scale=args.test_scale or (2048, 512), mode=args.mode, crop=args.crop,

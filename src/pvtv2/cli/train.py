@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from .options import add_device_option, add_train_arguments, device_of, resolve_config, run_training
+from .options import add_device_option, add_ema_option, add_train_arguments, device_of, resolve_config, run_training
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -50,7 +50,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--weights", help="'official' (the authors' ImageNet release of --model) or a weights file")
     p.add_argument("--model", default="pvt_v2_b2", help="model name for --weights (default: pvt_v2_b2)")
     p.add_argument("--num-classes", type=int, help="head size for --weights (default: read from the file)")
-    p.add_argument("--ema", action="store_true", help="use the checkpoint's EMA weights")
+    add_ema_option(p)
     add_device_option(p)
     p.add_argument("--backend", default="torch", choices=["torch", "compile", "onnxruntime", "openvino"],
                    help="inference backend (pvtv2.runtime)")
@@ -87,7 +87,8 @@ def run_eval(args: argparse.Namespace) -> int:
 
     clf = _load(args)
     res = evaluate_folder(clf, args.data, batch_size=args.batch_size, workers=args.workers, backend=args.backend,
-                          device=str(device_of(args)), on_bad=args.on_bad_data, limit=args.limit, precision=args.precision)
+                          device=str(device_of(args)), on_bad=args.on_bad_data, limit=args.limit,
+                          precision=args.precision)
     print(f"{res['model']} ({res['weights']}) on {res['data']}: top-1 {res['top1']:.2f}%  top-5 {res['top5']:.2f}%  "
           f"({res['n']} images, {res['protocol']}, backend {res['backend']} in {res['precision']}"
           f"{', %d unreadable skipped' % res['skipped'] if res['skipped'] else ''})")

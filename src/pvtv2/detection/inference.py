@@ -14,7 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import CheckpointError, DataError
+from ..errors import DataError
+from ..engine.model_file import read_model_file, save_model_file
 from ..weights import read_checkpoint
 from .registry import build_detector
 
@@ -57,7 +58,7 @@ def build_from_meta(meta: dict[str, Any], **kwargs: Any) -> nn.Module:
 
 
 def load_detector(
-    path: str | os.PathLike[str], *, device: str | torch.device = "cpu", **kwargs: Any
+    path: str | os.PathLike[str], *, device: str | torch.device = "cpu", use_ema: bool = False, **kwargs: Any
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the detector of a detection checkpoint, in eval mode; returns it and its description.
 
@@ -66,6 +67,7 @@ def load_detector(
             mmdet 2.x detector (:func:`pvtv2.detection.interop.mmdet.load_mmdet_checkpoint`, e.g.
             ``retinanet_pvt_v2_b2_fpn_1x_coco.pth``).
         device: where to put it.
+        use_ema: the run's EMA weights instead of the model's (a training checkpoint of a run with ``--ema``).
         **kwargs: builder options to override (``score_thresh=0.3``, ``min_size=600``...).
     """
     from .interop.mmdet import is_mmdet_checkpoint, mmdet_detector
@@ -74,29 +76,20 @@ def load_detector(
     if is_mmdet_checkpoint(ckpt):
         options = {k: v for k, v in kwargs.items() if v is not None}
         return mmdet_detector(ckpt, where=str(path), device=device, **options)
-    meta = ((ckpt.get("extra") or {}).get("detector") if isinstance(ckpt, dict) else None) or ckpt.get("detector")
-    if not isinstance(meta, dict) or "arch" not in meta:
-        raise CheckpointError(f"{path} is not a pvtv2 detection checkpoint (no detector description); "
-                              "train one with 'pvtv2 det train' or write it with pvtv2.detection.save_detector")
+    saved = read_model_file(path, task="detection", needs="detector", use_ema=use_ema, checkpoint=ckpt,
+                            hint="train one with 'pvtv2 det train' or write it with pvtv2.detection.save_detector")
+    meta = saved.description["detector"]
     for size in ("min_size", "max_size"):
         if size in kwargs and kwargs[size] is not None:
             meta = {**meta, size: kwargs.pop(size)}
         kwargs.pop(size, None)
-    model = build_from_meta(meta, **kwargs)
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[0]
-        raise CheckpointError(f"{path}: the weights do not fit its own description ({first})") from None
+    model = saved.load_into(build_from_meta(meta, **kwargs))
     return model.to(device).eval(), meta
 
 
 def save_detector(model: nn.Module, meta: dict[str, Any], path: str | os.PathLike[str]) -> Path:
     """Write a detector's weights and description (inference only; training checkpoints come from ``train``)."""
-    from .._io import atomic_write
-
-    sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    return atomic_write(path, lambda tmp: torch.save({"model": sd, "detector": meta}, tmp))
+    return save_model_file(model, {"detector": meta}, path)
 
 
 @torch.no_grad()

@@ -12,8 +12,7 @@ from typing import Any
 
 import torch
 
-from .._io import atomic_write
-from ..errors import CheckpointError
+from ..engine.model_file import read_model_file, save_model_file
 from ..weights import read_checkpoint
 from .datasets import DatasetMeta
 from .model import SemanticFPN, build_from_spec
@@ -28,30 +27,23 @@ def segmentor_record(model: SemanticFPN, meta: DatasetMeta) -> dict[str, Any]:
 
 def save_segmentor(model: SemanticFPN, meta: DatasetMeta, path: str | os.PathLike[str]) -> Path:
     """Write weights + description atomically (loads with ``torch.load(weights_only=True)``)."""
-    sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    obj = {"format": "pvtv2-seg", "model": sd, **segmentor_record(model, meta)}
-    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    return save_model_file(model, segmentor_record(model, meta), path)
 
 
-def load_segmentor(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> tuple[SemanticFPN, DatasetMeta]:
-    """Rebuild the model and its class list from a segmentation checkpoint: pvtv2's own, or a released mmseg
-    Semantic FPN file (:func:`pvtv2.segmentation.mmseg.load_mmseg_checkpoint`, e.g. ``fpn_pvtv2_b2_ade20k_40k``)."""
+def load_segmentor(path: str | os.PathLike[str], map_location: str | torch.device = "cpu", *,
+                   use_ema: bool = False) -> tuple[SemanticFPN, DatasetMeta]:
+    """Rebuild the model and its class list from a segmentation checkpoint: pvtv2's own (``use_ema``: the run's
+    EMA weights), or a released mmseg Semantic FPN file (:func:`pvtv2.segmentation.mmseg.load_mmseg_checkpoint`,
+    e.g. ``fpn_pvtv2_b2_ade20k_40k``)."""
     from .mmseg import is_mmseg_checkpoint, mmseg_segmentor
 
     ckpt = read_checkpoint(path)
     if is_mmseg_checkpoint(ckpt):
         return mmseg_segmentor(ckpt, where=str(path), map_location=map_location)
-    record = ckpt.get("extra", {}) if ckpt.get("format") == "pvtv2-train" else ckpt
-    if not isinstance(record, dict) or "seg_model" not in record or "model" not in ckpt:
-        raise CheckpointError(
-            f"{path} is not a pvtv2 segmentation checkpoint (no model description); use the last.pth written by "
-            "'pvtv2 seg train' or a file from save_segmentor"
-        )
-    model = build_from_spec(record["seg_model"])
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as e:
-        raise CheckpointError(f"{path}: weights do not fit the described model ({str(e).splitlines()[0]})") from None
+    saved = read_model_file(path, task="segmentation", needs="seg_model", use_ema=use_ema, checkpoint=ckpt,
+                            hint="use the last.pth written by 'pvtv2 seg train' or a file from save_segmentor")
+    record = saved.description
+    model = saved.load_into(build_from_spec(record["seg_model"]))
     d = record.get("data") or {}
     names = tuple(d.get("class_names") or (f"class_{i}" for i in range(model.num_classes)))
     meta = DatasetMeta(int(d.get("num_classes", model.num_classes)), names, int(d.get("ignore_index", 255)),
