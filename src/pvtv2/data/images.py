@@ -61,7 +61,7 @@ def load_image(path: str | os.PathLike[str]) -> Image.Image:
     """
     path = Path(path)
     if not path.is_file():
-        raise BadImage(f"cannot read image {path}: it does not exist")
+        raise BadImage(f"{path}: cannot read image: it does not exist")
     try:
         source: Path | io.BytesIO = io.BytesIO(gzip.decompress(path.read_bytes())) if path.suffix == ".gz" else path
         with warnings.catch_warnings():
@@ -70,12 +70,12 @@ def load_image(path: str | os.PathLike[str]) -> Image.Image:
                 img.load()  # decode now: truncation shows up here, not later in a worker
                 return to_rgb(img)
     except UnidentifiedImageError:
-        raise BadImage(f"cannot read image {path}: not an image file PIL can read; replace or remove it") from None
+        raise BadImage(f"{path}: cannot read image: not an image file PIL can read; replace or remove it") from None
     except (OSError, EOFError, SyntaxError, ValueError, Image.DecompressionBombError,
             Image.DecompressionBombWarning) as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         hint = " (truncated?)" if "truncated" in reason.lower() or "broken" in reason.lower() else ""
-        raise BadImage(f"cannot read image {path}{hint}: {reason}; replace or remove it") from None
+        raise BadImage(f"{path}: cannot read image{hint}: {reason}; replace or remove it") from None
 
 
 def read_image(path: str | os.PathLike[str]) -> torch.Tensor:

@@ -61,6 +61,17 @@ class ModelFile:
         return model
 
 
+def model_description(ckpt: Any) -> dict[str, Any] | None:
+    """The self-description of a pvtv2 checkpoint's contents (training or inference, any version), or None when
+    ``ckpt`` is not one (a bare state dict, an mmcv file...)."""
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
+        return None
+    if ckpt.get("format") in (TRAIN_FORMAT, FORMAT):
+        return dict(ckpt.get("extra") or {})
+    description = {k: v for k, v in ckpt.items() if k not in ("format", "model")}  # earlier inference files
+    return description or None
+
+
 def read_model_file(path: str | os.PathLike[str], *, task: str, needs: str, hint: str, use_ema: bool = False,
                     checkpoint: Any = None) -> ModelFile:
     """Open a pvtv2 checkpoint (training or inference) of ``task`` for its weights and self-description.
@@ -77,24 +88,17 @@ def read_model_file(path: str | os.PathLike[str], *, task: str, needs: str, hint
         CheckpointError: one line: not a checkpoint of ``task``, or no EMA weights in it.
     """
     ckpt = read_checkpoint(path) if checkpoint is None else checkpoint
-    wrong = CheckpointError(f"{path} is not a pvtv2 {task} checkpoint (no {task} model description); {hint}")
-    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
-        raise wrong
-    fmt = ckpt.get("format")
-    training = fmt == TRAIN_FORMAT
-    if fmt in (TRAIN_FORMAT, FORMAT):
-        description = dict(ckpt.get("extra") or {})
-    else:  # earlier inference files: the description beside the weights
-        description = {k: v for k, v in ckpt.items() if k not in ("format", "model")}
-    if needs not in description:
-        raise wrong
+    description = model_description(ckpt)
+    if description is None or needs not in description:
+        raise CheckpointError(f"{path} is not a pvtv2 {task} checkpoint (no {task} model description); {hint}")
     weights = ckpt["model"]
     if use_ema:
         ema = ckpt.get("ema")
         if not ema:
             raise CheckpointError(f"{path} holds no EMA weights (the run was trained without --ema)")
         weights = {k[len(_EMA_PREFIX):]: v for k, v in ema.items() if k.startswith(_EMA_PREFIX)}
-    return ModelFile(str(path), weights, description, dict(ckpt.get("config") or {}), training)
+    return ModelFile(str(path), weights, description, dict(ckpt.get("config") or {}),
+                     ckpt.get("format") == TRAIN_FORMAT)
 
 
 def save_model_file(model: nn.Module, description: dict[str, Any], path: str | os.PathLike[str]) -> Path:

@@ -205,6 +205,7 @@ def checkpoint_panel(path: str | Path) -> str | None:
     """The panel a checkpoint file fits (``classify``, ``detect``, ``segment``) or ``None``, from its keys and
     description; read weights only (``.safetensors``: the keys only). Raises on a file that cannot be read."""
     from ..detection.interop.mmdet import is_mmdet_checkpoint
+    from ..engine.model_file import model_description
     from ..segmentation.mmseg import is_mmseg_checkpoint
     from ..weights import read_checkpoint
 
@@ -225,12 +226,12 @@ def checkpoint_panel(path: str | Path) -> str | None:
         return "segment"
     if is_mmdet_checkpoint(ckpt):
         return "detect"
-    record = ckpt.get("extra") if ckpt.get("format") == "pvtv2-train" else ckpt
-    if isinstance(record, dict) and "seg_model" in record:
+    record = model_description(ckpt) or {}
+    if "seg_model" in record:
         return "segment"
-    if isinstance(record, dict) and isinstance(record.get("detector"), dict):
+    if isinstance(record.get("detector"), dict):
         return "detect"
-    if ckpt.get("format") == "pvtv2-train":
+    if "preprocess" in record:
         return "classify"
     sd = next((ckpt[k] for k in ("model", "state_dict") if isinstance(ckpt.get(k), dict)), ckpt)
     keys = [k for k in sd if isinstance(k, str)]
