@@ -43,6 +43,16 @@ def test_openvino_fp32_equals_eager(ov: object, name: str) -> None:
         assert _diff(out, ref) < 1e-4, shape
 
 
+def test_every_runner_compiles_on_one_core(ov: object) -> None:
+    """A second openvino.Core in a process can crash it later (openvinotoolkit/openvino#35338): one Core for all."""
+    from pvtv2.export.openvino import OpenVINORunner, shared_core
+
+    a = OpenVINORunner(torch.nn.Linear(4, 2), example_input=torch.randn(1, 4), per_shape=True)
+    b = OpenVINORunner(torch.nn.Linear(4, 3), "bf16", example_input=torch.randn(1, 4), per_shape=True)
+    assert a.core is b.core is shared_core()
+    assert a(torch.randn(2, 4)).shape == (2, 2) and b(torch.randn(2, 4)).shape == (2, 3)
+
+
 def test_openvino_backbone_gives_the_four_maps(ov: object) -> None:
     model = create_model("pvt_v2_b0", num_classes=0, depths=(1, 1, 1, 1)).eval()
     run = prepare(model, "openvino")

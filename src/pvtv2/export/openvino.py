@@ -69,6 +69,21 @@ def _type_name(t: Any) -> str:
     return getattr(t, "get_type_name", lambda: str(t))()
 
 
+_CORE: Any = None
+
+
+def shared_core() -> Any:
+    """The process's one ``openvino.Core``. Creating a second Core in a process and using it can crash the process
+    with a segmentation fault later (openvinotoolkit/openvino#35338; Ultralytics fixed its test runs, which died after
+    about 20 OpenVINO loads, by reusing one Core: ultralytics/ultralytics#25864), so every runner compiles on this one.
+    Settings are passed per compiled model, never set on the Core."""
+    global _CORE
+    ov = require_openvino()  # one line when OpenVINO is missing (or hidden), also after a Core was made
+    if _CORE is None:
+        _CORE = ov.Core()
+    return _CORE
+
+
 class OpenVINORunner:
     """A module converted to OpenVINO (its PyTorch front end) and compiled for the CPU, once per input shape.
 
@@ -98,10 +113,9 @@ class OpenVINORunner:
     def __init__(self, module: nn.Module, precision: str = "fp32", threads: int | None = None, *,
                  example_input: torch.Tensor | None = None, per_shape: bool = False, cache_size: int = 8,
                  hint: str = "LATENCY") -> None:
-        ov = require_openvino()
         if precision not in ("fp32", "bf16"):
             raise PVTError(f"OpenVINO runs fp32 or bf16, not {precision!r}")
-        self.core = ov.Core()
+        self.core = shared_core()  # also says in one line when OpenVINO is missing
         self.config = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
                        "INFERENCE_NUM_THREADS": threads or torch.get_num_threads(), "NUM_STREAMS": 1,
                        "PERFORMANCE_HINT": hint}
