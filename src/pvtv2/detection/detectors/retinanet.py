@@ -13,12 +13,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection import RetinaNet
-from torchvision.ops import box_iou, sigmoid_focal_loss
+from torchvision.ops import sigmoid_focal_loss
 
 from ...engine.distributed import reduce_mean
 from ...models.backbone import WeightsSource
 from ..interop.mmdet import convert_detector, fpn_to_ours
 from ..modeling.anchors import octave_anchors
+from ..modeling.assigners.max_iou import assign_max_iou
 from ..modeling.boxes import delta_coder
 from ..modeling.dense_heads.foreground_labels import ForegroundLabels
 from ..modeling.necks.fpn import pvt_fpn
@@ -31,6 +32,9 @@ class MMDetRetinaNet(RetinaNet):
     """torchvision's RetinaNet with the released detector's loss normalisation and test-time selection (object
     classes 0..K-1 here; :class:`PVTRetinaNet` maps them to labels 1..K).
 
+    - Assignment: mmdet's ``MaxIoUAssigner`` (IoU >= 0.5 positive, < 0.4 negative, and each object's best anchors
+      assigned to it, ``min_pos_iou=0``: :func:`~pvtv2.detection.modeling.assigners.max_iou.assign_max_iou`);
+      torchvision's ``Matcher`` gives such an anchor to the object it overlaps most instead.
     - Losses: the focal loss (over anchors not ignored) and the L1 loss of the deltas are summed over the batch and
       divided by the number of positive anchors in the batch, each image counting at least one (mmdet
       ``AnchorHead.loss``); torchvision divides per image, then averages the images. Under DDP the count is averaged
@@ -47,15 +51,15 @@ class MMDetRetinaNet(RetinaNet):
         num_pos = 0
         for target, logits, deltas, anchor in zip(targets, head_outputs["cls_logits"],
                                                   head_outputs["bbox_regression"], anchors):
-            if target["boxes"].numel() == 0:
-                matched = torch.full((len(anchor),), -1, dtype=torch.int64, device=anchor.device)
-            else:
-                matched = self.proposal_matcher(box_iou(target["boxes"], anchor))  # (A,): gt index, -1, -2
-            fg = torch.where(matched >= 0)[0]
+            assigned = assign_max_iou(anchor, target["boxes"], pos_iou=self.proposal_matcher.high_threshold,
+                                      neg_iou=self.proposal_matcher.low_threshold, min_pos_iou=0.0,
+                                      match_low_quality=True)  # (A,): g + 1 positive, 0 negative, -1 ignored
+            fg = torch.where(assigned > 0)[0]
+            matched = assigned - 1
             num_pos += max(len(fg), 1)
             onehot = torch.zeros_like(logits)  # (A, K)
             onehot[fg, target["labels"][matched[fg]]] = 1.0
-            valid = matched != self.proposal_matcher.BETWEEN_THRESHOLDS
+            valid = assigned >= 0
             cls_loss = cls_loss + sigmoid_focal_loss(logits[valid], onehot[valid], reduction="sum")
             wanted = self.box_coder.encode_single(target["boxes"][matched[fg]], anchor[fg])  # (P, 4)
             reg_loss = reg_loss + F.l1_loss(deltas[fg], wanted, reduction="sum")
