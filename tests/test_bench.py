@@ -53,7 +53,11 @@ def test_smoke_run_writes_table_and_json(tmp_path: Path) -> None:
     assert {r["precision"] for r in rows if r["path"] == "pvtv2-openvino-bf16"} == {"bf16" if native else "fp32"}
     if "timm" in paths:
         assert all(r["x_timm"] is not None for r in rows)
-        assert {r["path"] for r in data["training"]} == {"pvtv2", "timm", "timm-bf16"}
+        assert {r["path"] for r in data["training"] if r["model"] == "pvt_v2_b0"} == {"pvtv2", "timm", "timm-bf16"}
+    dense = {(r["model"], r["path"]): r for r in data["training"] if r["model"] != "pvt_v2_b0"}
+    assert set(dense) == {(f"{t}_b0", p) for t in ("retinanet", "semantic_fpn") for p in ("pvtv2", "pvtv2-bf16")}
+    assert all(r["img_per_s"] > 0 and r["x_fp32"] > 0 and (r["batch"], r["size"]) == (2, 64) for r in dense.values())
+    assert "retinanet_b0" in text and "x fp32" in text
     assert data["machine"]["threads"] == 1
     assert data["config"]["depths"] == [1, 1, 1, 1]
 

@@ -44,6 +44,10 @@ class BenchConfig:
         train_batch: batch of the training step.
         train_size: input side of the training step.
         train_repeats: timed training steps per path.
+        dense_train: dense models whose training step is timed as the scenes recipes run it (``"retinanet"``,
+            ``"semantic_fpn"``: PVT v2-B0, FPN and heads 64 wide, fp32 and bf16 autocast), on seeded synthetic
+            scenes of ``dense_batch`` images of ``dense_size`` px.
+        dense_batch, dense_size: their batch and image side (the scenes recipes: 8 and 256).
         depths: override the models' depths (the smoke mode uses one block per stage).
         gemm_n: side of the square matmul that measures the roofline.
         tune_malloc: let glibc recycle large allocations (:func:`pvtv2.runtime.tune_cpu_allocator`) for every path.
@@ -63,6 +67,9 @@ class BenchConfig:
     train_batch: int = 32
     train_size: int = 224
     train_repeats: int = 5
+    dense_train: tuple[str, ...] = ("retinanet", "semantic_fpn")
+    dense_batch: int = 8
+    dense_size: int = 256
     depths: tuple[int, int, int, int] | None = None
     gemm_n: int = 2048
     tune_malloc: bool = True
@@ -72,7 +79,8 @@ class BenchConfig:
 SMOKE = BenchConfig(
     models=("pvt_v2_b0",), sizes=(64,), batches=(1, 2),
     paths=("pvtv2", "pvtv2-plain", "pvtv2-onnxruntime", "timm", "hf"),
-    repeats=1, warmup=1, train_batch=2, train_size=64, train_repeats=1, depths=(1, 1, 1, 1), gemm_n=256,
+    repeats=1, warmup=1, train_batch=2, train_size=64, train_repeats=1, dense_batch=2, dense_size=64,
+    depths=(1, 1, 1, 1), gemm_n=256,
 )
 
 
@@ -110,6 +118,9 @@ def run_benchmark(cfg: BenchConfig = BenchConfig(), progress: bool = True) -> Be
     unknown = sorted(set(cfg.paths) - set(PATHS))
     if unknown:
         raise PVTError(f"unknown bench path(s) {unknown}; choose from {', '.join(PATHS)}")
+    strange = sorted(set(cfg.dense_train) - set(DENSE_TASKS))
+    if strange:
+        raise PVTError(f"unknown dense training task(s) {strange}; choose from {', '.join(DENSE_TASKS)}")
     odd = sorted(set(cfg.precisions) - {"fp32", "bf16"})
     if odd:
         raise PVTError(f"unknown bench precision(s) {odd}; choose from fp32, bf16")
@@ -130,6 +141,8 @@ def run_benchmark(cfg: BenchConfig = BenchConfig(), progress: bool = True) -> Be
             memory += _inference(name, cfg, device, gemm, result, say)
     for name in cfg.train_models:
         memory += _training(name, cfg, device, result, say)
+    for task in cfg.dense_train:
+        memory += _dense_training(task, cfg, device, result, say)
     if device.type == "cpu":
         exact_rss_accounting()
     say("bench: peak memory of %d calls", len(memory))
@@ -237,6 +250,68 @@ def _training(name: str, cfg: BenchConfig, device: torch.device, result: BenchRe
     return memory
 
 
+DENSE_TASKS = ("retinanet", "semantic_fpn")
+
+
+def _dense_step(task: str, cfg: BenchConfig, device: torch.device) -> tuple[torch.nn.Module, Any]:
+    """The scenes recipe's model of ``task`` (random weights) and its loss on a seeded synthetic batch."""
+    overrides: dict[str, Any] = {"depths": cfg.depths} if cfg.depths else {}
+    g = torch.Generator().manual_seed(0)
+    n, side = cfg.dense_batch, cfg.dense_size
+    images = torch.rand(n, 3, side, side, generator=g)
+    if task == "semantic_fpn":
+        from ..segmentation import get_recipe as seg_recipe
+        from ..segmentation import semantic_fpn
+
+        r = seg_recipe("scenes")
+        model = semantic_fpn(backbone="pvt_v2_b0", num_classes=11, backbone_overrides=overrides,
+                             fpn_channels=r.fpn_channels, head_channels=r.head_channels, norm=r.head_norm,
+                             dropout=r.head_dropout).to(device)
+        x, y = images.to(device), torch.randint(0, 11, (n, side, side), generator=g).to(device)
+        return model, lambda: torch.nn.functional.cross_entropy(model(x), y)
+    from ..detection import build_detector
+    from ..detection import get_recipe as det_recipe
+
+    model = build_detector(task, backbone="pvt_v2_b0", num_classes=10, backbone_overrides=overrides,
+                           min_size=side, max_size=side, **det_recipe("scenes").detector_options).to(device)
+    xy = torch.rand(n, 4, 2, generator=g) * side * 0.6  # 4 objects per scene, 10-40% of the side
+    wh = (0.1 + 0.3 * torch.rand(n, 4, 2, generator=g)) * side
+    targets = [{"boxes": torch.cat([xy[i], xy[i] + wh[i]], 1).to(device),
+                "labels": torch.randint(1, 11, (4,), generator=g).to(device)} for i in range(n)]
+    batch = [im.to(device) for im in images]
+    return model, lambda: sum(model(batch, targets).values())
+
+
+def _dense_training(task: str, cfg: BenchConfig, device: torch.device, result: BenchResult,
+                    say: Any) -> list[tuple[dict[str, Any], Any]]:
+    """The training step of a dense scenes model in fp32 and under bf16 autocast (losses in fp32)."""
+    calls = {}
+    for path, dtype in (("pvtv2", None), ("pvtv2-bf16", torch.bfloat16)):
+        model, loss_of = _dense_step(task, cfg, device)
+        model.train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4)
+
+        def step(model: torch.nn.Module = model, opt: Any = opt, loss_of: Any = loss_of, dtype: Any = dtype) -> None:
+            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                loss = loss_of()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        calls[path] = step
+    say("bench: timing the %s scenes training step, batch %d (%d rounds)", task, cfg.dense_batch, cfg.train_repeats)
+    timings = interleaved(calls, cfg.train_repeats, 1, device)
+    memory = []
+    for path, t in timings.items():
+        lo, hi = t.spread()
+        row = {"model": f"{task}_b0", "size": cfg.dense_size, "batch": cfg.dense_batch, "path": path,
+               "img_per_s": cfg.dense_batch / t.median, "ms_per_step": t.median * 1e3, "ms_min": lo * 1e3,
+               "ms_max": hi * 1e3, "x_timm": None, "x_fp32": timings["pvtv2"].median / t.median, "peak_mb": None}
+        result.training.append(row)
+        memory.append((row, calls[path]))
+    return memory
+
+
 def _fmt(v: Any, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
@@ -264,12 +339,13 @@ def format_tables(result: BenchResult) -> str:
                          f"{_fmt(r['peak_mb'], '.0f'):>8}")
     if result.training:
         lines.append("\ntraining step (forward, backward, AdamW)")
-        lines.append(f"{'model':<14} {'path':<10} {'batch':>5} {'img/s':>8} {'ms (min-max)':>21} {'x timm':>7} "
-                     f"{'peak MB':>8}")
+        lines.append(f"{'model':<16} {'path':<10} {'batch':>5} {'size':>5} {'img/s':>8} {'ms (min-max)':>21} "
+                     f"{'x timm':>7} {'x fp32':>7} {'peak MB':>8}")
         for r in result.training:
             spread = f"{r['ms_per_step']:.0f} ({r['ms_min']:.0f}-{r['ms_max']:.0f})"
-            lines.append(f"{r['model']:<14} {r['path']:<10} {r['batch']:>5} {r['img_per_s']:>8.2f} {spread:>21} "
-                         f"{_fmt(r['x_timm'], '.2f'):>7} {_fmt(r['peak_mb'], '.0f'):>8}")
+            lines.append(f"{r['model']:<16} {r['path']:<10} {r['batch']:>5} {r['size']:>5} {r['img_per_s']:>8.2f} "
+                         f"{spread:>21} {_fmt(r['x_timm'], '.2f'):>7} {_fmt(r.get('x_fp32'), '.2f'):>7} "
+                         f"{_fmt(r['peak_mb'], '.0f'):>8}")
     for s in result.skipped:
         lines.append(f"skipped: {s}")
     m = result.machine

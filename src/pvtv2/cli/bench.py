@@ -28,6 +28,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "timm-bf16 (bf16: under CPU/CUDA autocast; default: pvtv2 timm)")
     p.add_argument("--train-batch", type=int, default=None, help="training batch (default: 32)")
     p.add_argument("--train-size", type=int, default=None, help="training input side (default: 224)")
+    p.add_argument("--dense-train", nargs="*", default=None, metavar="TASK",
+                   help="dense scenes training steps to time: retinanet semantic_fpn (the default; none: no value)")
     p.add_argument("--train-repeats", type=int, default=None, help="timed training steps per path (default: 5)")
     p.add_argument("--depths", type=int, nargs=4, default=None, help="override the models' depths")
     p.add_argument("--no-tune-malloc", action="store_true", help="keep glibc's default large-allocation behaviour "
@@ -73,6 +75,7 @@ def config_from_args(args: argparse.Namespace):  # -> BenchConfig (imported lazi
         "train_batch": args.train_batch,
         "train_size": args.train_size,
         "train_repeats": args.train_repeats,
+        "dense_train": tuple(args.dense_train) if args.dense_train is not None else None,
         "depths": tuple(args.depths) if args.depths else None,
         "tune_malloc": False if args.no_tune_malloc else None,
     }
