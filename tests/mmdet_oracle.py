@@ -403,6 +403,55 @@ def preprocess(image: np.ndarray, size_divisor: int = 32) -> tuple[torch.Tensor,
     return padded[None], [meta]
 
 
+def preprocess_batch(images: Sequence[np.ndarray]) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+    """Several photos as mmdet's test pipeline and collate hand them over at scale 1: each normalised and padded to a
+    multiple of 32 (its ``pad_shape``), then all zero-padded to the largest (``batch_input_shape``)."""
+    parts = [preprocess(im) for im in images]
+    h, w = max(x.shape[-2] for x, _ in parts), max(x.shape[-1] for x, _ in parts)
+    batch = parts[0][0].new_zeros(len(parts), 3, h, w)
+    metas = []
+    for i, (x, (meta,)) in enumerate(parts):
+        batch[i, :, : x.shape[-2], : x.shape[-1]] = x[0]
+        metas.append({**meta, "batch_input_shape": (h, w)})
+    return batch, metas
+
+
+@torch.no_grad()
+def mmdet_detect_batch(model: nn.Module, images: Sequence[np.ndarray]) -> list[dict[str, torch.Tensor]]:
+    """mmdet's ``simple_test`` on one padded batch of photos at scale 1 (:func:`preprocess_batch`), each image's
+    result flattened and sorted as :func:`mmdet_detect`'s."""
+    x, metas = preprocess_batch(images)
+    out = []
+    for result, image in zip(model.eval().simple_test(x, metas, rescale=True), images):
+        bbox_result, segm_result = result if isinstance(result, tuple) else (result, None)
+        dets = np.concatenate(bbox_result)
+        det = {"boxes": torch.from_numpy(dets[:, :4]).float(), "scores": torch.from_numpy(dets[:, 4]).float(),
+               "labels": torch.from_numpy(np.concatenate([np.full(len(b), c + 1) for c, b in enumerate(bbox_result)])
+                                          ).long()}
+        if segm_result is not None:
+            masks = [m for per_class in segm_result for m in per_class]
+            det["masks"] = torch.from_numpy(np.stack(masks)) if masks else \
+                torch.zeros(0, *image.shape[:2], dtype=torch.bool)
+        order = sort_detections(det)
+        out.append({k: v[order] for k, v in det.items()})
+    return out
+
+
+def our_detect_batch(model: nn.Module, images: Sequence[np.ndarray]) -> list[dict[str, torch.Tensor]]:
+    """Our detector on the same photos in one call (one padded batch, each at its own size), as
+    :func:`our_detect` sorts and binarises."""
+    model.transform._skip_resize = True
+    try:
+        with torch.no_grad():
+            outs = model.eval()([torch.tensor(im).permute(2, 0, 1).float() / 255 for im in images])
+    finally:
+        model.transform._skip_resize = False
+    for out in outs:
+        if "masks" in out:
+            out["masks"] = out["masks"][:, 0] >= 0.5
+    return [{k: v[sort_detections(out)] for k, v in out.items()} for out in outs]
+
+
 def forward_train(model: nn.Module, images: torch.Tensor, metas: list[dict[str, Any]],
                   targets: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """mmdet's training losses for a padded batch and our targets (``boxes`` XYXY pixels, ``labels`` 1..K,

@@ -107,3 +107,14 @@ def test_same_losses(pair: Any) -> None:
     assert set(got) == {"loss_rpn_cls", "loss_rpn_bbox", "loss_cls", "loss_bbox", "loss_mask"}  # mmdet's names
     for name in got:
         assert got[name].item() == pytest.approx(expected[name].item(), rel=1e-4, abs=1e-6), name
+
+
+def test_same_detections_and_masks_on_a_padded_batch(pair: Any) -> None:
+    """Both photos in one padded batch (250 x 371 padded to 256 x 384 beside 256 x 384) on each side."""
+    theirs, ours = pair
+    images = [O.photo(*PHOTOS[1]), O.photo(*PHOTOS[0])]
+    expected, got = O.mmdet_detect_batch(theirs, images), O.our_detect_batch(ours, images)
+    assert len(expected) == len(got) == 2
+    for mine, their in zip(got, expected, strict=True):
+        assert len(their["scores"]) == DETECTIONS and their["masks"].any()
+        O.assert_same_detections(mine, their)

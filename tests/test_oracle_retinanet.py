@@ -87,3 +87,14 @@ def test_same_losses_when_boxes_overlap(pair: Any) -> None:
     expected, got = O.train_losses(theirs, ours, images, [{"boxes": boxes, "labels": torch.tensor([1, 2])}])
     assert got["loss_cls"].item() == pytest.approx(expected["loss_cls"].item(), rel=1e-5)
     assert got["loss_bbox"].item() == pytest.approx(expected["loss_bbox"].item(), rel=1e-5)
+
+
+def test_same_detections_on_a_padded_batch(pair: Any) -> None:
+    """Two photos of different sizes in one call on each side (mmdet's collate pads them to 320 x 480): each image's
+    detections equal, as one at a time; anchors outside the smaller image's own padded area play no part."""
+    theirs, ours = pair
+    images = [O.photo(*PHOTOS[1]), O.photo(*PHOTOS[0])]  # 300 x 451 (padded to 320 x 480), then 320 x 480
+    expected, got = O.mmdet_detect_batch(theirs, images), O.our_detect_batch(ours, images)
+    assert len(expected) == len(got) == 2
+    for mine, their in zip(got, expected, strict=True):
+        O.assert_same_detections(mine, their)

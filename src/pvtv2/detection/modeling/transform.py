@@ -30,7 +30,7 @@ class DetectionTransform(GeneralizedRCNNTransform):
 
     def resize(self, image: Tensor, target: dict[str, Tensor] | None = None
                ) -> tuple[Tensor, dict[str, Tensor] | None]:
-        if self.training and self._skip_resize:
+        if self._skip_resize:  # torchvision's switch (training only there): images at their own size, padded only
             return image, target
         h, w = image.shape[-2:]
         short = self.torch_choice(self.min_size) if self.training else self.min_size[-1]
