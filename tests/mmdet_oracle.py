@@ -440,12 +440,12 @@ def mmdet_detect_batch(model: nn.Module, images: Sequence[np.ndarray]) -> list[d
 def our_detect_batch(model: nn.Module, images: Sequence[np.ndarray]) -> list[dict[str, torch.Tensor]]:
     """Our detector on the same photos in one call (one padded batch, each at its own size), as
     :func:`our_detect` sorts and binarises."""
-    model.transform._skip_resize = True
+    model.transform.keep_size = True
     try:
         with torch.no_grad():
             outs = model.eval()([torch.tensor(im).permute(2, 0, 1).float() / 255 for im in images])
     finally:
-        model.transform._skip_resize = False
+        model.transform.keep_size = False
     for out in outs:
         if "masks" in out:
             out["masks"] = out["masks"][:, 0] >= 0.5

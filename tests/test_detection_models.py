@@ -193,3 +193,16 @@ def test_complexity_rows_match_the_paper_for_b0() -> None:
         assert r["input_size"] == "1280x800" and r["gflops"] > 100
         assert abs(r["params_m"] - r["paper_params_m"]) < 0.1  # Table 3: 13.0 / 23.5 M
     assert by_head["mask_rcnn"]["gflops"] > by_head["retinanet"]["gflops"]
+
+
+def test_transform_resizes_at_test_time_unless_kept() -> None:
+    """The trainer sets ``_skip_resize`` (its data pipeline resized the training images): evaluation still resizes
+    to the test scale; ``keep_size`` keeps test images at scale 1 (the oracle's padded batches)."""
+    from pvtv2.detection.modeling.transform import DetectionTransform
+
+    t = DetectionTransform(64, 100, [0.5] * 3, [0.2] * 3, _skip_resize=True)
+    images = [torch.rand(3, 32, 48), torch.rand(3, 30, 40)]
+    assert t.train()(images, [{"boxes": torch.zeros(0, 4)}] * 2)[0].image_sizes == [(32, 48), (30, 40)]
+    assert t.eval()(images)[0].image_sizes == [(64, 96), (64, 85)]
+    t.keep_size = True
+    assert t.eval()(images)[0].image_sizes == [(32, 48), (30, 40)]

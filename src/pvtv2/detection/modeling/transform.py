@@ -26,11 +26,17 @@ def rescale_size(h: int, w: int, short: int, long: int) -> tuple[int, int]:
 
 
 class DetectionTransform(GeneralizedRCNNTransform):
-    """``GeneralizedRCNNTransform`` with mmcv's resize rounding and mmdet's mask pasting (see the module doc)."""
+    """``GeneralizedRCNNTransform`` with mmcv's resize rounding and mmdet's mask pasting (see the module doc).
+
+    ``_skip_resize`` (torchvision's) leaves training images at their size (the data pipeline resized them);
+    ``keep_size`` does the same at test time (images at scale 1, only normalised and padded: a batch of photos of
+    different sizes as mmdet's test pipeline without its ``Resize``)."""
+
+    keep_size: bool = False
 
     def resize(self, image: Tensor, target: dict[str, Tensor] | None = None
                ) -> tuple[Tensor, dict[str, Tensor] | None]:
-        if self._skip_resize:  # torchvision's switch (training only there): images at their own size, padded only
+        if (self.training and self._skip_resize) or (not self.training and self.keep_size):
             return image, target
         h, w = image.shape[-2:]
         short = self.torch_choice(self.min_size) if self.training else self.min_size[-1]
