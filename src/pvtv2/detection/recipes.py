@@ -30,14 +30,14 @@ from typing import Any
 import torch
 from torchvision.transforms import v2
 
-from ..engine.config import TrainConfig, option
+from ..engine.config import BackboneConfig, option
 from ..engine.config import get_recipe as _get
 from ..errors import PVTError
 from .data.augment import mstrain_crop_transforms
 
 
 @dataclass(frozen=True)
-class DetectionConfig(TrainConfig):
+class DetectionConfig(BackboneConfig):
     """Everything a detection run depends on (written to ``config.json`` and into every checkpoint)."""
 
     # --- data ---
@@ -58,12 +58,6 @@ class DetectionConfig(TrainConfig):
     crop_size: tuple[int, ...] = option((), "LOW,HIGH: random crop sides in pixels for those images (3x_mstrain)")
     # --- model ---
     arch: str = option("retinanet", "detector (pvtv2.detection.DETECTORS: retinanet, mask_rcnn, fcos, ...)")
-    backbone: str = option("pvt_v2_b0", "registered backbone name (pvtv2 models)")
-    backbone_weights: str | None = option(None, "'official', 'fashion-mnist' (pretrained here on first use) or a "
-                                                 "checkpoint in any format; none: random init")
-    backbone_overrides: dict[str, Any] = option({}, "a PVTConfig field, e.g. depths=1,1,1,1")
-    trainable_stages: int | None = option(None, "train only the last N backbone stages (none: all 4)")
-    norm_eval: bool = option(False, "freeze the backbone's LayerNorms")
     detector_options: dict[str, Any] = option({}, "a detector constructor argument, e.g. box_batch_size_per_image=128")
     score_thresh: float | None = option(None, "lowest score kept at evaluation (none: the detector's released test "
                                               "setting, 0.05 for most)")

@@ -91,10 +91,7 @@ class DetectionTask(Task):
         options = {"min_size": cfg.test_size, "max_size": cfg.max_size, **cfg.detector_options}
         if cfg.score_thresh is not None:
             options["score_thresh"] = cfg.score_thresh
-        model = self.spec.build(
-            backbone=cfg.backbone, num_classes=self.data.num_classes, backbone_weights=cfg.backbone_weights,
-            trainable_stages=cfg.trainable_stages, norm_eval=cfg.norm_eval, backbone_overrides=cfg.backbone_overrides,
-            **options)
+        model = self.spec.build(num_classes=self.data.num_classes, **cfg.backbone_args(), **options)
         model.transform._skip_resize = True  # the data pipeline resized (multi-scale) already; eval resizes itself
         return model
 

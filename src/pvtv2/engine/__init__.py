@@ -17,7 +17,7 @@ Pieces (each module's docstring shows how it is used):
 """
 
 from .amp import Precision
-from .config import TrainConfig, option
+from .config import BackboneConfig, TrainConfig, option
 from .checkpoint import (
     TrainState,
     capture_rng_state,
@@ -64,6 +64,7 @@ __all__ = [
     "StepSampler",
     "Stepper",
     "Task",
+    "BackboneConfig",
     "TrainConfig",
     "TrainResult",
     "TrainState",

@@ -118,6 +118,25 @@ class TrainConfig:
             raise PVTError(f"--batch-size must be positive, got {self.batch_size}")
 
 
+@dataclass(frozen=True)
+class BackboneConfig(TrainConfig):
+    """:class:`TrainConfig` with the backbone fields of the dense tasks (detection, segmentation), under the names
+    their builders take (``retinanet(backbone=..., backbone_weights=...)``, ``semantic_fpn(...)``)."""
+
+    backbone: str = option("pvt_v2_b0", "registered backbone name (pvtv2 models)")
+    backbone_weights: str | None = option(None, "'official', 'fashion-mnist' (pretrained here on first use) or a "
+                                                 "checkpoint in any format; none: random init")
+    backbone_overrides: dict[str, Any] = option({}, "a PVTConfig field, e.g. depths=1,1,1,1")
+    trainable_stages: int | None = option(None, "train only the last N backbone stages (none: all 4)")
+    norm_eval: bool = option(False, "freeze the backbone's LayerNorms")
+
+    def backbone_args(self) -> dict[str, Any]:
+        """These fields as the dense builders' keyword arguments."""
+        return {"backbone": self.backbone, "backbone_weights": self.backbone_weights,
+                "backbone_overrides": self.backbone_overrides, "trainable_stages": self.trainable_stages,
+                "norm_eval": self.norm_eval}
+
+
 def coerce(cls: type, name: str, value: Any) -> Any:
     """``value`` as field ``name`` of ``cls`` wants it: JSON lists -> tuples, dicts -> nested dataclasses."""
     if value is None:

@@ -14,15 +14,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
-from ..engine.config import TrainConfig, option
+from ..engine.config import BackboneConfig, option
 from ..engine.config import get_recipe as _get
 from ..errors import PVTError
 
 
 @dataclass(frozen=True)
-class SegmentationConfig(TrainConfig):
+class SegmentationConfig(BackboneConfig):
     """Everything a Semantic FPN run depends on."""
 
     # --- data ---
@@ -46,12 +45,6 @@ class SegmentationConfig(TrainConfig):
     test_scale: tuple[int, int] = option((2048, 512), "evaluation keep-ratio resize bound (long short)")
     eval_mode: str = option("whole", "evaluation on the whole image or sliding windows", choices=("whole", "slide"))
     # --- model ---
-    backbone: str = option("pvt_v2_b0", "registered backbone name (pvtv2 models)")
-    backbone_weights: str | None = option(None, "'official', 'fashion-mnist' (pretrained here on first use) or a "
-                                                 "checkpoint in any format; none: random init")
-    backbone_overrides: dict[str, Any] = option({}, "a PVTConfig field, e.g. depths=1,1,1,1")
-    trainable_stages: int | None = option(None, "train only the last N backbone stages (none: all 4)")
-    norm_eval: bool = option(False, "freeze the backbone's LayerNorms")
     fpn_channels: int = option(256, "FPN width (released: 256)")
     head_channels: int = option(128, "decoder branch width (released: 128)")
     head_norm: str = option("bn", "decoder norm: bn (released: SyncBN) or gn (GroupNorm 32: small batches)",

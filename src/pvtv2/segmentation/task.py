@@ -82,9 +82,7 @@ class SegmentationTask(Task):
 
     def build_model(self, env: DistEnv) -> nn.Module:
         cfg = self.cfg
-        model: nn.Module = semantic_fpn(backbone=cfg.backbone, num_classes=self.meta.num_classes,
-                                        backbone_weights=cfg.backbone_weights, trainable_stages=cfg.trainable_stages,
-                                        norm_eval=cfg.norm_eval, backbone_overrides=cfg.backbone_overrides,
+        model: nn.Module = semantic_fpn(num_classes=self.meta.num_classes, **cfg.backbone_args(),
                                         fpn_channels=cfg.fpn_channels, head_channels=cfg.head_channels,
                                         norm=cfg.head_norm, dropout=cfg.head_dropout)
         self.record = segmentor_record(model, self.meta)  # type: ignore[arg-type]
