@@ -513,12 +513,14 @@ def photo(name: str, size: tuple[int, int] | None = None) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
-def our_detect(model: nn.Module, image: np.ndarray) -> dict[str, torch.Tensor]:
+def our_detect(model: nn.Module, image: np.ndarray, *, test_scale: bool = False) -> dict[str, torch.Tensor]:
     """Our detector on an RGB uint8 photo at its own size (no resizing, as :func:`mmdet_detect` without
-    ``img_scale``), sorted as :func:`sort_detections`; masks binarised at 0.5 as mmdet's ``mask_thr_binary``."""
+    ``img_scale``; ``test_scale``: resized by the model's own test settings instead), sorted as
+    :func:`sort_detections`; masks binarised at 0.5 as mmdet's ``mask_thr_binary``."""
     h, w = image.shape[:2]
     sizes = model.transform.min_size, model.transform.max_size
-    model.transform.min_size, model.transform.max_size = (min(h, w),), max(h, w)
+    if not test_scale:
+        model.transform.min_size, model.transform.max_size = (min(h, w),), max(h, w)
     try:
         with torch.no_grad():
             out = model.eval()([torch.tensor(image).permute(2, 0, 1).float() / 255])[0]

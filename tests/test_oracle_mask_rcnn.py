@@ -118,3 +118,14 @@ def test_same_detections_and_masks_on_a_padded_batch(pair: Any) -> None:
     for mine, their in zip(got, expected, strict=True):
         assert len(their["scores"]) == DETECTIONS and their["masks"].any()
         O.assert_same_detections(mine, their)
+
+
+def test_same_detections_and_masks_at_the_released_test_scale(pair: Any) -> None:
+    """mmcv's resize to fit 1333 x 800 (ours: ``resampling="opencv"``, set for released checkpoints), masks pasted
+    back on the photo."""
+    theirs, ours = pair
+    assert ours.transform.resampling == "opencv" and (ours.transform.min_size, ours.transform.max_size) == ((800,), 1333)
+    image = O.photo(*PHOTOS[1])
+    expected = O.mmdet_detect(theirs, image, img_scale=(1333, 800))
+    assert len(expected["scores"]) == DETECTIONS and expected["masks"].any()
+    O.assert_same_detections(O.our_detect(ours, image, test_scale=True), expected, score_tol=1e-5)

@@ -98,3 +98,15 @@ def test_same_detections_on_a_padded_batch(pair: Any) -> None:
     assert len(expected) == len(got) == 2
     for mine, their in zip(got, expected, strict=True):
         O.assert_same_detections(mine, their)
+
+
+@pytest.mark.parametrize("photo,size", PHOTOS)
+def test_same_detections_at_the_released_test_scale(pair: Any, photo: str, size: tuple[int, int]) -> None:
+    """The released test pipeline on both sides: the photo resized to fit 1333 x 800 (mmcv's ``Resize``; ours
+    ``resampling="opencv"``, which a released checkpoint gets), normalised, padded to 32; boxes mapped back."""
+    theirs, ours = pair
+    assert ours.transform.resampling == "opencv" and (ours.transform.min_size, ours.transform.max_size) == ((800,), 1333)
+    image = O.photo(photo, size)
+    expected = O.mmdet_detect(theirs, image, img_scale=(1333, 800))
+    got = O.our_detect(ours, image, test_scale=True)
+    O.assert_same_detections(got, expected, score_tol=1e-5)  # measured: scores within 6e-7, boxes 3e-4 px

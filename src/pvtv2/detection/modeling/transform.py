@@ -13,9 +13,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import Tensor
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, _resize_image_and_masks, resize_boxes
 
+from ...errors import PVTError
 from .boxes import paste_masks
 
 
@@ -25,14 +27,30 @@ def rescale_size(h: int, w: int, short: int, long: int) -> tuple[int, int]:
     return int(h * scale + 0.5), int(w * scale + 0.5)
 
 
+def opencv_resize(image: Tensor, size: tuple[int, int]) -> Tensor:
+    """mmcv's ``imresize`` of a ``(3, H, W)`` image with values in [0, 1] (an 8-bit photo / 255): the 8-bit image
+    through OpenCV's bilinear ``cv2.resize`` to ``size`` = (h, w), back as floats in [0, 1]."""
+    try:
+        import cv2
+    except ImportError:
+        raise PVTError("resampling='opencv' needs OpenCV: pip install opencv-python-headless") from None
+    pixels = (image * 255).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).contiguous().cpu().numpy()
+    out = cv2.resize(pixels, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)  # (h, w, 3) uint8
+    return torch.from_numpy(out).to(image.device).permute(2, 0, 1).to(image.dtype) / 255
+
+
 class DetectionTransform(GeneralizedRCNNTransform):
     """``GeneralizedRCNNTransform`` with mmcv's resize rounding and mmdet's mask pasting (see the module doc).
 
     ``_skip_resize`` (torchvision's) leaves training images at their size (the data pipeline resized them);
     ``keep_size`` does the same at test time (images at scale 1, only normalised and padded: a batch of photos of
-    different sizes as mmdet's test pipeline without its ``Resize``)."""
+    different sizes as mmdet's test pipeline without its ``Resize``). ``resampling="opencv"`` resizes test images as
+    mmcv does (the 8-bit image through OpenCV's bilinear ``cv2.resize``, rounded to 8 bits), which is what running a
+    released mmdet checkpoint needs to give mmdet's numbers; ``"torchvision"`` (the default) resamples the float
+    image."""
 
     keep_size: bool = False
+    resampling: str = "torchvision"
 
     def resize(self, image: Tensor, target: dict[str, Tensor] | None = None
                ) -> tuple[Tensor, dict[str, Tensor] | None]:
@@ -41,6 +59,11 @@ class DetectionTransform(GeneralizedRCNNTransform):
         h, w = image.shape[-2:]
         short = self.torch_choice(self.min_size) if self.training else self.min_size[-1]
         new_h, new_w = self.fixed_size[::-1] if self.fixed_size else rescale_size(h, w, short, self.max_size)
+        if self.resampling == "opencv" and not self.training and target is None:
+            # torchvision normalises before resizing: back to [0, 1], resized as mmcv, normalised again
+            mean = torch.as_tensor(self.image_mean, dtype=image.dtype, device=image.device)[:, None, None]
+            std = torch.as_tensor(self.image_std, dtype=image.dtype, device=image.device)[:, None, None]
+            return self.normalize(opencv_resize(image * std + mean, (new_h, new_w))), target
         image, target = _resize_image_and_masks(image, short, self.max_size, target, (new_w, new_h))
         if target is not None:
             target["boxes"] = resize_boxes(target["boxes"], [h, w], [new_h, new_w])
@@ -66,4 +89,4 @@ def use_detection_transform(model: Any) -> Any:
     return model
 
 
-__all__ = ["DetectionTransform", "rescale_size", "use_detection_transform"]
+__all__ = ["DetectionTransform", "opencv_resize", "rescale_size", "use_detection_transform"]
