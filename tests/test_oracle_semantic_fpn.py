@@ -14,6 +14,7 @@ import mmdet_oracle as O
 from pvtv2.cli import main as cli
 from pvtv2.errors import CheckpointError
 from pvtv2.segmentation import ADE20K_CLASSES, load_segmentor, semantic_fpn
+from pvtv2.segmentation.inference import predict_logits
 from pvtv2.segmentation.mmseg import from_mmseg
 
 VARIANTS = [("pvt_v2_b0", {}), ("pvt_v2_b2_li", {"depths": [1, 1, 1, 1]})]
@@ -95,3 +96,25 @@ def test_other_segmentors_fail_with_one_line(pair: Any, tmp_path: Any) -> None:
     with pytest.raises(CheckpointError, match="only Semantic FPN") as err:
         load_segmentor(tmp_path / "uper.pth")
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("photo,size", [("astronaut", (320, 480)), ("chelsea", (300, 451))])
+def test_same_probabilities_at_the_released_test_scale(pair: Any, photo: str, size: tuple[int, int]) -> None:
+    """mmseg's test pipeline (``Resize(img_scale=(2048, 512), keep_ratio=True)`` by mmcv, ``Normalize``) and its
+    ``whole`` inference rescaled to the photo, against ``predict_logits`` on the 8-bit photo: a released checkpoint
+    resizes as mmcv does (``resampling="opencv"``)."""
+    import mmcv
+    import numpy as np
+
+    theirs, ours, _ = pair
+    assert ours.resampling == "opencv"
+    image = O.photo(photo, size)
+    resized = mmcv.imrescale(O.to_bgr(image), (2048, 512))  # uint8 BGR, keep ratio
+    x = torch.from_numpy(mmcv.imnormalize(resized, np.array(O.IMG_NORM["mean"]), np.array(O.IMG_NORM["std"]),
+                                          to_rgb=True)).permute(2, 0, 1)[None].float()
+    meta = {"ori_shape": (*size, 3), "img_shape": resized.shape, "pad_shape": resized.shape, "flip": False}
+    with torch.no_grad():
+        expected = theirs.inference(x, [meta], rescale=True)  # (1, 150, H, W) softmax at the photo's size
+        got = predict_logits(ours, torch.from_numpy(image).permute(2, 0, 1)[None], scale=(2048, 512)).softmax(1)
+    assert got.shape == expected.shape == (1, 150, *size)
+    assert (got - expected).abs().max() <= 1e-5

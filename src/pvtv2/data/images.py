@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -17,7 +18,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from ..errors import DataError
+from ..errors import DataError, PVTError
+
+log = logging.getLogger(__name__)
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, never silently grey pixels
 
@@ -82,3 +85,37 @@ def read_image(path: str | os.PathLike[str]) -> torch.Tensor:
     """:func:`load_image` as a ``(3, H, W)`` uint8 tensor (the dense tasks' input)."""
     pixels = np.asarray(load_image(path))  # (H, W, 3)
     return torch.from_numpy(pixels.copy()).permute(2, 0, 1).contiguous()  # -> (3, H, W)
+
+
+def mmcv_resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """mmcv's ``imresize`` (the released test pipelines' ``Resize``): 8-bit images ``(..., 3, H, W)`` through
+    OpenCV's bilinear ``cv2.resize`` to ``size`` = (h, w), 8-bit out. Running a released mmdet / mmseg checkpoint
+    through this is what gives mmdet's / mmseg's numbers (torchvision's float resampling is about one grey level off).
+
+    Raises:
+        PVTError: one line when OpenCV is not installed.
+    """
+    try:
+        import cv2
+    except ImportError:
+        raise PVTError("mmcv's resize needs OpenCV: pip install opencv-python-headless") from None
+    if image.dtype != torch.uint8:
+        raise ValueError(f"mmcv_resize takes 8-bit images, got {image.dtype}")
+    flat = image.reshape(-1, *image.shape[-3:]).permute(0, 2, 3, 1).contiguous().cpu().numpy()  # (N, H, W, 3)
+    out = [cv2.resize(im, (size[1], size[0]), interpolation=cv2.INTER_LINEAR) for im in flat]  # (h, w, 3) each
+    return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).reshape(*image.shape[:-2], *size).to(image.device)
+
+
+def released_resampling() -> str:
+    """How a released mmdet / mmseg checkpoint resizes its test images here: ``"opencv"`` (:func:`mmcv_resize`, so
+    that its numbers are mmdet's / mmseg's) when OpenCV is installed, else ``"torchvision"`` (float resampling,
+    about one grey level off), said once in the log."""
+    import importlib.util
+
+    if importlib.util.find_spec("cv2") is not None:
+        return "opencv"
+    if not getattr(released_resampling, "said", False):
+        log.info("OpenCV is not installed: released checkpoints see test images resized by torchvision, not as mmcv "
+                 "does (scores differ from mmdet's in the fourth decimal); pip install opencv-python-headless")
+        released_resampling.said = True  # type: ignore[attr-defined]
+    return "torchvision"

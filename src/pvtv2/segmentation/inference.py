@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.images import mmcv_resize
 from .transforms import normalize_image, rescale_size
 
 Mode = Literal["whole", "slide"]
@@ -64,13 +65,14 @@ def predict_logits(
         raise ValueError(f"inference mode must be 'whole' or 'slide', got {mode!r}")
     device = next(model.parameters()).device
     x = image.to(device)
-    if not x.is_floating_point():
-        x = normalize_image(x)
     H, W = x.shape[-2:]
-    if scale is not None:
-        size = rescale_size(H, W, scale)
-        if size != (H, W):
-            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    size = rescale_size(H, W, scale) if scale is not None else (H, W)
+    if not x.is_floating_point():
+        if size != (H, W) and getattr(model, "resampling", "torchvision") == "opencv":
+            x = mmcv_resize(x, size)  # a released mmseg model: the 8-bit image resized as mmseg's pipeline does
+        x = normalize_image(x)
+    if x.shape[-2:] != size:
+        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
     num_classes = int(getattr(model, "num_classes", 0))
     autocast = torch.autocast("cuda", dtype=torch.float16) if amp and device.type == "cuda" else nullcontext()
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from ..data.images import released_resampling
 from ..errors import CheckpointError
 from ..weights import read_checkpoint
 from ..models.openmmlab import backbone_variant
@@ -95,6 +96,7 @@ def mmseg_segmentor(
         raise CheckpointError(f"{where}: meta lists {len(classes)} classes, the classifier has {num_classes}")
     model = semantic_fpn(backbone=name, num_classes=num_classes, backbone_overrides=backbone_overrides)
     load_strict(model, from_mmseg(sd, model), f"{where} (Semantic FPN, {name}, {num_classes} classes)")
+    model.resampling = released_resampling()  # test images resized as mmseg's pipeline does
     ade = classes == ADE20K_CLASSES
     data = DatasetMeta(num_classes, classes, 255, reduce_zero_label=ade)
     return model.to(map_location).eval(), data

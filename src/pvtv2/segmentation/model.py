@@ -36,6 +36,8 @@ class SemanticFPN(nn.Module):
         norm: decoder norm, ``"bn"`` (the released SyncBN; converted to SyncBatchNorm under DDP) or ``"gn"``.
     """
 
+    resampling: str = "torchvision"  # how predict_logits resizes 8-bit images: "opencv" for released mmseg files
+
     def __init__(
         self,
         backbone: PVTBackbone,

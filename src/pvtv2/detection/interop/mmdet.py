@@ -13,7 +13,6 @@ Detector types read so far: :data:`MMDET_TYPES` (add a line with each converter)
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -21,13 +20,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from ...data.images import released_resampling
 from ...errors import CheckpointError
 from ...models.openmmlab import backbone_variant
 from ...weights import read_checkpoint
 from ...weights.openmmlab import backbone_state_dict, checkpoint_config, fpn_pairs, load_strict, rename_prefixes
 from ..registry import DETECTORS, get_detector
-
-log = logging.getLogger(__name__)
 
 StateDict = dict[str, torch.Tensor]
 
@@ -122,21 +120,6 @@ def load_mmdet_checkpoint(
                           backbone_overrides=backbone_overrides, device=device, **options)
 
 
-def _mmcv_resampling() -> str:
-    """The test-time resize of a released checkpoint: mmcv's (OpenCV on the 8-bit image) when OpenCV is installed,
-    so that its scores are mmdet's; else torchvision's float resampling (about one grey level off: scores differ in
-    the fourth decimal), said once."""
-    import importlib.util
-
-    if importlib.util.find_spec("cv2") is None:
-        if not getattr(_mmcv_resampling, "said", False):
-            log.info("OpenCV is not installed: test images are resized by torchvision, not as mmcv does (scores may "
-                     "differ from mmdet's in the fourth decimal); pip install opencv-python-headless for mmcv's")
-            _mmcv_resampling.said = True  # type: ignore[attr-defined]
-        return "torchvision"
-    return "opencv"
-
-
 def mmdet_detector(
     ckpt: dict[str, Any],
     *,
@@ -177,7 +160,7 @@ def mmdet_detector(
     ours = spec.from_mmdet(sd, model)
     load_strict(model, ours, f"{path} ({arch}, {backbone}, {num_classes} classes)")
     t = model.transform
-    t.resampling = _mmcv_resampling()
+    t.resampling = released_resampling()
     description = detector_meta(arch, backbone=backbone, class_names=["__background__", *classes],
                                 min_size=t.min_size[-1], max_size=t.max_size, backbone_overrides=backbone_overrides,
                                 options={k: v for k, v in options.items() if k not in ("min_size", "max_size")})

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, _resize_image_and_masks, resize_boxes
 
-from ...errors import PVTError
+from ...data.images import mmcv_resize
 from .boxes import paste_masks
 
 
@@ -25,18 +25,6 @@ def rescale_size(h: int, w: int, short: int, long: int) -> tuple[int, int]:
     """mmcv's ``rescale_size``: the keep-ratio size ``(h', w')`` fitting ``short`` x ``long``, rounded."""
     scale = min(short / min(h, w), long / max(h, w))
     return int(h * scale + 0.5), int(w * scale + 0.5)
-
-
-def opencv_resize(image: Tensor, size: tuple[int, int]) -> Tensor:
-    """mmcv's ``imresize`` of a ``(3, H, W)`` image with values in [0, 1] (an 8-bit photo / 255): the 8-bit image
-    through OpenCV's bilinear ``cv2.resize`` to ``size`` = (h, w), back as floats in [0, 1]."""
-    try:
-        import cv2
-    except ImportError:
-        raise PVTError("resampling='opencv' needs OpenCV: pip install opencv-python-headless") from None
-    pixels = (image * 255).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).contiguous().cpu().numpy()
-    out = cv2.resize(pixels, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)  # (h, w, 3) uint8
-    return torch.from_numpy(out).to(image.device).permute(2, 0, 1).to(image.dtype) / 255
 
 
 class DetectionTransform(GeneralizedRCNNTransform):
@@ -63,7 +51,8 @@ class DetectionTransform(GeneralizedRCNNTransform):
             # torchvision normalises before resizing: back to [0, 1], resized as mmcv, normalised again
             mean = torch.as_tensor(self.image_mean, dtype=image.dtype, device=image.device)[:, None, None]
             std = torch.as_tensor(self.image_std, dtype=image.dtype, device=image.device)[:, None, None]
-            return self.normalize(opencv_resize(image * std + mean, (new_h, new_w))), target
+            pixels = ((image * std + mean) * 255).round().clamp(0, 255).to(torch.uint8)  # the 8-bit photo again
+            return self.normalize(mmcv_resize(pixels, (new_h, new_w)).to(image.dtype) / 255), target
         image, target = _resize_image_and_masks(image, short, self.max_size, target, (new_w, new_h))
         if target is not None:
             target["boxes"] = resize_boxes(target["boxes"], [h, w], [new_h, new_w])
@@ -89,4 +78,4 @@ def use_detection_transform(model: Any) -> Any:
     return model
 
 
-__all__ = ["DetectionTransform", "opencv_resize", "rescale_size", "use_detection_transform"]
+__all__ = ["DetectionTransform", "rescale_size", "use_detection_transform"]
