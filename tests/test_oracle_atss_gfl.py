@@ -180,3 +180,21 @@ def test_resnet50_comparison_backbone_equals_mmdets() -> None:
         mine = get_detector("atss").dense(ours, x)
     for a, b in zip(theirs, mine.values(), strict=True):
         torch.testing.assert_close(b, a, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_released_file_at_the_released_test_scale(arch: str, tmp_path: Any) -> None:
+    """A released-layout file read by ``load_mmdet_checkpoint`` (released test settings, 1333 x 800, mmcv's resize)
+    against mmdet's ``inference_detector`` at the released test scale."""
+    from pvtv2.detection.interop.mmdet import load_mmdet_checkpoint
+
+    name = "pvt_v2_b2_li"
+    mm, _ = pair(arch, name)
+    path = O.save_mmdet_checkpoint(mm, tmp_path / f"{arch}.pth",
+                                   config=O.with_backbone(config(arch, name, SHALLOW), O.released_backbone(name)))
+    ours, _ = load_mmdet_checkpoint(path, backbone_overrides={"depths": (1, 1, 1, 1), "drop_path_rate": 0.0})
+    assert ours.transform.resampling == "opencv"
+    photo = O.photo("coffee", (250, 371))
+    expected = O.mmdet_detect(mm, photo, img_scale=(1333, 800))
+    assert len(expected["boxes"]) > 10
+    assert_same_detections(O.our_detect(ours, photo, test_scale=True), expected)
