@@ -116,7 +116,8 @@ def run_predict(args: argparse.Namespace) -> int:
         raise DataError(f"none of the {len(args.images)} image(s) could be read; nothing to predict")
     args.images = images
     clf = _load(args)
-    preds = predict(clf, images, topk=args.topk, backend=args.backend, device=str(device_of(args)), precision=args.precision)
+    preds = predict(clf, images, topk=args.topk, backend=args.backend, device=str(device_of(args)),
+                    precision=args.precision)
     for path, pred in zip(args.images, preds):
         print(path)
         for rank, (name, prob) in enumerate(pred, 1):

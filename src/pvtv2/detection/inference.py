@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import DataError
 from ..engine.model_file import read_model_file, save_model_file
+from ..errors import DataError
 from ..weights import read_checkpoint
 from .registry import build_detector
 

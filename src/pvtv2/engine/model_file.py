@@ -29,7 +29,6 @@ from .checkpoint import FORMAT as TRAIN_FORMAT
 
 FORMAT = "pvtv2-model"
 VERSION = 1
-_LEGACY = "pvtv2-seg"  # the segmentation inference files of version 0.1 (description at the top level)
 _EMA_PREFIX = "module."  # torch.optim.swa_utils.AveragedModel keeps the averaged model as ``module``
 
 
