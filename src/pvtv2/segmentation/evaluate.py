@@ -49,7 +49,8 @@ def evaluate(
     """
     meta = dataset.meta
     raw = SegmentationDataset(dataset.pairs, meta, transforms=None, on_error=dataset.on_error, name=dataset.name)
-    loader = torch.utils.data.DataLoader(rank_shard(raw), batch_size=1, num_workers=num_workers, collate_fn=collate_segmentation,
+    loader = torch.utils.data.DataLoader(rank_shard(raw), batch_size=1, num_workers=num_workers,
+                                         collate_fn=collate_segmentation,
                                          generator=torch.Generator())  # leaves the global RNG untouched
     cm = ConfusionMatrix(meta.num_classes, meta.ignore_index)
     was_training = model.training
