@@ -124,7 +124,8 @@ def test_same_detections_and_masks_at_the_released_test_scale(pair: Any) -> None
     """mmcv's resize to fit 1333 x 800 (ours: ``resampling="opencv"``, set for released checkpoints), masks pasted
     back on the photo."""
     theirs, ours = pair
-    assert ours.transform.resampling == "opencv" and (ours.transform.min_size, ours.transform.max_size) == ((800,), 1333)
+    t = ours.transform
+    assert t.resampling == "opencv" and (t.min_size, t.max_size) == ((800,), 1333)
     image = O.photo(*PHOTOS[1])
     expected = O.mmdet_detect(theirs, image, img_scale=(1333, 800))
     assert len(expected["scores"]) == DETECTIONS and expected["masks"].any()

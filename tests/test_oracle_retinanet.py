@@ -105,7 +105,8 @@ def test_same_detections_at_the_released_test_scale(pair: Any, photo: str, size:
     """The released test pipeline on both sides: the photo resized to fit 1333 x 800 (mmcv's ``Resize``; ours
     ``resampling="opencv"``, which a released checkpoint gets), normalised, padded to 32; boxes mapped back."""
     theirs, ours = pair
-    assert ours.transform.resampling == "opencv" and (ours.transform.min_size, ours.transform.max_size) == ((800,), 1333)
+    t = ours.transform
+    assert t.resampling == "opencv" and (t.min_size, t.max_size) == ((800,), 1333)
     image = O.photo(photo, size)
     expected = O.mmdet_detect(theirs, image, img_scale=(1333, 800))
     got = O.our_detect(ours, image, test_scale=True)

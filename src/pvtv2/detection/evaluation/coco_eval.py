@@ -105,7 +105,8 @@ def predict(
     Under ``torch.distributed`` each rank predicts every ``world_size``-th image; every rank gets all results.
     """
     loader = torch.utils.data.DataLoader(rank_shard(dataset), batch_size=batch_size, collate_fn=collate,
-                                         num_workers=num_workers, generator=torch.Generator())  # leaves the global RNG of training alone
+                                         num_workers=num_workers,
+                                         generator=torch.Generator())  # leaves the global RNG of training alone
     if progress and is_main_process():
         from tqdm import tqdm
 
