@@ -94,6 +94,20 @@ def create_optimizer(
     return torch.optim.AdamW(groups, lr=lr, eps=eps, betas=betas, fused=fused or None)
 
 
+def schedule_from_config(cfg: Any, optimizer: torch.optim.Optimizer, lr: float, total_steps: int,
+                         steps_per_epoch: int) -> LRSchedule:
+    """The run's :class:`LRSchedule` from a :class:`~pvtv2.engine.config.TrainConfig`: warm-up of ``warmup_steps``
+    (else ``warmup_epochs``; at most a fifth of a short run) from ``warmup_ratio`` x ``lr``, then the ``schedule``
+    down to ``min_lr_ratio`` x ``lr``; ``milestones`` are fractions of the run. The released mmcv ``lr_config``\ s
+    map onto it: ``step=[8, 11]`` of 12 epochs is ``milestones=(8/12, 11/12)``, ``warmup='linear',
+    warmup_iters=500, warmup_ratio=0.001`` is ``warmup_steps=500, warmup_ratio=1e-3``, ``poly`` with ``power=0.9,
+    min_lr=0, by_epoch=False`` is ``schedule="poly"`` (tests/test_oracle_schedule.py runs mmcv's hooks beside it)."""
+    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else round(cfg.warmup_epochs * steps_per_epoch)
+    return LRSchedule(optimizer, total_steps, warmup_steps=min(warmup, total_steps // 5),
+                      warmup_lr=lr * cfg.warmup_ratio, min_lr=lr * cfg.min_lr_ratio, kind=cfg.schedule,
+                      power=cfg.power, milestones=[round(m * total_steps) for m in cfg.milestones])
+
+
 class LRSchedule(LRScheduler):
     """Per-step schedule: linear warm-up from ``warmup_lr``, then ``"cosine"`` down to ``min_lr``, ``"poly"``
     (``(1 - t) ** power`` towards ``min_lr``), ``"step"`` (times ``gamma`` at each milestone) or ``"constant"``.

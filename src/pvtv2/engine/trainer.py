@@ -40,7 +40,7 @@ from .guards import InterruptGuard, Interrupted
 from .hooks import Hook, default_hooks
 from .loop import Stepper
 from .metrics import RunDir
-from .optim import LRSchedule, create_optimizer
+from .optim import create_optimizer, schedule_from_config
 from .run_guard import claim_run_dir
 from .sampling import StepSampler
 from .task import Task
@@ -153,11 +153,8 @@ class _Run:
         self.optimizer = task.build_optimizer(self.model, self.lr) or create_optimizer(
             self.model, lr=self.lr, weight_decay=cfg.weight_decay, decay_norms=cfg.decay_norms,
             no_decay_keys=cfg.no_decay_keys)
-        warmup = cfg.warmup_steps if cfg.warmup_steps is not None else round(cfg.warmup_epochs * self.steps_per_epoch)
-        self.warmup = min(warmup, self.total // 5)  # at most a fifth of the run (short runs of long recipes)
-        self.schedule = LRSchedule(self.optimizer, self.total, warmup_steps=self.warmup,
-                                   warmup_lr=self.lr * cfg.warmup_ratio, min_lr=self.lr * cfg.min_lr_ratio,
-                                   kind=cfg.schedule, power=cfg.power, milestones=self._milestones())
+        self.schedule = schedule_from_config(cfg, self.optimizer, self.lr, self.total, self.steps_per_epoch)
+        self.warmup = self.schedule.warmup_steps
         self.ema = create_ema(self.model, cfg.ema_decay) if cfg.ema else None
         self.stepper = Stepper(self.ddp, self.optimizer, self.schedule, self.precision,
                                clip_grad=cfg.clip_grad or None, ema=self.ema)
