@@ -33,7 +33,7 @@ from torchvision.transforms import v2
 from ..engine.config import BackboneConfig, option
 from ..engine.config import get_recipe as _get
 from ..errors import PVTError
-from .data.augment import mstrain_crop_transforms
+from .data.augment import KeepRatioResize, mstrain_crop_transforms
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,7 @@ def train_transforms(cfg: DetectionConfig) -> v2.Compose:
         return mstrain_crop_transforms(cfg)
     return v2.Compose(
         [
-            v2.RandomShortestSize(min_size=list(cfg.train_sizes), max_size=cfg.max_size),
+            KeepRatioResize(cfg.train_sizes, cfg.max_size),
             v2.RandomHorizontalFlip(cfg.flip_prob),
             v2.ToDtype(torch.float32, scale=True),
             v2.SanitizeBoundingBoxes(),

@@ -24,6 +24,33 @@ if TYPE_CHECKING:
     from ..recipes import DetectionConfig
 
 
+class KeepRatioResize(Transform):
+    """mmdet's training ``Resize(img_scale=[(max_size, s) for s in sizes], multiscale_mode='value', keep_ratio=True)``:
+    a shorter side drawn uniformly from ``sizes``, the longer side at most ``max_size``, the new size rounded as
+    mmcv's ``rescale_size`` (torchvision's ``RandomShortestSize`` floors it: a 300 x 451 photo for 800 becomes
+    800 x 1202 there, 800 x 1203 in mmdet), bilinear without antialiasing (OpenCV's ``cv2.resize``); boxes and masks
+    follow (masks nearest).
+
+    Args:
+        sizes: the shorter sides to draw from.
+        max_size: the longer side at most.
+    """
+
+    def __init__(self, sizes: list[int] | tuple[int, ...], max_size: int) -> None:
+        super().__init__()
+        self.sizes, self.max_size = list(sizes), max_size
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        from ..modeling.transform import rescale_size
+
+        h, w = query_size(flat_inputs)
+        short = self.sizes[int(torch.randint(len(self.sizes), ()))]  # drawn as RandomShortestSize draws
+        return {"size": list(rescale_size(h, w, short, self.max_size))}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        return self._call_kernel(F.resize, inpt, params["size"], antialias=False)
+
+
 class RandomSizeCrop(Transform):
     """A crop whose height and width are each drawn uniformly from ``[min(side, low), min(side, high)]`` pixels, at a
     uniform position (mmdet's ``RandomCrop(crop_type='absolute_range', crop_size=(low, high))``). Boxes are shifted
@@ -59,8 +86,8 @@ def mstrain_crop_transforms(cfg: DetectionConfig) -> v2.Compose:
         raise PVTError(f"a crop policy needs crop_size LOW,HIGH and crop_resize_sizes; got {cfg.crop_size} and "
                        f"{cfg.crop_resize_sizes}")
 
-    def resize(sizes: tuple[int, ...]) -> v2.RandomShortestSize:
-        return v2.RandomShortestSize(min_size=list(sizes), max_size=cfg.max_size)
+    def resize(sizes: tuple[int, ...]) -> KeepRatioResize:
+        return KeepRatioResize(sizes, cfg.max_size)
 
     crop = v2.Compose([resize(cfg.crop_resize_sizes), RandomSizeCrop(*cfg.crop_size), resize(cfg.train_sizes)])
     return v2.Compose([
