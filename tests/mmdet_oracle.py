@@ -323,6 +323,12 @@ def mmdet_state_dict(model: nn.Module, *, backbone_layout: str = "official") -> 
     ``official`` = the authors' ``pvt_v2.py`` (``backbone.patch_embed1.proj.weight``, ``backbone.block1.0...``),
     ``mmdet`` = mmdet's own ``PyramidVisionTransformerV2`` (``backbone.layers.0.0.projection.weight``...)."""
     sd = {k: v.detach() if v.is_meta else v.detach().cpu() for k, v in model.state_dict().items()}
+    return released_layout(sd, backbone_layout=backbone_layout)
+
+
+def released_layout(sd: dict[str, torch.Tensor], *, backbone_layout: str = "official") -> dict[str, torch.Tensor]:
+    """Tensors named as in the oracle's modules (``backbone.model.*`` = our PVT inside ``PVTOracle``) renamed as in a
+    released file (see :func:`mmdet_state_dict`); also for gradients."""
     ours = {k[len("backbone.model."):]: v for k, v in sd.items() if k.startswith("backbone.model.")}
     rest = {k: v for k, v in sd.items() if not k.startswith("backbone.")}
     released = convert(ours, "pvtv2", backbone_layout)

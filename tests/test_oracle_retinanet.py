@@ -111,3 +111,51 @@ def test_same_detections_at_the_released_test_scale(pair: Any, photo: str, size:
     expected = O.mmdet_detect(theirs, image, img_scale=(1333, 800))
     got = O.our_detect(ours, image, test_scale=True)
     O.assert_same_detections(got, expected, score_tol=1e-5)  # measured: scores within 6e-7, boxes 3e-4 px
+
+
+def test_training_steps_follow_mmdets(pair: Any) -> None:
+    """Three optimizer steps on the same batch from the same weights, each side with its own optimizer as the 1x
+    recipe builds it (mmcv's ``build_optimizer`` with the released ``AdamW, lr=1e-4, weight_decay=1e-4``; ours
+    ``create_optimizer`` of the recipe). The first step's gradients are equal parameter by parameter (through the
+    checkpoint converter's names; relative error of each tensor); the losses then stay together (measured: relative 4e-7 / 8e-6 after one step,
+    8e-6 / 1.6e-4 after two, B0 / B2-Li: AdamW's first updates are about ``lr * sign(grad)``, so gradients that
+    differ in their last bits near zero move a weight by a full step on one side only)."""
+    import copy
+
+    from mmcv.runner import build_optimizer
+
+    from pvtv2.detection import get_recipe
+    from pvtv2.engine.optim import create_optimizer
+
+    theirs, ours = (copy.deepcopy(m) for m in pair)
+    cfg = get_recipe("1x")
+    their_opt = build_optimizer(theirs, {"type": "AdamW", "lr": 1e-4, "weight_decay": cfg.weight_decay})
+    our_opt = create_optimizer(ours, lr=1e-4, weight_decay=cfg.weight_decay, decay_norms=cfg.decay_norms,
+                               no_decay_keys=cfg.no_decay_keys)
+    images = [O.photo("astronaut", (320, 480)), O.photo("chelsea", (300, 451))]
+    targets = [{"boxes": torch.tensor([[100.0, 50.0, 300.0, 300.0], [20.0, 30.0, 80.0, 120.0]]),
+                "labels": torch.tensor([1, 17])},
+               {"boxes": torch.tensor([[50.0, 40.0, 400.0, 290.0]]), "labels": torch.tensor([16])}]
+    history = []
+    for step in range(3):
+        expected, got = O.train_losses(theirs, ours, images, targets)
+        history.append((sum(expected.values()).item(), sum(got.values()).item()))
+        for opt, losses in ((their_opt, expected), (our_opt, got)):
+            opt.zero_grad()
+            sum(losses.values()).backward()
+        if step == 0:  # mmdet's gradients under our names, beside ours
+            grads = {k: p.grad for k, p in theirs.named_parameters() if p.grad is not None}
+            mapped = get_detector("retinanet").from_mmdet(O.released_layout(grads), ours)
+            ours_grads = dict(ours.named_parameters())
+            assert len(mapped) == len(grads) > 100
+            errors = {name: ((ours_grads[name].grad - g).norm() / g.norm().clamp(min=1e-12)).item()
+                      for name, g in mapped.items()}
+            # measured: B0 at most 2.7e-5; B2-Li median 3.5e-4, at most 1.2e-3 (its last stage; not yet explained)
+            assert max(errors.values()) <= 1e-2, max(errors.items(), key=lambda kv: kv[1])
+            assert sorted(errors.values())[len(errors) // 2] <= 1e-3  # the median tensor
+        their_opt.step()
+        our_opt.step()
+    assert len({round(h[0], 3) for h in history}) == 3  # the steps did change the losses
+    assert history[0][1] == pytest.approx(history[0][0], rel=1e-6)
+    for theirs_loss, our_loss in history[1:]:
+        assert our_loss == pytest.approx(theirs_loss, rel=1e-3)
