@@ -272,3 +272,30 @@ def test_loader_workers_default_to_the_usable_cpus(monkeypatch) -> None:
     assert loader_workers() == 2 and loader_workers(0) == 0 and loader_workers(6) == 6
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
     assert loader_workers() == 4 and loader_workers(most=8) == 8
+
+
+def test_the_three_tasks_name_their_backbone_fields_alike() -> None:
+    """``backbone``, ``backbone_weights``, ``backbone_overrides`` in every task's config; classification's earlier
+    names (``model``, ``weights``, ``model_overrides``) still read from older checkpoints, ``replace`` and the CLI."""
+    import argparse
+    import dataclasses
+
+    from pvtv2.classification import ClassificationConfig
+    from pvtv2.cli.options import add_config_options, given_options
+    from pvtv2.detection import DetectionConfig
+    from pvtv2.segmentation import SegmentationConfig
+
+    shared = {"backbone", "backbone_weights", "backbone_overrides"}
+    for cls in (ClassificationConfig, DetectionConfig, SegmentationConfig):
+        assert shared <= {f.name for f in dataclasses.fields(cls)}, cls.__name__
+    old = ClassificationConfig.from_dict({"model": "pvt_v2_b1", "weights": "official",
+                                          "model_overrides": {"depths": [1, 1, 1, 1]}})  # a 0.1 checkpoint's config
+    assert (old.backbone, old.backbone_weights) == ("pvt_v2_b1", "official")
+    assert list(old.backbone_overrides["depths"]) == [1, 1, 1, 1]
+    assert ClassificationConfig().replace(model="pvt_v2_b2").backbone == "pvt_v2_b2"
+    parser = argparse.ArgumentParser()
+    add_config_options(parser, ClassificationConfig())
+    for flags in (["--model", "pvt_v2_b1", "--weights", "x.pth"],
+                  ["--backbone", "pvt_v2_b1", "--backbone-weights", "x.pth"]):
+        given = given_options(parser.parse_args(flags), ClassificationConfig())
+        assert given == {"backbone": "pvt_v2_b1", "backbone_weights": "x.pth"}, flags

@@ -40,7 +40,7 @@ def test_pretrained_once_then_reused(tiny: Path, monkeypatch: pytest.MonkeyPatch
     assert best.stat().st_mtime_ns == before
     # another architecture is another pretraining (its own key)
     other = pretrain.pretraining_config("pvt_v2_b0", {"depths": (1, 1, 2, 1)})
-    assert other.model_overrides != pretrain.pretraining_config("pvt_v2_b0", DEPTHS).model_overrides
+    assert other.backbone_overrides != pretrain.pretraining_config("pvt_v2_b0", DEPTHS).backbone_overrides
 
 
 def test_an_interrupted_pretraining_continues(tiny: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -63,4 +63,4 @@ def test_det_train_with_fashion_mnist_backbone(tiny: Path, tmp_path: Path) -> No
     assert main(argv) == 0
     used = json.loads((out / "config.json").read_text())["backbone_weights"]
     assert used.endswith("best.pth") and Path(used).parent.parent == tiny / "pretrained"
-    assert read_train_checkpoint(used)["config"]["model_overrides"] == {"depths": [1, 1, 1, 1]}  # same backbone
+    assert read_train_checkpoint(used)["config"]["backbone_overrides"] == {"depths": [1, 1, 1, 1]}  # same backbone

@@ -56,7 +56,7 @@ def test_small_run_lowers_the_loss_and_writes_the_run_directory(tmp_path):
     assert records[-1]["test_loss"] < math.log(10)  # better than chance
     assert result.steps == 16 and 0 <= result.best <= 100 and result.best == max(r["test_top1"] for r in records)
     config = json.loads((tmp_path / "run/config.json").read_text())
-    assert config["model"] == "pvt_v2_b0" and config["batch_size"] == 32 and config["resolved"]["steps_per_epoch"] == 8
+    assert config["backbone"] == "pvt_v2_b0" and config["batch_size"] == 32 and config["resolved"]["steps_per_epoch"] == 8
     ckpt = torch.load(tmp_path / "run/last.pth", weights_only=True)
     assert ckpt["epoch"] == 2 and ckpt["extra"]["classes"][0] == "T-shirt/top"
     assert (tmp_path / "run/curves.png").read_bytes()[:4] == b"\x89PNG"

@@ -78,7 +78,7 @@ def _criterion(cfg: ClassificationConfig, mixup: Any) -> nn.Module:
 
 
 def _tensor_args(cfg: ClassificationConfig, env: DistEnv) -> dict[str, Any]:
-    return {"size": cfg.input_size, "channels": int(cfg.model_overrides.get("in_chans", 3)), "mean": fm.MEAN,
+    return {"size": cfg.input_size, "channels": int(cfg.backbone_overrides.get("in_chans", 3)), "mean": fm.MEAN,
             "std": fm.STD, "device": env.device, "resize": cfg.resize}
 
 
@@ -95,7 +95,7 @@ def _fashion_mnist(cfg: ClassificationConfig, env: DistEnv) -> ClassificationDat
                        **_tensor_args(cfg, env))
     side = cfg.resize or int(train.images.shape[-1])  # the item's side inside the padded input
     preprocess = {"kind": "fashion_mnist", "size": cfg.input_size, "image_size": side,
-                  "channels": int(cfg.model_overrides.get("in_chans", 3)), "mean": [fm.MEAN], "std": [fm.STD]}
+                  "channels": int(cfg.backbone_overrides.get("in_chans", 3)), "mean": [fm.MEAN], "std": [fm.STD]}
     return ClassificationData(f"Fashion-MNIST ({train.source})", train, val, list(train.classes), len(test),
                               _criterion(cfg, None), None, preprocess)
 

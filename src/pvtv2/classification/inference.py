@@ -152,11 +152,11 @@ def load_classifier(
         cfg = ClassificationConfig.from_dict(saved.config)
         extra = saved.description
         classes = list(extra.get("classes") or [])
-        net = build_model(cfg.replace(weights=None), len(classes) or int(saved.weights["head.weight"].shape[0]))
+        net = build_model(cfg.replace(backbone_weights=None), len(classes) or int(saved.weights["head.weight"].shape[0]))
         saved.load_into(net)
         names = classes or [str(i) for i in range(net.num_classes)]
         clf = Classifier(net, classes or None, names, dict(extra.get("preprocess") or IMAGENET_EVAL),
-                         str(checkpoint), cfg.model)
+                         str(checkpoint), cfg.backbone)
     else:
         assert weights is not None
         sd = weights_state_dict(weights, model)

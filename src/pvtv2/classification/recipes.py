@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from ..engine.config import TrainConfig, option
 from ..engine.config import get_recipe as _get
@@ -40,13 +40,18 @@ class ClassificationConfig(TrainConfig):
     hflip: bool = option(True, "fashion_mnist: random horizontal flip")
     aug: AugmentConfig = option(_NO_AUG, "folder: timm's augmentation (set with --set aug='{...}')", cli=False)
     repeated_aug: int = option(1, "repeated augmentation count (DeiT: 3)")
-    # --- model ---
-    model: str = option("pvt_v2_b0", "registered model name (pvtv2 models)")
+    # --- model: the backbone fields carry the dense tasks' names (the classifier is the backbone and its head) ---
+    backbone: str = option("pvt_v2_b0", "registered model name (pvtv2 models)", aliases=("--model",))
     drop_path: float | None = option(0.0, "stochastic depth rate; none: the variant's 0.1 / 0.3")
-    model_overrides: dict[str, Any] = option({}, "a PVTConfig field, e.g. depths=1,1,1,1")
-    weights: str | None = option(None, "fine-tune from a checkpoint (any format) or 'official'")
+    backbone_overrides: dict[str, Any] = option({}, "a PVTConfig field, e.g. depths=1,1,1,1",
+                                                aliases=("--model-overrides",))
+    backbone_weights: str | None = option(None, "fine-tune from a checkpoint (any format) or 'official'",
+                                          aliases=("--weights",))
     ignore_head: bool | None = option(None, "drop the checkpoint's head; none: when its class count differs")
     smoothing: float = option(0.1, "label smoothing without mixup (with mixup: aug.smoothing)")
+
+    RENAMED: ClassVar[dict[str, str]] = {"model": "backbone", "model_overrides": "backbone_overrides",
+                                         "weights": "backbone_weights"}  # their names before 0.2
 
     def check(self) -> None:
         super().check()
@@ -59,9 +64,9 @@ class ClassificationConfig(TrainConfig):
 
         changes: dict[str, Any] = {}
         if self.drop_path is None:
-            changes["drop_path"] = model_info(self.model).cfg.drop_path_rate
+            changes["drop_path"] = model_info(self.backbone).cfg.drop_path_rate
         if self.clip_grad is None:
-            changes["clip_grad"] = CLIP_GRAD.get(self.model)
+            changes["clip_grad"] = CLIP_GRAD.get(self.backbone)
         return self.replace(**changes) if changes else self
 
 
@@ -84,7 +89,7 @@ IMAGENET = ClassificationConfig(
     input_size=224,
     aug=AugmentConfig(),  # RandAugment m9, jitter 0.4, bicubic, erasing 0.25, mixup 0.8 / cutmix 1.0, smoothing 0.1
     repeated_aug=3,
-    model="pvt_v2_b2",
+    backbone="pvt_v2_b2",
     drop_path=None,  # per variant: 0.1 (B0-B2), 0.3 (B3-B5)
     epochs=300,
     batch_size=1024,  # 8 GPUs x 128

@@ -31,18 +31,18 @@ def build_model(cfg: ClassificationConfig, num_classes: int) -> nn.Module:
     from ..models import create_model, model_info
     from ..weights import load_weights, weights_state_dict
 
-    overrides = dict(cfg.model_overrides)
+    overrides = dict(cfg.backbone_overrides)
     if cfg.drop_path is not None:
         overrides.setdefault("drop_path_rate", cfg.drop_path)
     overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
-    model = create_model(cfg.model, num_classes=num_classes, **overrides)
-    if cfg.weights:
-        model_info(cfg.model)  # unknown names fail before any download
-        report = load_weights(model, weights_state_dict(cfg.weights, cfg.model), ignore_head=cfg.ignore_head)
+    model = create_model(cfg.backbone, num_classes=num_classes, **overrides)
+    if cfg.backbone_weights:
+        model_info(cfg.backbone)  # unknown names fail before any download
+        report = load_weights(model, weights_state_dict(cfg.backbone_weights, cfg.backbone), ignore_head=cfg.ignore_head)
         if report.dropped_head and cfg.ignore_head is None:
-            log.info("%s has a %s-class head, this run has %d classes: training a new head", cfg.weights,
+            log.info("%s has a %s-class head, this run has %d classes: training a new head", cfg.backbone_weights,
                      report.checkpoint_classes, num_classes)
-        log.info("fine-tuning from %s (%s format, %d tensors)", cfg.weights, report.format, report.loaded)
+        log.info("fine-tuning from %s (%s format, %d tensors)", cfg.backbone_weights, report.format, report.loaded)
     return model
 
 
@@ -117,7 +117,7 @@ class ClassificationTask(Task):
                             f"{self.data.classes[:5]}...: resume on the run's own data")
 
     def describe(self) -> str:
-        return (f"{self.cfg.model} on {self.data.name}: {len(self.data.train)} train / {self.data.n_val} test "
+        return (f"{self.cfg.backbone} on {self.data.name}: {len(self.data.train)} train / {self.data.n_val} test "
                 f"images, {len(self.data.classes)} classes")
 
     def format_metrics(self, m: dict[str, float]) -> str:

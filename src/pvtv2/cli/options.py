@@ -57,9 +57,9 @@ def add_config_options(parser: argparse.ArgumentParser, defaults: Any, *, title:
             continue  # nested dataclasses: --set FIELD=JSON
         if f.metadata.get("choices"):
             kw["choices"] = f.metadata["choices"]
-        group.add_argument(_flag(f), **kw)
+        group.add_argument(_flag(f), *f.metadata.get("aliases", ()), **kw)
     group.add_argument("--set", action="append", default=[], metavar="FIELD=JSON", dest="set_fields",
-                       help="any field, e.g. --set model_overrides='{\"depths\": [1, 1, 1, 1]}'")
+                       help="any field, e.g. --set backbone_overrides='{\"depths\": [1, 1, 1, 1]}'")
 
 
 def key_value(text: str) -> tuple[str, Any]:

@@ -27,7 +27,7 @@ def pretraining_config(backbone: str, overrides: dict[str, Any]) -> Any:
     """The classification main job's recipe for ``backbone`` (with the dense run's backbone overrides)."""
     from ..classification import get_recipe
 
-    return get_recipe("fashion_mnist").replace(model=backbone, model_overrides=dict(overrides), **RECIPE_CHANGES)
+    return get_recipe("fashion_mnist").replace(backbone=backbone, backbone_overrides=dict(overrides), **RECIPE_CHANGES)
 
 
 def fashion_mnist_backbone(backbone: str, overrides: dict[str, Any] | None = None, *, progress: bool = True) -> Path:
@@ -40,6 +40,8 @@ def fashion_mnist_backbone(backbone: str, overrides: dict[str, Any] | None = Non
     # the key: what decides the weights (not how the run is driven: stop_after, threads, workers, periods)
     decisive = {k: v for k, v in cfg.to_dict().items() if k not in ("stop_after", "eval_every", "ckpt_every",
                                                                      "log_every", "workers", "device", "threads")}
+    earlier = {new: old for old, new in cfg.RENAMED.items()}  # the fields' earlier names: caches made before stay valid
+    decisive = {earlier.get(k, k): v for k, v in decisive.items()}
     key = hashlib.sha256(json.dumps(decisive, sort_keys=True, default=str).encode()).hexdigest()[:10]
     folder = cache_dir() / "pretrained" / f"{backbone}-{PRETRAINED}-{key}"
     best = folder / "best.pth"

@@ -30,7 +30,7 @@ C = TypeVar("C", bound="TrainConfig")
 
 
 def option(default: Any, help: str, *, cli: bool = True, choices: tuple[str, ...] | None = None,
-           flag: str | None = None) -> Any:
+           flag: str | None = None, aliases: tuple[str, ...] = ()) -> Any:
     """A config field with its command-line help (mutable defaults are copied per instance).
 
     Args:
@@ -39,8 +39,9 @@ def option(default: Any, help: str, *, cli: bool = True, choices: tuple[str, ...
         cli: False for fields that are not command-line options (set through a recipe, or ``--set FIELD=JSON``).
         choices: allowed values.
         flag: the option's name when it is not ``--<field-name>``.
+        aliases: more option names (a field's earlier name, still accepted).
     """
-    meta = {"help": help, "cli": cli, "choices": choices, "flag": flag}
+    meta = {"help": help, "cli": cli, "choices": choices, "flag": flag, "aliases": tuple(aliases)}
     if isinstance(default, (list, dict, set)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -92,8 +93,14 @@ class TrainConfig:
     RESUMABLE: typing.ClassVar[frozenset[str]] = frozenset(
         {"epochs", "steps", "stop_after", "eval_every", "ckpt_every", "log_every", "workers", "device", "threads"})
 
+    # Fields renamed since an earlier version: old name -> new name (read from older checkpoints and still accepted
+    # by ``replace``).
+    RENAMED: typing.ClassVar[dict[str, str]] = {}
+
     def replace(self: C, **changes: Any) -> C:
-        """A copy with some fields changed; unknown names raise one line listing the valid ones."""
+        """A copy with some fields changed (earlier names of renamed fields too); unknown names raise one line
+        listing the valid ones."""
+        changes = {self.RENAMED.get(k, k): v for k, v in changes.items()}
         known = {f.name for f in fields(self)}
         unknown = sorted(set(changes) - known)
         if unknown:
@@ -108,6 +115,7 @@ class TrainConfig:
     def from_dict(cls: type[C], data: dict[str, Any], **changes: Any) -> C:
         """Inverse of :meth:`to_dict`; keys this version does not know (e.g. ``resolved``) are left out."""
         known = {f.name for f in fields(cls)}
+        data = {cls.RENAMED.get(k, k): v for k, v in data.items()}  # a checkpoint of an earlier version
         return cls().replace(**{**{k: v for k, v in data.items() if k in known}, **changes})
 
     def check(self) -> None:
