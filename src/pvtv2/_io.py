@@ -29,6 +29,14 @@ class OutOfSpace(PVTError):
         super().__init__(f"no space left to write {path} ({need}{_mb(free)} free on its disk)")
 
 
+def cache_root() -> Path:
+    """pvtv2's cache (scenes, pretrained backbones, kernel choices): ``$PVTV2_CACHE``, else
+    ``$XDG_CACHE_HOME/pvtv2``, else ``~/.cache/pvtv2``."""
+    if os.environ.get("PVTV2_CACHE"):
+        return Path(os.environ["PVTV2_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pvtv2"
+
+
 def _mb(n: int | None) -> str:
     return f"{(n or 0) / 2**20:.1f} MB"
 

@@ -78,7 +78,8 @@ def prepare(
     Args:
         model: a PVT classifier or backbone (any module with an ``export_spec`` hook for ``onnxruntime``).
             Put in eval mode and moved to ``device``.
-        backend: ``"torch"`` (eager), ``"compile"`` (``torch.compile``; inductor with weight freezing on CPU) or
+        backend: ``"torch"`` (eager; on CPU the fused or plain kernels, whichever :mod:`pvtv2.kernel_choice`
+            measured faster on this machine for the input's shape), ``"compile"`` (``torch.compile``; inductor with weight freezing on CPU) or
             ``"onnxruntime"`` (exported to ONNX in memory; CUDA provider on CUDA) or ``"openvino"`` (CPU only;
             converted by OpenVINO's PyTorch front end with dynamic batch, height and width, compiled once per input
             shape: :class:`pvtv2.export.openvino.OpenVINORunner`).
@@ -90,7 +91,7 @@ def prepare(
             CUDA: ``torch.autocast``.
             Outputs are float32 either way.
         example_input: a batch like the ones to come; ``compile`` is warmed up on it (so the first real call is
-            not the slow one), ``onnxruntime`` traces at its size, ``openvino`` traces at its height and width and
+            not the slow one), ``torch`` on CPU chooses its kernels for its shape, ``onnxruntime`` traces at its size, ``openvino`` traces at its height and width and
             compiles for its shape. Default: 2 random images of 224x224.
         device: ``"cpu"``, ``"cuda"``, ... (default: where the model's parameters are).
         backbone: return the four stage maps instead of the logits (default: True for a headless model).
@@ -116,7 +117,7 @@ def prepare(
         return _openvino(module, dev, example_input, model, precision, backbone)
     module = _in_precision(module, precision, dev)
     if backend == "torch":
-        return Runner("torch", module, dev, model, precision)
+        return _eager(module, dev, example_input, model, precision)
     if backend == "compile":
         return _compiled(module, dev, example_input, model, precision)
     return _onnxruntime(model, dev, example_input, backbone)
@@ -130,6 +131,19 @@ def _in_precision(module: nn.Module, precision: str, dev: torch.device) -> nn.Mo
     if dev.type == "cpu":
         return Converted(to_reduced(module, dtype), dtype)
     return Autocast(module, dev.type, dtype)
+
+
+def _eager(module: nn.Module, dev: torch.device, example: torch.Tensor | None, model: nn.Module,
+           precision: str) -> Runner:
+    """Eager PyTorch; on CPU with the kernels measured fastest for each input shape (:mod:`pvtv2.kernel_choice`)."""
+    if dev.type != "cpu":
+        return Runner("torch", module, dev, model, precision)
+    from .kernel_choice import MeasuredKernels
+
+    runner = Runner("torch", MeasuredKernels(module), dev, model, precision)
+    if example is not None:
+        runner(example)  # measure (or read the machine's earlier measurement) now, not on the first batch
+    return runner
 
 
 def _compiled(module: nn.Module, dev: torch.device, example: torch.Tensor | None, model: nn.Module,

@@ -25,6 +25,7 @@ from torch import nn
 _ENABLED = os.environ.get("PVTV2_FUSED", "1") != "0"
 # cache budget of one chunk of images (bytes of the FFN's hidden tensor); default 4 MiB per thread
 _CHUNK_BYTES = int(os.environ.get("PVTV2_CHUNK_BYTES", 0)) or None
+WHOLE_BATCH = 1 << 62  # a chunk budget no batch reaches: the blocks see the whole batch at once
 _MKLDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 # The overloads themselves, not the packets: a packet tries its overloads in turn, and a failed try formats an error
 # message with the repr of every argument (weights included), which cost 4% of B0's time at batch 16.
@@ -45,14 +46,26 @@ def tracing() -> bool:
 
 
 @contextmanager
-def fused_kernels(enabled: bool = True) -> Iterator[None]:
-    """Turn the fused CPU inference kernels on or off inside a ``with`` block (to compare or debug)."""
-    global _ENABLED
-    before, _ENABLED = _ENABLED, enabled
+def fused_kernels(enabled: bool = True, chunk_bytes: int | None = None) -> Iterator[None]:
+    """Turn the fused CPU inference kernels on or off inside a ``with`` block (to compare or debug).
+
+    ``chunk_bytes``: the cache budget of :func:`batch_chunk` inside the block (``WHOLE_BATCH``: no chunking); None
+    keeps the current one.
+    """
+    global _ENABLED, _CHUNK_BYTES
+    before = _ENABLED, _CHUNK_BYTES
+    _ENABLED = enabled
+    if chunk_bytes is not None:
+        _CHUNK_BYTES = chunk_bytes
     try:
         yield
     finally:
-        _ENABLED = before
+        _ENABLED, _CHUNK_BYTES = before
+
+
+def enabled() -> bool:
+    """Whether the fused kernels are on (``PVTV2_FUSED`` / :func:`fused_kernels`) and oneDNN has them."""
+    return _ENABLED and _MKLDNN
 
 
 def use_fused(x: torch.Tensor, module: nn.Module) -> bool:

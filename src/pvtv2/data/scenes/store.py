@@ -26,6 +26,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from ..._io import cache_root
 from ...errors import DataError
 from ..fashion_mnist import CLASSES
 from .generate import ScenesSpec, write_split
@@ -43,9 +44,7 @@ _READ_CHUNK = 1 << 20
 
 def cache_dir() -> Path:
     """Where generated scenes are kept: ``$PVTV2_CACHE``, else ``$XDG_CACHE_HOME/pvtv2``, else ``~/.cache/pvtv2``."""
-    if os.environ.get("PVTV2_CACHE"):
-        return Path(os.environ["PVTV2_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pvtv2"
+    return cache_root()
 
 
 def spec_record(spec: ScenesSpec) -> dict[str, Any]:
