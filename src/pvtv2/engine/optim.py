@@ -98,7 +98,7 @@ def schedule_from_config(cfg: Any, optimizer: torch.optim.Optimizer, lr: float, 
                          steps_per_epoch: int) -> LRSchedule:
     """The run's :class:`LRSchedule` from a :class:`~pvtv2.engine.config.TrainConfig`: warm-up of ``warmup_steps``
     (else ``warmup_epochs``; at most a fifth of a short run) from ``warmup_ratio`` x ``lr``, then the ``schedule``
-    down to ``min_lr_ratio`` x ``lr``; ``milestones`` are fractions of the run. The released mmcv ``lr_config``\ s
+    down to ``min_lr_ratio`` x ``lr``; ``milestones`` are fractions of the run. The released mmcv ``lr_config`` settings
     map onto it: ``step=[8, 11]`` of 12 epochs is ``milestones=(8/12, 11/12)``, ``warmup='linear',
     warmup_iters=500, warmup_ratio=0.001`` is ``warmup_steps=500, warmup_ratio=1e-3``, ``poly`` with ``power=0.9,
     min_lr=0, by_epoch=False`` is ``schedule="poly"`` (tests/test_oracle_schedule.py runs mmcv's hooks beside it)."""
