@@ -9,6 +9,11 @@ at two sizes, and the training losses of a two-image batch (mmdet's random sampl
 ``torch.randperm`` calls come in its order) agree. The backbone is a one-block-per-stage B0 and the RoI counts are
 small (R-CNN heads cost 0.1-0.5 GMAC per RoI); SyncBN is BN (one process); random weights give no box above
 0.05, so the score threshold is 0.
+
+The released test scale has its own pairs (``released_cascade``, ``released_sparse``): the released test settings on
+both sides, mmdet's own test pipeline (mmcv's resize to fit 1333 x 800, Normalize, Pad to 32) against our public
+path (a file read by ``load_mmdet_checkpoint``, the transform with ImageNet mean/std and ``resampling="opencv"``) on
+photos whose sides are no multiple of 32, RoIs on all four FPN levels (P5 included).
 """
 
 from __future__ import annotations
@@ -276,6 +281,190 @@ def test_sparse_training_losses(sparse) -> None:
     theirs, mine = _losses(*sparse, masks=False)
     assert set(theirs) == set(mine)  # stage{0..5}_loss_cls/bbox/iou
     assert all(abs(theirs[k].item() - mine[k].item()) <= 1e-4 * max(1.0, abs(theirs[k].item())) for k in theirs)
+
+
+# --- the released test scale -----------------------------------------------------------------------------------------
+# Photos whose sides are no multiple of 32: 300 x 451 -> 800 x 1203 (padded to 800 x 1216), 400 x 600 -> 800 x 1200.
+RELEASED_PHOTOS = ["chelsea", "coffee"]
+TEST_SCALE = (1333, 800)  # mmdet's img_scale: (longer side at most, shorter side)
+CASCADE_NOISE = 0.01  # 100 detections scoring 0.13-0.35 (softmax over 81 classes), boxes of 4-114 px
+SPARSE_REG_SCALE = 0.2  # see released_sparse
+
+
+def _released_pair(arch: str, cfg: dict[str, Any], mm: torch.nn.Module, tmp_path_factory: pytest.TempPathFactory
+                   ) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """``mm`` and ours as a user gets it: the file saved as mmdet's checkpoint hook saves it (the authors' backbone
+    class in the config text), read by ``load_mmdet_checkpoint`` (``from_mmdet``; builder defaults = the released
+    test settings; the transform keeps ImageNet mean/std and resizes as mmcv, ``resampling="opencv"``)."""
+    from pvtv2.detection.interop.mmdet import load_mmdet_checkpoint
+
+    path = O.save_mmdet_checkpoint(mm, tmp_path_factory.mktemp("released") / f"{arch}.pth",
+                                   config=O.with_backbone(cfg, O.released_backbone(NAME)))
+    ours, meta = load_mmdet_checkpoint(path, backbone_overrides=TINY)
+    assert (meta["arch"], meta["backbone"], meta["num_classes"]) == (arch, NAME, 80)
+    t = ours.transform
+    assert t.resampling == "opencv" and (t.min_size, t.max_size) == ((TEST_SCALE[1],), TEST_SCALE[0])
+    assert t.image_mean == pytest.approx([m / 255 for m in O.IMG_NORM["mean"]]) and \
+        t.image_std == pytest.approx([s / 255 for s in O.IMG_NORM["std"]])  # ImageNet: mmdet's Normalize / 255
+    return mm, ours
+
+
+@pytest.fixture(scope="module")
+def released_cascade(tmp_path_factory: pytest.TempPathFactory) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """The released config's test settings on both sides (RPN: 1000 per level, NMS 0.7, 1000 proposals, no size
+    filter; R-CNN: score 0.05, NMS 0.5, 100 detections, masks at 0.5), tiny B0, seeded noise 0.01."""
+    cfg = cascade_config(O.oracle_backbone(NAME, TINY), O.stage_channels(NAME, TINY))
+    mm, ours = _released_pair("cascade_mask_rcnn", cfg, O.build_mmdet(cfg, noise=CASCADE_NOISE), tmp_path_factory)
+    test, rpn, heads = cfg["model"]["test_cfg"], ours.rpn, ours.roi_heads
+    assert (test["rpn"]["nms_pre"], test["rpn"]["max_per_img"], test["rpn"]["nms"]["iou_threshold"]) == \
+        (1000, 1000, 0.7)
+    assert test["rpn"]["min_bbox_size"] == 0  # ours drops only empty proposals (w, h > 0), as mmdet with 0
+    assert (rpn.pre_nms_top_n["testing"], rpn.post_nms_top_n["testing"], rpn.nms_thresh) == (1000, 1000, 0.7)
+    rcnn = test["rcnn"]
+    assert (rcnn["score_thr"], rcnn["nms"]["iou_threshold"], rcnn["max_per_img"], rcnn["mask_thr_binary"]) == \
+        (heads.score_thresh, heads.nms_thresh, heads.detections_per_img, 0.5) == (0.05, 0.5, 100, 0.5)
+    return mm, ours
+
+
+@pytest.fixture(scope="module")
+def released_sparse(tmp_path_factory: pytest.TempPathFactory) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """The released config's test settings on both sides (300 learned proposals, six stages, the best 300 (query,
+    class) pairs, no score threshold), tiny B0, seeded noise 0.02, and two changes on mmdet's side before the
+    weights are copied. The learned proposals are seeded boxes spread over the image (centres in 0.15..0.85, sides
+    0.03..1 of the image, log-uniform), as trained ones are: mmdet's initial value, the whole image for all 300,
+    would pool every first-stage RoI from P5 only. Each stage's last box layer is scaled by SPARSE_REG_SCALE:
+    mmdet's Xavier initialisation gives deltas of standard deviation ~1, and six stages of those grow or shrink
+    boxes by up to e^6 (10^4-10^5 px at 1333 x 800); scaled, the boxes stay near the photo (-280..+890 px)."""
+    cfg = sparse_config(O.oracle_backbone(NAME, TINY), O.stage_channels(NAME, TINY))
+    mm = O.build_mmdet(cfg, noise=0.02)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for head in mm.roi_head.bbox_head:
+            head.fc_reg.weight.mul_(SPARSE_REG_SCALE)
+        sides = torch.empty(300, 2).uniform_(float(np.log(0.03)), 0.0, generator=gen).exp()  # (300, 2) w, h
+        centres = 0.15 + 0.7 * torch.rand(300, 2, generator=gen)  # (300, 2) cx, cy
+        mm.rpn_head.init_proposal_bboxes.weight.copy_(torch.cat([centres, sides], dim=1))  # fractions of the image
+    mm, ours = _released_pair("sparse_rcnn", cfg, mm, tmp_path_factory)
+    assert (cfg["model"]["rpn_head"]["num_proposals"], cfg["model"]["roi_head"]["num_stages"],
+            cfg["model"]["test_cfg"]["rcnn"]["max_per_img"]) == (300, 6, 300)
+    heads = ours.roi_heads
+    assert (ours.rpn.init_proposal_bboxes.num_embeddings, len(heads.box_head), heads.detections_per_img,
+            heads.score_thresh) == (300, 6, 300, 0.0)
+    return mm, ours
+
+
+def _mmdet_input(image: np.ndarray) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+    """An RGB photo through mmdet's released test pipeline as ``inference_detector`` runs it (mmcv's resize to fit
+    1333 x 800, Normalize, Pad to 32, collate): ``(1, 3, H', W')`` and its ``img_metas``."""
+    from mmcv.parallel import collate
+    from mmdet.datasets import replace_ImageToTensor
+    from mmdet.datasets.pipelines import Compose
+
+    pipeline = Compose(replace_ImageToTensor(O.detection_pipeline(TEST_SCALE)))
+    data = collate([pipeline({"img": O.to_bgr(image)})], samples_per_gpu=1)
+    x, metas = data["img"][0].data[0], data["img_metas"][0].data[0]
+    metas[0]["batch_input_shape"] = tuple(x.shape[-2:])  # as the detector's forward_test sets it
+    return x, metas
+
+
+def _recording(target: Any, name: str, monkeypatch: pytest.MonkeyPatch) -> list[torch.Tensor]:
+    """Wrap mmdet's ``_bbox_forward(stage, x, rois, ...)`` so that each call's ``(K, 5)`` RoIs are recorded."""
+    calls: list[torch.Tensor] = []
+    original = getattr(target, name)
+
+    def record(stage: int, x: Any, rois: torch.Tensor, *args: Any) -> Any:
+        calls.append(rois.clone())
+        return original(stage, x, rois, *args)
+
+    monkeypatch.setattr(target, name, record)
+    return calls
+
+
+@pytest.mark.parametrize("photo", RELEASED_PHOTOS)
+def test_cascade_at_the_released_test_scale(released_cascade, photo: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """mmdet's ``inference_detector`` (its test pipeline at 1333 x 800, the released test settings) against our
+    public path (a loaded file, the photo in [0, 1] at its own size): the same 100 detections, boxes in the photo's
+    pixels, scores and masks pasted at the photo's size. Both sides pool RoIs by the same level rule (checked on
+    every RoI mmdet's three stages saw; with these weights no RoI reaches P5: see the next test).
+    Measured (chelsea, coffee): boxes within 3.1e-5 / 0 px, scores equal, no mask pixel differs (8510 / 9605 mask
+    pixels); before our transform normalised as mmcv (``mmcv_normalize``): boxes 1.8e-4 px, scores 8.9e-6."""
+    mm, ours = released_cascade
+    image = O.photo(photo)  # (H, W, 3) uint8
+    rois = _recording(mm.roi_head, "_bbox_forward", monkeypatch)
+    expected = O.mmdet_detect(mm, image, img_scale=TEST_SCALE)
+    got = O.our_detect(ours, image, test_scale=True)
+    assert len(rois) == 3 and all(len(r) == 1000 for r in rois)  # three stages on the 1000 released proposals
+    levels = torch.cat([mm.roi_head.bbox_roi_extractor[0].map_roi_levels(r, 4) for r in rois])
+    assert torch.equal(ours.roi_heads.box_roi_pool.levels(torch.cat(rois)), levels)
+    assert len(expected["scores"]) == len(got["scores"]) == 100  # the released cap, all above 0.05
+    assert expected["masks"].shape[1:] == image.shape[:2] and expected["masks"].sum() > 1000
+    O.assert_same_detections(got, expected, box_tol=1e-2, score_tol=1e-4)
+
+
+@torch.no_grad()
+def test_cascade_roi_heads_reach_p5_at_the_released_test_scale(released_cascade) -> None:
+    """Nine hand-made proposals on chelsea at the released test scale (800 x 1203 in 800 x 1216), three of them
+    of side >= 448 px, which mmdet's rule (``finest_scale`` 56) sends to the fourth map, P5 (stride 32): each
+    stage's RoIs, class logits, deltas and mask logits, then the detections and masks pasted on the photo
+    (mmdet's ``roi_head.simple_test``, rescale) equal; pooled from P4 instead, those RoIs' logits would differ.
+    Both sides take mmdet's input tensor. Measured: every logit equal; 20 detections (one of side 461 px at the test
+    scale), boxes within 3.1e-5 px, scores and masks equal; the P4-pooled logits differ by up to 2.8."""
+    from mmdet.core import bbox2roi
+    from torchvision.ops import roi_align
+
+    mm, ours = released_cascade
+    image = O.photo("chelsea")  # 300 x 451
+    x, metas = _mmdet_input(image)
+    (h, w, _), heads = metas[0]["img_shape"], ours.roi_heads
+    assert (h, w) == (800, 1203) and x.shape[-2:] == (800, 1216)
+    proposals = torch.tensor([[0.0, 0, 1203, 800], [150, 60, 750, 700], [500, 250, 960, 720],  # sides 981, 620, 465
+                              [300, 100, 700, 500], [40, 300, 300, 560], [600, 80, 760, 240],  # 400, 260, 160
+                              [820, 500, 940, 620], [100, 100, 160, 160], [1000, 650, 1040, 690]])  # 120, 60, 40
+    rois = bbox2roi([proposals])  # (9, 5)
+    levels = mm.roi_head.bbox_roi_extractor[0].map_roi_levels(rois, 4)
+    assert levels.tolist() == [3, 3, 3, 2, 2, 1, 1, 0, 0] and torch.equal(heads.box_roi_pool.levels(rois), levels)
+    feats_mm, feats = mm.extract_feat(x), ours.backbone(x)
+    assert all(_close(a, b) for a, b in zip(feats_mm, feats.values(), strict=True))
+    stages = heads.stage_outputs(feats, [proposals], [(h, w)])
+    for t, stage in enumerate(stages):
+        out = mm.roi_head._bbox_forward(t, feats_mm, rois)
+        assert _close(rois[:, 1:], stage["boxes"][0], atol=1e-3)
+        assert _close(out["cls_score"], stage["cls"][0]) and _close(out["bbox_pred"], stage["reg"][0])
+        masks_mm = mm.roi_head._mask_forward(t, feats_mm, rois)["mask_pred"]  # (9, 80, 28, 28)
+        assert _close(masks_mm, heads.mask_head[t](heads.mask_roi_pool(feats, [rois[:, 1:]], [(h, w)])))
+        if t == 0:  # the three large RoIs pooled from P4 (stride 16): other features, other logits
+            wrong = roi_align(feats["2"], rois[:3], 7, 1 / 16, 0, aligned=True)
+            assert (heads.box_head[0](wrong)[0] - stage["cls"][0][:3]).abs().max() > 1e-2
+        rois = mm.roi_head.bbox_head[t].regress_by_class(rois, out["cls_score"][:, :-1].argmax(1), out["bbox_pred"],
+                                                         metas[0])
+    expected = _flatten(mm.roi_head.simple_test(feats_mm, [proposals], metas, rescale=True)[0])
+    dets, _ = heads(feats, [proposals], [(h, w)])
+    mine = ours.transform.postprocess(dets, [(h, w)], [image.shape[:2]])[0]
+    mine["masks"] = mine["masks"][:, 0] >= 0.5  # mmdet's mask_thr_binary
+    mine = {k: v[O.sort_detections(mine)] for k, v in mine.items()}
+    assert len(expected["scores"]) >= 5 and expected["masks"].shape[1:] == image.shape[:2] and expected["masks"].any()
+    O.assert_same_detections(mine, expected, box_tol=1e-2, score_tol=1e-4)
+
+
+@pytest.mark.parametrize("photo", RELEASED_PHOTOS)
+def test_sparse_at_the_released_test_scale(released_sparse, photo: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """mmdet's ``inference_detector`` (its test pipeline at 1333 x 800, the released test settings) against our
+    public path: the same 300 detections, boxes in the photo's pixels, scores. Every stage pools RoIs from all
+    four levels, P5 included (34 of the first stage's 300 RoIs have a side of 448 px or more): both sides' rule
+    is checked on all 1800 RoIs mmdet's six stages saw.
+    Measured (chelsea, coffee): boxes within 6.1e-5 / 0 px, scores equal; before our transform normalised as mmcv
+    (``mmcv_normalize``; inputs 2.4e-7 apart): boxes 0.011 / 0.027 px, scores 1.5e-5 / 9.2e-5."""
+    mm, ours = released_sparse
+    image = O.photo(photo)
+    rois = _recording(mm.roi_head, "_bbox_forward", monkeypatch)
+    expected = O.mmdet_detect(mm, image, img_scale=TEST_SCALE)
+    got = O.our_detect(ours, image, test_scale=True)
+    assert len(rois) == 6 and all(len(r) == 300 for r in rois)
+    levels = [mm.roi_head.bbox_roi_extractor[t].map_roi_levels(r, 4) for t, r in enumerate(rois)]
+    assert all(set(lv.tolist()) == {0, 1, 2, 3} for lv in levels)  # every stage on P2..P5
+    assert torch.equal(ours.roi_heads.box_roi_pool.levels(torch.cat(rois)), torch.cat(levels))
+    assert len(expected["scores"]) == len(got["scores"]) == 300
+    O.assert_same_detections(got, expected, box_tol=1e-2, score_tol=1e-4)
 
 
 # --- parameters ----------------------------------------------------------------------------------------------------

@@ -34,6 +34,15 @@ from .transforms import train_transforms
 from .visualize import prediction_rows
 
 
+def pixel_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
+    """The released recipes' loss (mmseg 0.14's ``CrossEntropyLoss``): cross-entropy per pixel in float32, 0 on
+    ignored pixels, averaged over *all* pixels of the batch. (``F.cross_entropy``'s mean divides by the pixels not
+    ignored, as mmseg >= 0.23's ``avg_non_ignore=True`` does; on ADE20K, whose "other" pixels are ignored, that
+    weighs each batch differently.) ``logits`` (B, K, H, W), ``labels`` (B, H, W)."""
+    per_pixel = F.cross_entropy(logits.float(), labels, ignore_index=ignore_index, reduction="sum")
+    return per_pixel / labels.numel()
+
+
 class _Batches:
     """A DataLoader's batches with a worker's DataError turned back into its one line (see :func:`next_batch`)."""
 
@@ -98,8 +107,7 @@ class SegmentationTask(Task):
         self.skipped.update(batch["skipped_paths"])
         x = batch["image"].to(env.device, non_blocking=True)
         y = batch["mask"].to(env.device, non_blocking=True)
-        logits = model(x)  # (B, K, H, W)
-        return {"loss": F.cross_entropy(logits.float(), y, ignore_index=self.meta.ignore_index)}
+        return {"loss": pixel_cross_entropy(model(x), y, self.meta.ignore_index)}  # logits (B, K, H, W)
 
     def images_in(self, batch: Any) -> int:
         return len(batch["image"])
