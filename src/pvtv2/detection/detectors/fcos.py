@@ -12,6 +12,7 @@ from torchvision.models.detection import FCOS
 from ...models.backbone import WeightsSource
 from ..modeling.anchors import point_anchors
 from ..modeling.dense_heads.foreground_labels import ForegroundLabels
+from ..modeling.losses import fp32_loss
 from ..modeling.necks.fpn import pvt_fpn
 from ..modeling.selection import dense_detections
 from ..registry import DetectorSpec, register
@@ -28,6 +29,7 @@ class MMDetFCOS(FCOS):
     score threshold on the class score and the centre-ness as the score factor), as every other detector here;
     torchvision's ranks (location, class) pairs by the geometric mean of the two."""
 
+    @fp32_loss
     def compute_loss(self, *args: Any) -> dict[str, Tensor]:
         return {LOSS_NAMES[k]: v for k, v in super().compute_loss(*args).items()}
 

@@ -21,6 +21,7 @@ from ..interop.mmdet import convert_detector, fpn_to_ours
 from ..modeling.anchors import octave_anchors
 from ..modeling.assigners.max_iou import assign_max_iou
 from ..modeling.boxes import delta_coder
+from ..modeling.losses import fp32_loss
 from ..modeling.dense_heads.foreground_labels import ForegroundLabels
 from ..modeling.necks.fpn import pvt_fpn
 from ..modeling.selection import dense_detections
@@ -45,6 +46,7 @@ class MMDetRetinaNet(RetinaNet):
       the top (anchor, class) pairs instead.
     """
 
+    @fp32_loss
     def compute_loss(self, targets: list[dict[str, Tensor]], head_outputs: dict[str, Tensor],
                      anchors: list[Tensor]) -> dict[str, Tensor]:
         cls_loss = reg_loss = head_outputs["cls_logits"].new_zeros(())

@@ -10,8 +10,38 @@ them as mmdet does.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
 import torch
 import torch.nn.functional as F
+
+F_ = TypeVar("F_", bound=Callable[..., Any])
+
+
+def _to_fp32(x: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x.float() if x.is_floating_point() else x
+    if isinstance(x, dict):
+        return {k: _to_fp32(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(_to_fp32(v) for v in x)
+    return x
+
+
+def fp32_loss(fn: F_) -> F_:
+    """mmdet's ``force_fp32`` for a loss method: autocast off inside, and every floating tensor argument (also in
+    dicts, lists and tuples) cast to float32. Under bf16 autocast a focal loss computed in bf16 cannot represent
+    ``1 - p`` below 2^-8 for confident anchors, and its sums lose the small terms: RetinaNet-B0 trained with
+    ``--precision bf16`` reached 0.0006 box AP after 500 scenes steps where fp32 reaches 0.025."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:  # a method's self passes through unchanged
+        with torch.autocast("cuda", enabled=False), torch.autocast("cpu", enabled=False):
+            return fn(*_to_fp32(args), **_to_fp32(kwargs))
+
+    return wrapper  # type: ignore[return-value]
 
 
 def quality_focal_loss(logits: torch.Tensor, labels: torch.Tensor, quality: torch.Tensor,

@@ -27,6 +27,7 @@ from ..anchors import inside_image, octave_anchors, padded_shape, valid_anchors
 from ..assigners.max_iou import assign_max_iou
 from ..assigners.random_sampler import sample_random
 from ..boxes import batched_nms, decode_deltas, encode_deltas
+from ..losses import fp32_loss
 
 
 class ProposalNetwork(nn.Module):
@@ -138,6 +139,7 @@ class ProposalNetwork(nn.Module):
             result.append(props[batched_nms(props, sc, lv, self.nms_thresh)][:post_n])
         return result
 
+    @fp32_loss
     def loss(self, objectness: list[torch.Tensor], deltas: list[torch.Tensor], anchors: list[torch.Tensor],
              image_sizes: list[tuple[int, int]], targets: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         """Binary cross-entropy on sampled anchors and smooth-L1 on the positive ones, both over the number of

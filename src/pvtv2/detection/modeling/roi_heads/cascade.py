@@ -28,6 +28,7 @@ from ..anchors import padded_shape
 from ..assigners.max_iou import assign_max_iou
 from ..assigners.random_sampler import Samples, sample_random
 from ..boxes import decode_deltas
+from ..losses import fp32_loss
 from ..selection import multiclass_nms
 from .roi_align import LevelRoIAlign, mask_targets
 
@@ -181,7 +182,7 @@ class CascadeRoIHeads(nn.Module):
                                            s.gt_index.new_full((len(s.boxes) - s.num_pos,), k)])
                                 for s, tg in zip(samples, targets)])  # (R,) 0..K-1 objects, K background
             w = self.stage_weights[t]
-            losses[f"s{t}.loss_cls"] = w * F.cross_entropy(cls, labels)
+            losses[f"s{t}.loss_cls"] = w * F.cross_entropy(cls.float(), labels)
             losses[f"s{t}.loss_bbox"] = w * self.box_loss(boxes, reg, labels, samples, targets, t)
             if self.mask_head is not None:
                 losses[f"s{t}.loss_mask"] = w * self.mask_loss(t, features, samples, targets, image_shapes)
@@ -189,6 +190,7 @@ class CascadeRoIHeads(nn.Module):
                 proposals = self.refine_training(t, boxes, cls, reg, labels, samples, image_shapes)
         return losses
 
+    @fp32_loss
     def box_loss(self, boxes: torch.Tensor, reg: torch.Tensor, labels: torch.Tensor, samples: list[Samples],
                  targets: list[dict[str, torch.Tensor]], stage: int) -> torch.Tensor:
         """GIoU between the positives' decoded boxes (of their class) and their ground truths, over all RoIs."""
@@ -199,6 +201,7 @@ class CascadeRoIHeads(nn.Module):
         gt = torch.cat([tg["boxes"][s.gt_index] for s, tg in zip(samples, targets)])
         return self.giou_weight * generalized_box_iou_loss(pred, gt, reduction="sum") / boxes.size(0)
 
+    @fp32_loss
     def mask_loss(self, stage: int, features: dict[str, torch.Tensor], samples: list[Samples],
                   targets: list[dict[str, torch.Tensor]], image_shapes: list[tuple[int, int]]) -> torch.Tensor:
         """Per-pixel binary cross-entropy of the positives' masks of their class, averaged."""

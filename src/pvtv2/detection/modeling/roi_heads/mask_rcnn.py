@@ -20,6 +20,7 @@ from torchvision.ops import clip_boxes_to_image
 from ..assigners.max_iou import assign_max_iou
 from ..assigners.random_sampler import sample_random
 from ..boxes import encode_deltas
+from ..losses import fp32_loss
 from ..selection import multiclass_nms
 from .roi_align import mask_targets
 
@@ -84,6 +85,7 @@ class MMDetRoIHeads(RoIHeads):
         return self.mask_predictor(self.mask_head(self.mask_roi_pool(features, boxes, image_shapes)))
 
     @staticmethod
+    @fp32_loss
     def box_losses(class_logits: Tensor, box_regression: Tensor, labels: list[Tensor],
                    regression_targets: list[Tensor]) -> dict[str, Tensor]:
         """Cross-entropy over the sampled RoIs; L1 of the positives' deltas of their class, over the sampled RoIs."""
@@ -94,6 +96,7 @@ class MMDetRoIHeads(RoIHeads):
                 "loss_bbox": F.l1_loss(deltas, targets[pos], reduction="sum") / max(len(labels_all), 1)}
 
     @staticmethod
+    @fp32_loss
     def mask_loss(logits: Tensor, boxes: list[Tensor], targets: list[dict[str, Tensor]], matched: list[Tensor],
                   labels: list[Tensor]) -> Tensor:
         """Binary cross-entropy of each positive's class channel against its ground-truth mask cropped to the box

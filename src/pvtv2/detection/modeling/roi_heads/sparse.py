@@ -26,6 +26,7 @@ from torchvision.ops import box_convert, generalized_box_iou_loss, sigmoid_focal
 from ....engine.distributed import reduce_mean
 from ..assigners.hungarian import hungarian_match, match_cost
 from ..boxes import decode_deltas
+from ..losses import fp32_loss
 from .roi_align import LevelRoIAlign
 
 DELTA_STDS = (0.5, 0.5, 1.0, 1.0)
@@ -206,6 +207,7 @@ class SparseRoIHeads(nn.Module):
         scores, idx = scores[keep], idx[keep]
         return {"boxes": boxes[idx // self.num_classes], "scores": scores, "labels": idx % self.num_classes + 1}
 
+    @fp32_loss
     def loss(self, logits: torch.Tensor, boxes: torch.Tensor, image_shapes: list[tuple[int, int]],
              targets: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         """One stage's losses: ``(B, N, K)`` logits and ``(B, N, 4)`` boxes against the targets."""
