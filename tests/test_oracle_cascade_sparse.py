@@ -218,7 +218,8 @@ def test_cascade_raw_outputs_per_stage(cascade) -> None:
     x, metas = _input(SIZES[1])
     feats_mm, feats = mm.extract_feat(x), ours.backbone(x)
     assert all(_close(a, b) for a, b in zip(feats_mm, feats.values(), strict=True))
-    for theirs, mine in zip(mm.rpn_head(feats_mm), ours.rpn.head(list(feats.values())), strict=True):  # objectness, deltas
+    # objectness, deltas
+    for theirs, mine in zip(mm.rpn_head(feats_mm), ours.rpn.head(list(feats.values())), strict=True):
         assert all(_close(a, b) for a, b in zip(theirs, mine, strict=True))
     proposals_mm = mm.rpn_head.simple_test_rpn(feats_mm, metas)[0][:, :4]
     proposals = ours.rpn(ImageList(x, [SIZES[1]]), feats)[0][0]

@@ -113,13 +113,9 @@ def test_same_detections_at_the_released_test_scale(pair: Any, photo: str, size:
     O.assert_same_detections(got, expected, score_tol=1e-5)  # measured: scores within 6e-7, boxes 3e-4 px
 
 
-def test_training_steps_follow_mmdets(pair: Any) -> None:
-    """Three optimizer steps on the same batch from the same weights, each side with its own optimizer as the 1x
-    recipe builds it (mmcv's ``build_optimizer`` with the released ``AdamW, lr=1e-4, weight_decay=1e-4``; ours
-    ``create_optimizer`` of the recipe). The first step's gradients are equal parameter by parameter (through the
-    checkpoint converter's names; relative error of each tensor); the losses then stay together (measured: relative 4e-7 / 8e-6 after one step,
-    8e-6 / 1.6e-4 after two, B0 / B2-Li: AdamW's first updates are about ``lr * sign(grad)``, so gradients that
-    differ in their last bits near zero move a weight by a full step on one side only)."""
+def _with_released_optimizers(pair: Any) -> tuple[Any, Any, Any, Any]:
+    """Copies of both detectors, each with its side's optimizer as the 1x recipe builds it (mmcv's
+    ``build_optimizer`` with the released ``AdamW, lr=1e-4, weight_decay=1e-4``; ours ``create_optimizer``)."""
     import copy
 
     from mmcv.runner import build_optimizer
@@ -132,6 +128,18 @@ def test_training_steps_follow_mmdets(pair: Any) -> None:
     their_opt = build_optimizer(theirs, {"type": "AdamW", "lr": 1e-4, "weight_decay": cfg.weight_decay})
     our_opt = create_optimizer(ours, lr=1e-4, weight_decay=cfg.weight_decay, decay_norms=cfg.decay_norms,
                                no_decay_keys=cfg.no_decay_keys)
+    return theirs, ours, their_opt, our_opt
+
+
+def test_training_steps_follow_mmdets(pair: Any) -> None:
+    """Three optimizer steps on the same batch from the same weights, each side with its own optimizer as the 1x
+    recipe builds it (mmcv's ``build_optimizer`` with the released ``AdamW, lr=1e-4, weight_decay=1e-4``; ours
+    ``create_optimizer`` of the recipe). The first step's gradients are equal parameter by parameter (through the
+    checkpoint converter's names; relative error of each tensor); the losses then stay together (measured: relative
+    4e-7 / 8e-6 after one step, 8e-6 / 1.6e-4 after two, B0 / B2-Li: AdamW's first updates are about
+    ``lr * sign(grad)``, so gradients that differ in their last bits near zero move a weight by a full step on one
+    side only)."""
+    theirs, ours, their_opt, our_opt = _with_released_optimizers(pair)
     images = [O.photo("astronaut", (320, 480)), O.photo("chelsea", (300, 451))]
     targets = [{"boxes": torch.tensor([[100.0, 50.0, 300.0, 300.0], [20.0, 30.0, 80.0, 120.0]]),
                 "labels": torch.tensor([1, 17])},
@@ -167,21 +175,11 @@ def test_every_step_of_a_twenty_step_trajectory_equals_mmdets(pair: Any) -> None
     mmdet's side; at every step ours is put on mmdet's current weights and must give the same losses and gradients,
     and our optimizer (``create_optimizer`` of the 1x recipe), stepping on mmdet's gradients, the same new weights.
     So the training step (data, losses, gradients, weight-decay groups, AdamW's state) is equal at every point of a
-    real trajectory (the loss falls from 4.06 to 0.15). (Run freely, the two trajectories part after a few steps whatever the optimizer: with SGD,
-    lr 2e-3, momentum 0.9, the relative loss difference was 3e-6 at step 7 and 1e-2 at step 19, as the L1 box loss's
-    gradient sign flips wherever a prediction lies within rounding of its target; measured 2026-12-04.)"""
-    import copy
-
-    from mmcv.runner import build_optimizer
-
-    from pvtv2.detection import get_recipe
-    from pvtv2.engine.optim import create_optimizer
-
-    theirs, ours = (copy.deepcopy(m) for m in pair)
-    cfg = get_recipe("1x")
-    their_opt = build_optimizer(theirs, {"type": "AdamW", "lr": 1e-4, "weight_decay": cfg.weight_decay})
-    our_opt = create_optimizer(ours, lr=1e-4, weight_decay=cfg.weight_decay, decay_norms=cfg.decay_norms,
-                               no_decay_keys=cfg.no_decay_keys)
+    real trajectory (the loss falls from 4.06 to 0.15). Run freely, the two trajectories part after a few steps
+    whatever the optimizer: with SGD, lr 2e-3, momentum 0.9, the relative loss difference was 3e-6 at step 7 and 1e-2
+    at step 19, as the L1 box loss's gradient sign flips wherever a prediction lies within rounding of its target
+    (measured 2026-12-04)."""
+    theirs, ours, their_opt, our_opt = _with_released_optimizers(pair)
     images = [O.photo("astronaut", (160, 224)), O.photo("chelsea", (150, 210))]
     targets = [{"boxes": torch.tensor([[50.0, 20.0, 140.0, 140.0], [10.0, 15.0, 42.0, 64.0]]),
                 "labels": torch.tensor([1, 17])},
