@@ -54,8 +54,8 @@ class LevelAnchors(AnchorGenerator):
         """One ``(sum_i h_i * w_i * A, 4)`` tensor per image (the same for every image of the batch)."""
         if len(feature_maps) != len(self.strides):
             raise ValueError(f"{len(feature_maps)} feature maps for anchors on {len(self.strides)} levels")
-        # float32 at least, as mmdet's anchors: under bf16 autocast the maps are bf16, whose 8-bit mantissa would put
-        # anchors 1-2 px off at 128-512 px (and so every regression target and proposal)
+        # float32 at least, as mmdet's anchors: under bf16 autocast the maps are bf16, whose 8-bit mantissa would round
+        # anchor coordinates at 128-512 px to 1-2 px steps (and so move every regression target and proposal)
         dtype, device = torch.promote_types(feature_maps[0].dtype, torch.float32), feature_maps[0].device
         self.set_cell_anchors(dtype, device)
         grid_sizes = [list(f.shape[-2:]) for f in feature_maps]
