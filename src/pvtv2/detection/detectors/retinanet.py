@@ -21,8 +21,8 @@ from ..interop.mmdet import convert_detector, fpn_to_ours
 from ..modeling.anchors import octave_anchors
 from ..modeling.assigners.max_iou import assign_max_iou
 from ..modeling.boxes import delta_coder
-from ..modeling.losses import fp32_loss
 from ..modeling.dense_heads.foreground_labels import ForegroundLabels
+from ..modeling.losses import fp32_loss
 from ..modeling.necks.fpn import pvt_fpn
 from ..modeling.selection import dense_detections
 from ..modeling.transform import use_detection_transform

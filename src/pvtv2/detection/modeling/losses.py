@@ -5,7 +5,7 @@ torchvision provides the sigmoid focal loss (ATSS's classification) and the GIoU
 GFL's quality focal loss and distribution focal loss (mmdet ``models/losses/gfocal_loss.py``), ATSS's centre-ness
 target (mmdet ``ATSSHead.centerness_target``) and the aligned IoU that scores GFL's positives (mmdet
 ``bbox_overlaps(..., is_aligned=True)``). Every function returns unreduced values; the heads weight and average
-them as mmdet does.
+them as mmdet does. :func:`fp32_loss` runs any detector's loss in float32 under autocast (mmdet's ``force_fp32``).
 """
 
 from __future__ import annotations
