@@ -398,9 +398,13 @@ def sort_detections(det: dict[str, torch.Tensor]) -> torch.Tensor:
 def preprocess(image: np.ndarray, size_divisor: int = 32) -> tuple[torch.Tensor, list[dict[str, Any]]]:
     """An RGB uint8 photo as mmdet's test pipeline hands it to the model at scale 1: normalised ``(1, 3, H', W')``
     padded with zeros to a multiple of ``size_divisor``, and its ``img_metas``."""
+    import mmcv
+
     h, w = image.shape[:2]
-    x = (torch.tensor(image).permute(2, 0, 1).float() - torch.tensor(IMG_NORM["mean"])[:, None, None]) \
-        / torch.tensor(IMG_NORM["std"])[:, None, None]  # (3, H, W)
+    # mmdet's Normalize: mmcv.imnormalize (OpenCV subtract / multiply by the float64 reciprocal of std) on the photo
+    # already in RGB order, so to_rgb=False here
+    x = torch.from_numpy(mmcv.imnormalize(image, np.array(IMG_NORM["mean"]), np.array(IMG_NORM["std"]),
+                                          to_rgb=False)).permute(2, 0, 1)  # (3, H, W) float32
     ph, pw = -(-h // size_divisor) * size_divisor, -(-w // size_divisor) * size_divisor
     padded = x.new_zeros(3, ph, pw)
     padded[:, :h, :w] = x

@@ -198,3 +198,20 @@ def test_released_file_at_the_released_test_scale(arch: str, tmp_path: Any) -> N
     expected = O.mmdet_detect(mm, photo, img_scale=(1333, 800))
     assert len(expected["boxes"]) > 10
     assert_same_detections(O.our_detect(ours, photo, test_scale=True), expected)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_same_detections_on_a_padded_batch(arch: str) -> None:
+    """Two photos of different sizes in one padded batch on each side: mmdet's ``simple_test`` on its collated batch
+    (astronaut 200 x 300, its own padded extent 224 x 320, beside coffee 256 x 384: both in 256 x 384) against one
+    call of ours (``keep_size``: scale 1, normalised and padded). Per image: the same detections, boxes within
+    1e-2 px, scores within 1e-4 (the released test settings: 1000 per level, score 0.05, NMS 0.6, 100 per image).
+    Measured (astronaut, coffee): ATSS boxes within 8.4e-5 / 1.1e-4 px, scores 2.3e-7 / 3.0e-7; GFL boxes
+    3.9e-5 / 4.6e-5 px, scores 3.0e-7 / 4.2e-7; 100 detections each."""
+    mm, ours = pair(arch, "pvt_v2_b2_li")
+    images = [O.photo("astronaut", (200, 300)), O.photo("coffee", (256, 384))]
+    expected, got = O.mmdet_detect_batch(mm, images), O.our_detect_batch(ours, images)
+    assert len(expected) == len(got) == 2
+    for mine, theirs in zip(got, expected, strict=True):
+        assert len(theirs["scores"]) >= 5 and len(mine["scores"]) == len(theirs["scores"])
+        O.assert_same_detections(mine, theirs, box_tol=1e-2, score_tol=1e-4)

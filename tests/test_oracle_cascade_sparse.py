@@ -499,3 +499,53 @@ def test_released_checkpoint_files_load(pair: str, request: pytest.FixtureReques
                                                                            if pair == "sparse" else {}))
     assert (meta["arch"], meta["backbone"], meta["class_names"][1]) == (arch, NAME, "person")
     assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in ours.state_dict().items())
+
+
+# --- a padded batch of two photos of different sizes ---------------------------------------------------------------
+# chelsea 200 x 300 (its own padded extent 224 x 320) beside coffee 256 x 384: one batch of 256 x 384 on both sides.
+BATCH_PHOTOS = [("chelsea", (200, 300)), ("coffee", (256, 384))]
+BATCH_PROPOSALS = 100  # Cascade's RPN proposals per image in the batch test, on both sides (released: 1000)
+
+
+def _batch(mm: torch.nn.Module, ours: torch.nn.Module) -> list[tuple[dict, dict]]:
+    """mmdet's ``simple_test`` on the collated batch (scale 1) and one call of ours (``keep_size``), per image."""
+    images = [O.photo(*p) for p in BATCH_PHOTOS]
+    expected, got = O.mmdet_detect_batch(mm, images), O.our_detect_batch(ours, images)
+    assert len(expected) == len(got) == len(images)
+    for their, image in zip(expected, images, strict=True):
+        assert "masks" not in their or their["masks"].shape[1:] == image.shape[:2]
+    return list(zip(got, expected, strict=True))
+
+
+def test_cascade_on_a_padded_batch(released_cascade) -> None:
+    """Both photos in one padded batch on each side (mmdet's ``simple_test`` on its collated batch, ours in one call
+    at scale 1): per image the same detections, boxes within 1e-2 px, scores within 1e-4, masks (pasted at the
+    photo's size) equal but for pixels on the 0.5 boundary. The released test settings but BATCH_PROPOSALS RPN
+    proposals per image on both sides (three stages on 1000 RoIs per image cost minutes on one core).
+    Measured (chelsea, coffee; 100 detections each): boxes within 2.0e-4 / 4.0e-4 px, scores 2.3e-6 / 1.1e-6, one
+    mask pixel differs in each; with mmdet's input tensor on our side too (ours normalises as torchvision does,
+    up to 4.8e-7 from ``preprocess``), every box, score and mask is equal."""
+    mm, ours = released_cascade
+    rpn_cfg, post = mm.rpn_head.test_cfg, ours.rpn.post_nms_top_n
+    assert rpn_cfg.max_per_img == post["testing"] == 1000
+    rpn_cfg.max_per_img = post["testing"] = BATCH_PROPOSALS
+    try:
+        pairs = _batch(mm, ours)
+    finally:
+        rpn_cfg.max_per_img = post["testing"] = 1000
+    for mine, theirs in pairs:
+        assert len(theirs["scores"]) >= 5 and len(mine["scores"]) == len(theirs["scores"])
+        assert theirs["masks"].any()
+        O.assert_same_detections(mine, theirs, box_tol=1e-2, score_tol=1e-4)
+
+
+def test_sparse_on_a_padded_batch(released_sparse) -> None:
+    """Both photos in one padded batch on each side (mmdet's ``simple_test`` on its collated batch, ours in one call
+    at scale 1), the released test settings (300 learned proposals scaled to each image's own size, six stages, 300
+    detections): per image the same detections, boxes within 1e-2 px, scores within 1e-4.
+    Measured (chelsea, coffee): boxes within 6.2e-3 / 2.1e-3 px, scores 5.6e-6 / 2.7e-6: six stages amplify the
+    inputs' last-bit differences (ours normalises as torchvision does, up to 4.8e-7 from ``preprocess``); with
+    mmdet's input tensor on our side too, every box and score is equal."""
+    for mine, theirs in _batch(*released_sparse):
+        assert len(theirs["scores"]) == len(mine["scores"]) == 300
+        O.assert_same_detections(mine, theirs, box_tol=1e-2, score_tol=1e-4)
