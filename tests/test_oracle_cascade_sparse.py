@@ -522,9 +522,9 @@ def test_cascade_on_a_padded_batch(released_cascade) -> None:
     at scale 1): per image the same detections, boxes within 1e-2 px, scores within 1e-4, masks (pasted at the
     photo's size) equal but for pixels on the 0.5 boundary. The released test settings but BATCH_PROPOSALS RPN
     proposals per image on both sides (three stages on 1000 RoIs per image cost minutes on one core).
-    Measured (chelsea, coffee; 100 detections each): boxes within 2.0e-4 / 4.0e-4 px, scores 2.3e-6 / 1.1e-6, one
-    mask pixel differs in each; with mmdet's input tensor on our side too (ours normalises as torchvision does,
-    up to 4.8e-7 from ``preprocess``), every box, score and mask is equal."""
+    Measured (chelsea, coffee; 100 detections each): every box, score and mask pixel identical since our transform
+    normalises in mmcv's arithmetic (with torchvision's order, 4.8e-7 from mmdet's input: boxes 2.0e-4 / 4.0e-4 px,
+    scores 2.3e-6 / 1.1e-6, one mask pixel in each)."""
     mm, ours = released_cascade
     rpn_cfg, post = mm.rpn_head.test_cfg, ours.rpn.post_nms_top_n
     assert rpn_cfg.max_per_img == post["testing"] == 1000
@@ -543,9 +543,9 @@ def test_sparse_on_a_padded_batch(released_sparse) -> None:
     """Both photos in one padded batch on each side (mmdet's ``simple_test`` on its collated batch, ours in one call
     at scale 1), the released test settings (300 learned proposals scaled to each image's own size, six stages, 300
     detections): per image the same detections, boxes within 1e-2 px, scores within 1e-4.
-    Measured (chelsea, coffee): boxes within 6.2e-3 / 2.1e-3 px, scores 5.6e-6 / 2.7e-6: six stages amplify the
-    inputs' last-bit differences (ours normalises as torchvision does, up to 4.8e-7 from ``preprocess``); with
-    mmdet's input tensor on our side too, every box and score is equal."""
+    Measured (chelsea, coffee): every box and score identical since our transform normalises in mmcv's arithmetic
+    (with torchvision's order, 4.8e-7 from mmdet's input, six stages amplified it to 6.2e-3 / 2.1e-3 px and scores
+    5.6e-6 / 2.7e-6)."""
     for mine, theirs in _batch(*released_sparse):
         assert len(theirs["scores"]) == len(mine["scores"]) == 300
         O.assert_same_detections(mine, theirs, box_tol=1e-2, score_tol=1e-4)
