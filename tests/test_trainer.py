@@ -137,7 +137,8 @@ def test_sigkill_then_resume_is_bit_identical(case: Case, tmp_path: Path) -> Non
     proc.send_signal(signal.SIGKILL)
     _, err = proc.communicate()
     assert last.exists(), err[-2000:]
-    step = read_train_checkpoint(last)["step"]
+    killed_at = read_train_checkpoint(last)
+    step = killed_at["step"]
     ref = train(case.make_task(case.cfg()), out=tmp_path / "ref", progress=False)
     assert 1 <= step < ref.steps  # killed mid-run
     assert cli([*case.cli[: 2 if case.name != "cls" else 1], "--resume", str(last), "--threads", "1",
@@ -146,6 +147,9 @@ def test_sigkill_then_resume_is_bit_identical(case: Case, tmp_path: Path) -> Non
     _identical(ref.checkpoint, last)
     records = [json.loads(x) for x in (killed / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == sorted({r["step"] for r in records})  # no duplicate after the resume
+    # the run's clocks go on from the killed part's: minutes across sessions add up
+    assert 0 < killed_at["run_seconds"] < records[-1]["run_minutes"] * 60
+    assert 0 < killed_at["cpu_seconds"] < records[-1]["cpu_minutes"] * 60
 
 
 def test_ctrl_c_checkpoints_the_step_and_resumes_exactly(case: Case, tmp_path: Path,

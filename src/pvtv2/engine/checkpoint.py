@@ -56,6 +56,8 @@ class TrainState:
     epoch_step: int = 0
     step: int = 0
     best: float | None = None  # best validation metric so far (for the ``best`` checkpoint)
+    run_seconds: float = 0.0  # wall time of the run so far, over every resumed part
+    cpu_seconds: float = 0.0  # CPU time of the training process so far (all its threads; not data-loader workers)
     extra: dict[str, Any] = field(default_factory=dict)  # task data: class names, metric name, ...
 
 
@@ -203,6 +205,8 @@ def load_checkpoint(
         epoch_step=int(ckpt["epoch_step"]),
         step=int(ckpt["step"]),
         best=ckpt.get("best"),
+        run_seconds=float(ckpt.get("run_seconds") or 0.0),  # absent in checkpoints written before 2026-12-04
+        cpu_seconds=float(ckpt.get("cpu_seconds") or 0.0),
         extra=dict(ckpt.get("extra") or {}),
     )
 

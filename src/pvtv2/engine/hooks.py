@@ -98,7 +98,7 @@ class ReportLog(Hook):
         shown = run.task.format_metrics(metrics) if metrics else "no evaluation"
         self.log.info("epoch %.4g/%d (step %d/%d): train loss %.4f | %s | %.0fs (%.1f min so far)",
                       record["epoch"], epochs, record["step"], run.total, record.get("train_loss", float("nan")),
-                      shown, record["seconds"], record["elapsed_seconds"] / 60)
+                      shown, record["seconds"], record["run_minutes"])
 
 
 class SummaryFile(Hook):

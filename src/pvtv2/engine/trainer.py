@@ -178,12 +178,21 @@ class _Run:
         self.last, self.best_path = self.run_dir / "last.pth", self.run_dir / "best.pth"
         self.resumed_from = Path(resume) if resume else None
         self.saved_step = self.state.step if resume else -1
+        # the clocks of the earlier parts of a resumed run, and where this part started
+        self.clock_base = (self.state.run_seconds, self.state.cpu_seconds, self.t_start, time.process_time())
 
     def _milestones(self) -> list[int]:
         return [round(m * self.total) for m in self.cfg.milestones]
 
+    def _clock(self, now: float | None = None) -> None:
+        """The run's wall and CPU seconds so far (earlier parts of a resumed run included) into its state."""
+        wall0, cpu0, t0, c0 = self.clock_base
+        now = time.perf_counter() if now is None else now
+        self.state.run_seconds, self.state.cpu_seconds = wall0 + now - t0, cpu0 + time.process_time() - c0
+
     # --- checkpoints ---
     def _save(self, state: TrainState) -> None:
+        self._clock()
         bad = next((n for n, p in self.model.named_parameters() if not bool(torch.isfinite(p).all())), None)
         if bad is not None:  # an update with a finite loss but non-finite gradients: never save poisoned weights
             good = self.last if self.saved_step >= 0 else None
@@ -326,6 +335,8 @@ class _Run:
         record.update(task.stats(env))
         now = time.perf_counter()
         record.update(seconds=now - t_report, elapsed_seconds=now - self.t_start)
+        self._clock(now)
+        record.update(run_minutes=self.state.run_seconds / 60, cpu_minutes=self.state.cpu_seconds / 60)
         better = (lambda new, old: new > old) if task.higher_is_better else (lambda new, old: new < old)
         improved = bool(metrics) and task.metric in metrics and (
             self.state.best is None or better(metrics[task.metric], self.state.best))
