@@ -489,8 +489,8 @@ def train_losses(theirs: nn.Module, ours: nn.Module, images: Sequence[np.ndarray
                  targets: list[dict[str, torch.Tensor]]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """mmdet's (:func:`forward_train`) and our detector's training losses on the same photos (all padding to one
     size) and targets; ours sees the photos unresized, as the trainer's data pipeline hands them over."""
-    x = torch.cat([preprocess(im)[0] for im in images])
-    expected = forward_train(theirs, x, [preprocess(im)[1][0] for im in images], targets)
+    x, metas = preprocess_batch(images)
+    expected = forward_train(theirs, x, metas, targets)
     ours.train()
     ours.transform._skip_resize = True
     try:
@@ -566,3 +566,106 @@ def assert_same_detections(ours: dict[str, torch.Tensor], theirs: dict[str, torc
 def level_outputs(maps: Sequence[torch.Tensor], channels: int) -> torch.Tensor:
     """mmdet's per-level head maps ``(B, A * C, h, w)`` in torchvision's layout ``(B, sum h * w * A, C)``."""
     return torch.cat([m.permute(0, 2, 3, 1).reshape(len(m), -1, channels) for m in maps], dim=1)
+
+
+# --- training trajectories -------------------------------------------------------------------------------------------
+def mmcv_lr_driver(hook: Any, optimizer: torch.optim.Optimizer, steps_per_epoch: int, epochs: int) -> Any:
+    """A function ``set_lr(i)`` that makes mmcv's LR hook set ``optimizer``'s learning rates for iteration ``i`` as
+    its ``EpochBasedRunner`` would (``before_run`` once, ``before_train_epoch`` at each epoch start,
+    ``before_train_iter`` at every iteration)."""
+    runner = types.SimpleNamespace(optimizer=optimizer, epoch=0, iter=0, max_epochs=epochs,
+                                   max_iters=epochs * steps_per_epoch, data_loader=range(steps_per_epoch))
+    hook.before_run(runner)
+    started: list[int] = []  # the epoch whose start the hook has seen
+
+    def set_lr(i: int) -> None:
+        runner.epoch, runner.iter = i // steps_per_epoch, i
+        if started[-1:] != [runner.epoch]:  # an epoch starts (or the first iteration asked for lies in it)
+            hook.before_train_epoch(runner)
+            started.append(runner.epoch)
+        hook.before_train_iter(runner)
+
+    return set_lr
+
+
+def teacher_forced_trajectory(theirs: nn.Module, ours: nn.Module, convert: Any, their_opt: torch.optim.Optimizer,
+                              our_opt: torch.optim.Optimizer, batches: Sequence[tuple[Sequence[np.ndarray], Any]],
+                              *, their_lr: Any = None, our_schedule: Any = None) -> dict[str, Any]:
+    """mmdet's detector trained by its optimizer over ``batches`` (``(photos, targets)`` each); before every step ours
+    is put on mmdet's current weights (``convert``: a ``from_mmdet``) and must give the same losses and gradients, and
+    our optimizer, stepping on mmdet's gradients, the same new weights. ``their_lr(i)`` / ``our_schedule`` (stepped
+    after each step) set each side's learning rates. Returns the per-step losses ``(theirs, ours)``, learning rates
+    (the set of group lrs per side), the largest relative gradient-tensor difference (and its name), the median
+    gradient-tensor difference of each step, and the largest relative weight-tensor difference after a step."""
+    params = dict(ours.named_parameters())
+
+    def as_ours(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return convert(released_layout(tensors), ours)
+
+    def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+        return ((a - b).norm() / b.norm().clamp(min=1e-12)).item()
+
+    out: dict[str, Any] = {"losses": [], "lrs": [], "worst_grad": (0.0, ""), "medians": [], "worst_weight": 0.0}
+    for i, (images, targets) in enumerate(batches):
+        if their_lr is not None:
+            their_lr(i)
+        out["lrs"].append(({g["lr"] for g in their_opt.param_groups}, {g["lr"] for g in our_opt.param_groups}))
+        with torch.no_grad():
+            for name, w in as_ours({k: p.detach() for k, p in theirs.named_parameters()}).items():
+                params[name].copy_(w)
+        expected, got = train_losses(theirs, ours, images, targets)
+        for opt, losses in ((their_opt, expected), (our_opt, got)):
+            opt.zero_grad()
+            sum(losses.values()).backward()
+        out["losses"].append((sum(expected.values()).item(), sum(got.values()).item()))
+        their_grads = as_ours({k: p.grad for k, p in theirs.named_parameters() if p.grad is not None})
+        assert len(their_grads) == len(params) > 50, (len(their_grads), len(params))
+        errors = sorted((rel(params[n].grad, g), n) for n, g in their_grads.items())
+        out["worst_grad"] = max(out["worst_grad"], errors[-1])
+        out["medians"].append(errors[len(errors) // 2][0])
+        for name, g in their_grads.items():  # our optimizer steps on mmdet's gradients
+            params[name].grad = g.clone()
+        their_opt.step()
+        our_opt.step()
+        if our_schedule is not None:
+            our_schedule.step()
+        after = as_ours({k: p.detach() for k, p in theirs.named_parameters()})
+        out["worst_weight"] = max(out["worst_weight"], max(rel(params[n].detach(), w) for n, w in after.items()))
+    out["worst_loss"] = max(abs(o - t) / t for t, o in out["losses"])
+    return out
+
+
+def fast_forward(schedule: Any, step: int) -> Any:
+    """Our :class:`~pvtv2.engine.optim.LRSchedule` put at ``step`` (its optimizer's groups at that step's lrs), as if
+    ``step`` optimizer steps had been taken."""
+    schedule.last_epoch = step
+    for group, base in zip(schedule.optimizer.param_groups, schedule.base_lrs, strict=True):
+        group["lr"] = base * schedule.factor(step)
+    return schedule
+
+
+def multiscale_batches(count: int, *, sides: Sequence[int] = (128, 160, 192), seed: int = 0
+                       ) -> list[tuple[list[np.ndarray], list[dict[str, torch.Tensor]]]]:
+    """``count`` training batches of two photos in the manner of a multi-scale recipe, the same on every call: each
+    batch at one of ``sides`` (shorter side; the second photo a little smaller, so both pad to the same multiple of
+    32), every other batch flipped left-right with its boxes; 1-3 seeded boxes per photo, labels 1..80."""
+    gen = np.random.default_rng(seed)
+    names = ["astronaut", "chelsea", "coffee"]
+    batches = []
+    for i in range(count):
+        h = sides[i % len(sides)]
+        w = h * 3 // 2
+        images, targets = [], []
+        for j, (hh, ww) in enumerate(((h, w), (h - 12, w - 20))):
+            image = photo(names[(i + j) % len(names)], (hh, ww))
+            n = int(gen.integers(1, 4))
+            x1, y1 = gen.uniform(0, 0.6, n) * ww, gen.uniform(0, 0.6, n) * hh
+            bw, bh = gen.uniform(0.1, 0.4, n) * ww, gen.uniform(0.1, 0.4, n) * hh
+            boxes = torch.tensor(np.stack([x1, y1, x1 + bw, y1 + bh], 1), dtype=torch.float32)  # (n, 4)
+            if i % 2:
+                image = np.ascontiguousarray(image[:, ::-1])
+                boxes = torch.stack([ww - boxes[:, 2], boxes[:, 1], ww - boxes[:, 0], boxes[:, 3]], 1)
+            images.append(image)
+            targets.append({"boxes": boxes, "labels": torch.tensor(gen.integers(1, 81, n))})
+        batches.append((images, targets))
+    return batches
