@@ -121,19 +121,23 @@ def test_same_probabilities_at_the_released_test_scale(pair: Any, photo: str, si
 
 
 def test_twenty_training_steps_follow_mmsegs(tmp_path: Any) -> None:
-    """Twenty AdamW steps of the released optimizer (``lr=1e-4, weight_decay=1e-4``; the warm-up and poly schedule
-    are tests/test_oracle_schedule.py's) on mmseg's ``forward_train`` and on ours (the trainer's
+    """Twenty AdamW steps of the released optimizer (``lr=1e-4, weight_decay=1e-4``), its learning rate set at every
+    step by mmcv's own ``PolyLrUpdaterHook`` of the released ``lr_config`` (iterations 10,000-10,019 of 40k; ours: the
+    ``ade20k_40k`` recipe's schedule; every lr equal), on mmseg's ``forward_train`` and on ours (the trainer's
     :func:`~pvtv2.segmentation.task.pixel_cross_entropy`, mmseg 0.14's mean over all pixels), free-running from the
     same weights on the same normalised photos and label maps (an ignored band included), the decode head's
-    ``Dropout2d`` drawing the same mask on each side. Measured (2026-12-04): the loss falls from 4.238 to 1.039 and
-    the two curves stay within 3.7e-5 relative at every step; the weights are within 9.0e-6 relative (median tensor
-    3.6e-6) after 5 steps, and part further later (median tensor 1.1e-4, largest 3.2e-4 after 20: AdamW's normalised
+    ``Dropout2d`` drawing the same mask on each side. Measured (2026-12-04, with the poly lrs): the loss falls from
+    4.238 to 1.327 and the two curves stay within 2.3e-5 relative at every step; the weights are within 6.3e-6
+    relative (median tensor 1.8e-8) after 5 steps, and part further later (median tensor 2.1e-5, largest 8.0e-5
+    after 20; at a constant 1e-4: 3.7e-5, 9.0e-6, 1.1e-4, 3.2e-4: AdamW's normalised
     steps move parameters whose gradients lie near zero by their sign, so rounding differences grow), as two runs of
     one library on two CPUs would. Before ``pixel_cross_entropy`` our loss divided by the pixels not ignored: 14% apart
     on this batch."""
     from mmcv.runner import build_optimizer
 
-    from pvtv2.engine.optim import create_optimizer
+    from mmcv.runner.hooks.lr_updater import PolyLrUpdaterHook
+
+    from pvtv2.engine.optim import create_optimizer, schedule_from_config
     from pvtv2.segmentation import get_recipe
     from pvtv2.segmentation.mmseg import load_mmseg_checkpoint
     from pvtv2.segmentation.task import pixel_cross_entropy
@@ -164,10 +168,17 @@ def test_twenty_training_steps_follow_mmsegs(tmp_path: Any) -> None:
         assert len(errors) == len(params) > 100
         return sorted(errors)
 
+    # the released lr_config (poly, power 0.9, min_lr 0, by iteration over 40k) by mmcv's own hook on mmseg's side,
+    # our recipe's schedule on ours, from iteration 10,000 (lr 7.7e-5)
+    start, total = 10_000, recipe.steps
+    set_lr = O.mmcv_lr_driver(PolyLrUpdaterHook(power=0.9, min_lr=0.0, by_epoch=False), their_opt, total, 1)
+    schedule = O.fast_forward(schedule_from_config(recipe, our_opt, 1e-4, total, total), start)
     theirs.train()
     ours.train()
-    history = []
+    history, lrs = [], []
     for step in range(20):
+        set_lr(start + step)
+        lrs.append(({g["lr"] for g in their_opt.param_groups}, {g["lr"] for g in our_opt.param_groups}))
         torch.manual_seed(step)
         expected = theirs.forward_train(x, metas, labels)["decode.loss_seg"]
         torch.manual_seed(step)
@@ -177,6 +188,7 @@ def test_twenty_training_steps_follow_mmsegs(tmp_path: Any) -> None:
             opt.zero_grad()
             loss.backward()
             opt.step()
+        schedule.step()
         if step == 4:
             after_five = weight_errors()
     rel = [abs(o - t) / t for t, o in history]
@@ -184,6 +196,9 @@ def test_twenty_training_steps_follow_mmsegs(tmp_path: Any) -> None:
     print(f"losses {history[0][0]:.4f} -> {history[-1][0]:.4f}, largest relative difference {max(rel):.1e}; weight "
           f"tensors after 5 steps: largest {after_five[-1]:.1e}, median {after_five[len(after_five) // 2]:.1e}; "
           f"after 20: largest {after_twenty[-1]:.1e}, median {after_twenty[len(after_twenty) // 2]:.1e}")
+    for theirs_lr, our_lr in lrs:  # every group of each side at one lr, the same on both sides, falling
+        assert len(theirs_lr) == len(our_lr) == 1 and min(our_lr) == pytest.approx(min(theirs_lr), rel=1e-12)
+    assert total == 40_000 and min(lrs[0][0]) > min(lrs[-1][0]) > 7e-5
     assert history[-1][0] < 0.5 * history[0][0]  # it trained
     assert max(rel) <= 2e-4, rel
     assert after_five[-1] <= 1e-4 and after_five[len(after_five) // 2] <= 2e-5
