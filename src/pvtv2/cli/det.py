@@ -6,9 +6,10 @@ import argparse
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
-from .options import (add_config_options, add_device_option, add_ema_option, add_scenes_option, add_train_arguments,
-                      device_of, given_options, run_training)
+from .options import (add_config_options, add_device_option, add_ema_option, add_profile_arguments, add_scenes_option,
+                      add_train_arguments, device_of, given_options, run_profile, run_training)
 
 log = logging.getLogger(__name__)
 
@@ -17,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     from ..detection.recipes import RECIPES
 
     det = sub.add_parser("det", help="train and evaluate detectors (RetinaNet, Mask R-CNN, FCOS, ...) on PVT backbones")
-    dsub = det.add_subparsers(dest="det_command", metavar="{train,compare,eval}")
+    dsub = det.add_subparsers(dest="det_command", metavar="{train,compare,eval,profile}")
 
     t = dsub.add_parser("train", help="train a detector (torchrun for several processes)",
                         description="Train any registered detector (--arch) on a PVT backbone; evaluates with "
@@ -36,6 +37,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--out", required=True, help="folder for the table and the runs")
     c.add_argument("--no-progress", action="store_true", help="no progress bars")
     c.set_defaults(func=run_compare)
+
+    f = dsub.add_parser("profile", help="where a training step's time goes, part by part, for each detector",
+                        description="Time training steps of each detector (default: RetinaNet; --archs all: every "
+                                    "registered one) as `det train` runs them: loading the batch, the backbone, the "
+                                    "FPN, the heads, anchors/assignment/losses, the optimizer.")
+    add_profile_arguments(f, RECIPES, "scenes")
+    f.add_argument("--archs", nargs="+", metavar="ARCH", help="detectors to profile ('all': every registered one)")
+    f.set_defaults(func=run_det_profile)
 
     e = dsub.add_parser("eval", help="COCO AP (boxes, masks) of a detection checkpoint")
     e.add_argument("--checkpoint", required=True)
@@ -78,6 +87,17 @@ def run_train(args: argparse.Namespace) -> int:
     from ..detection.recipes import RECIPES
 
     return run_training(args, RECIPES, DetectionTask)
+
+
+def run_det_profile(args: argparse.Namespace) -> int:
+    from ..detection import DETECTORS, DetectionTask
+    from ..detection.recipes import RECIPES
+
+    def tasks(cfg: Any) -> list[DetectionTask]:
+        archs = list(DETECTORS) if args.archs == ["all"] else args.archs or [cfg.arch]
+        return [DetectionTask(cfg.replace(arch=a)) for a in archs]
+
+    return run_profile(args, RECIPES, tasks)
 
 
 def run_compare(args: argparse.Namespace) -> int:

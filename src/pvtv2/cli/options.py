@@ -157,3 +157,38 @@ def run_training(args: argparse.Namespace, recipes: Mapping[str, Any], make_task
     cfg = resolve_backbone_weights(cfg, progress=not args.no_progress)  # --backbone-weights fashion-mnist
     train(make_task(cfg), out=args.out, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite)
     return 0
+
+
+def add_profile_arguments(parser: argparse.ArgumentParser, recipes: Mapping[str, Any], default: str) -> None:
+    """``--recipe``, the config options and the options of a ``profile`` command (where a training step's time
+    goes)."""
+    parser.add_argument("--recipe", default=default, choices=list(recipes),
+                        help=f"named configuration to start from (default: {default})")
+    add_config_options(parser, recipes[default])
+    parser.add_argument("--profile-steps", type=int, default=6, metavar="N",
+                        help="timed training steps, after two untimed ones (default 6)")
+    parser.add_argument("--out", metavar="MD", help="also write the tables to this Markdown file")
+
+
+def run_profile(args: argparse.Namespace, recipes: Mapping[str, Any], make_tasks: Callable[[Any], list[Any]]) -> int:
+    """Time the training step of each task ``make_tasks(cfg)`` gives, part by part, and print the tables."""
+    import torch
+
+    from ..engine.breakdown import format_breakdown, step_breakdown
+    from ..engine.distributed import resolve_device
+    from .pretrain import PRETRAINED
+
+    cfg = recipes[args.recipe].replace(**given_options(args, recipes[args.recipe]))
+    if getattr(cfg, "backbone_weights", None) == PRETRAINED:  # the weights do not change the time: don't make them
+        cfg = cfg.replace(backbone_weights=None)
+    torch.set_num_threads(cfg.threads or torch.get_num_threads())
+    tables = []
+    for task in make_tasks(cfg.replace(workers=0)):  # the batch is loaded in this process, so that it is timed
+        result = step_breakdown(task, steps=args.profile_steps, device=str(resolve_device(cfg.device)))
+        tables.append(format_breakdown(task.describe(), result))
+        print(tables[-1], end="\n\n", flush=True)
+    if args.out:
+        from .._io import atomic_write_text
+
+        atomic_write_text(args.out, "\n\n".join(tables) + "\n")
+    return 0

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from .options import add_device_option, add_ema_option, add_scenes_option, add_train_arguments, device_of, run_training
+from .options import (add_device_option, add_ema_option, add_profile_arguments, add_scenes_option, add_train_arguments,
+                      device_of, run_profile, run_training)
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
@@ -35,7 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     from ..segmentation.recipes import RECIPES
 
     seg = sub.add_parser("seg", help="semantic segmentation with Semantic FPN (train, eval)")
-    seg_sub = seg.add_subparsers(dest="seg_command", metavar="{train,eval}")
+    seg_sub = seg.add_subparsers(dest="seg_command", metavar="{train,eval,profile}")
     seg.set_defaults(func=lambda args: seg.print_help() or 1)
 
     p = seg_sub.add_parser("train", help="train Semantic FPN (torchrun for several processes)",
@@ -44,6 +45,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                                        "scored on their held-out test scenes.")
     add_train_arguments(p, RECIPES, "scenes")
     p.set_defaults(func=run_train)
+
+    p = seg_sub.add_parser("profile", help="where a training step's time goes, part by part",
+                           description="Time training steps as `seg train` runs them: loading the batch, the "
+                                       "backbone, the FPN, the decode head, the loss, the optimizer.")
+    add_profile_arguments(p, RECIPES, "scenes")
+    p.set_defaults(func=run_seg_profile)
 
     p = seg_sub.add_parser("eval", help="mIoU, per-class IoU and pixel accuracy of a checkpoint on a dataset")
     p.add_argument("data", help="dataset root, or 'scenes' (the generated benchmark's held-out test scenes)")
@@ -137,3 +144,10 @@ def run_segment(args: argparse.Namespace) -> int:
         path = atomic_write(args.save_mask, lambda tmp: Image.fromarray(arr).save(tmp, format="PNG"))
         print(f"label map written to {path}")
     return 0
+
+
+def run_seg_profile(args: argparse.Namespace) -> int:
+    from ..segmentation import SegmentationTask
+    from ..segmentation.recipes import RECIPES
+
+    return run_profile(args, RECIPES, lambda cfg: [SegmentationTask(cfg)])

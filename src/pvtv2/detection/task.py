@@ -103,6 +103,18 @@ class DetectionTask(Task):
         images, targets = to_device(*batch, env.device)
         return {k: v.float() for k, v in model(images, targets).items()}
 
+    def parts(self, model: nn.Module) -> dict[str, nn.Module | list[nn.Module]]:
+        parts: dict[str, nn.Module | list[nn.Module]] = {"backbone": model.backbone.body, "neck (FPN)": model.backbone.fpn}
+        if hasattr(model, "roi_heads"):  # two-stage: the RPN (or learned proposals), then the RoI heads
+            parts["proposals (RPN: head, anchors, NMS, its losses)"] = model.rpn
+            parts["RoI heads (sampling, pooling, box / mask heads, their losses)"] = model.roi_heads
+        else:
+            parts["head (convolutions)"] = model.head
+        return parts
+
+    def rest_of_step(self, model: nn.Module) -> str:
+        return "normalising and batching" if hasattr(model, "roi_heads") else "anchors, assignment, losses, normalising"
+
     def images_in(self, batch: Any) -> int:
         return len(batch[0])
 

@@ -105,6 +105,15 @@ class Task(ABC):
     def check_resume(self, saved: dict[str, Any]) -> None:
         """Raise one line when a checkpoint's :meth:`state` does not fit this run."""
 
+    def parts(self, model: nn.Module) -> dict[str, nn.Module | list[nn.Module]]:
+        """The model's parts whose time :func:`~.breakdown.step_breakdown` reports (none contains another); none by
+        default (the step is then reported as forward, backward and optimizer only)."""
+        return {}
+
+    def rest_of_step(self, model: nn.Module) -> str:
+        """What the forward and backward do outside :meth:`parts` (a few words for the breakdown's last row)."""
+        return "losses and the rest"
+
     def stats(self, env: DistEnv) -> dict[str, float]:
         """Counters for the metrics record of each report (e.g. skipped images), summed over ranks."""
         return {}

@@ -109,6 +109,12 @@ class SegmentationTask(Task):
         y = batch["mask"].to(env.device, non_blocking=True)
         return {"loss": pixel_cross_entropy(model(x), y, self.meta.ignore_index)}  # logits (B, K, H, W)
 
+    def parts(self, model: nn.Module) -> dict[str, nn.Module | list[nn.Module]]:
+        return {"backbone": model.backbone, "neck (FPN)": model.neck, "decode head": model.decode_head}
+
+    def rest_of_step(self, model: nn.Module) -> str:
+        return "the loss"
+
     def images_in(self, batch: Any) -> int:
         return len(batch["image"])
 
