@@ -588,14 +588,17 @@ def mmcv_lr_driver(hook: Any, optimizer: torch.optim.Optimizer, steps_per_epoch:
 
 
 def teacher_forced_trajectory(theirs: nn.Module, ours: nn.Module, convert: Any, their_opt: torch.optim.Optimizer,
-                              our_opt: torch.optim.Optimizer, batches: Sequence[tuple[Sequence[np.ndarray], Any]],
-                              *, their_lr: Any = None, our_schedule: Any = None) -> dict[str, Any]:
-    """mmdet's detector trained by its optimizer over ``batches`` (``(photos, targets)`` each); before every step ours
+                              our_opt: torch.optim.Optimizer, batches: Sequence[Any],
+                              *, their_lr: Any = None, our_schedule: Any = None, losses_of: Any = None
+                              ) -> dict[str, Any]:
+    """mmdet's detector trained by its optimizer over ``batches`` (``(photos, targets)`` each by default); before every step ours
     is put on mmdet's current weights (``convert``: a ``from_mmdet``) and must give the same losses and gradients, and
     our optimizer, stepping on mmdet's gradients, the same new weights. ``their_lr(i)`` / ``our_schedule`` (stepped
     after each step) set each side's learning rates. Returns the per-step losses ``(theirs, ours)``, learning rates
     (the set of group lrs per side), the largest relative gradient-tensor difference (and its name), the median
-    gradient-tensor difference of each step, and the largest relative weight-tensor difference after a step."""
+    gradient-tensor difference of each step, and the largest relative weight-tensor difference after a step.
+    ``losses_of(theirs, ours, batch) -> (their losses, our losses)`` (dicts of scalars) replaces :func:`train_losses`
+    (a segmentor's, say)."""
     params = dict(ours.named_parameters())
 
     def as_ours(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -605,14 +608,15 @@ def teacher_forced_trajectory(theirs: nn.Module, ours: nn.Module, convert: Any, 
         return ((a - b).norm() / b.norm().clamp(min=1e-12)).item()
 
     out: dict[str, Any] = {"losses": [], "lrs": [], "worst_grad": (0.0, ""), "medians": [], "worst_weight": 0.0}
-    for i, (images, targets) in enumerate(batches):
+    losses_of = losses_of or (lambda theirs, ours, batch: train_losses(theirs, ours, *batch))
+    for i, batch in enumerate(batches):
         if their_lr is not None:
             their_lr(i)
         out["lrs"].append(({g["lr"] for g in their_opt.param_groups}, {g["lr"] for g in our_opt.param_groups}))
         with torch.no_grad():
             for name, w in as_ours({k: p.detach() for k, p in theirs.named_parameters()}).items():
                 params[name].copy_(w)
-        expected, got = train_losses(theirs, ours, images, targets)
+        expected, got = losses_of(theirs, ours, batch)
         for opt, losses in ((their_opt, expected), (our_opt, got)):
             opt.zero_grad()
             sum(losses.values()).backward()

@@ -4,6 +4,7 @@ logits on photos; every released size converts; ``pvtv2 segment`` names ADE20K c
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -120,27 +121,19 @@ def test_same_probabilities_at_the_released_test_scale(pair: Any, photo: str, si
     assert (got - expected).abs().max() <= 1e-5
 
 
-def test_twenty_training_steps_follow_mmsegs(tmp_path: Any) -> None:
-    """Twenty AdamW steps of the released optimizer (``lr=1e-4, weight_decay=1e-4``), its learning rate set at every
-    step by mmcv's own ``PolyLrUpdaterHook`` of the released ``lr_config`` (iterations 10,000-10,019 of 40k; ours: the
-    ``ade20k_40k`` recipe's schedule; every lr equal), on mmseg's ``forward_train`` and on ours (the trainer's
-    :func:`~pvtv2.segmentation.task.pixel_cross_entropy`, mmseg 0.14's mean over all pixels), free-running from the
-    same weights on the same normalised photos and label maps (an ignored band included), the decode head's
-    ``Dropout2d`` drawing the same mask on each side. Measured (2026-12-04, with the poly lrs): the loss falls from
-    4.238 to 1.327 and the two curves stay within 2.3e-5 relative at every step; the weights are within 6.3e-6
-    relative (median tensor 1.8e-8) after 5 steps, and part further later (median tensor 2.1e-5, largest 8.0e-5
-    after 20; at a constant 1e-4: 3.7e-5, 9.0e-6, 1.1e-4, 3.2e-4: AdamW's normalised
-    steps move parameters whose gradients lie near zero by their sign, so rounding differences grow), as two runs of
-    one library on two CPUs would. Before ``pixel_cross_entropy`` our loss divided by the pixels not ignored: 14% apart
-    on this batch."""
+def _training_pair(tmp_path: Any) -> SimpleNamespace:
+    """mmseg's released Semantic FPN-B0 (seeded noise) and ours read from its file, each with its optimizer as the
+    ``ade20k_40k`` recipe builds it (mmcv's ``build_optimizer`` with the released ``AdamW, lr=1e-4,
+    weight_decay=1e-4``; ours ``create_optimizer``), their learning rates set at iteration ``i`` by mmcv's own
+    ``PolyLrUpdaterHook`` of the released ``lr_config`` (``set_lr``; poly, power 0.9, min_lr 0, by iteration over 40k)
+    and by our recipe's schedule (``schedule``, stepped after each step), both from iteration 10,000 (lr 7.7e-5); the
+    batch: two photos, mmseg's Normalize, learnable label maps with an ignored band."""
     from mmcv.runner import build_optimizer
-
     from mmcv.runner.hooks.lr_updater import PolyLrUpdaterHook
 
     from pvtv2.engine.optim import create_optimizer, schedule_from_config
     from pvtv2.segmentation import get_recipe
     from pvtv2.segmentation.mmseg import load_mmseg_checkpoint
-    from pvtv2.segmentation.task import pixel_cross_entropy
 
     name, overrides = "pvt_v2_b0", {"drop_path_rate": 0.0}
     cfg = O.semantic_fpn_config(O.oracle_backbone(name, overrides), O.stage_channels(name))
@@ -160,6 +153,42 @@ def test_twenty_training_steps_follow_mmsegs(tmp_path: Any) -> None:
     labels[1, 0] = torch.arange(160)[:, None] // 32 * 9 + 3
     labels[:, :, :20] = 255  # an ignored band (ADE20K's "other" pixels are ignored)
     metas = [{"img_shape": (160, 224, 3), "ori_shape": (160, 224, 3), "pad_shape": (160, 224, 3), "flip": False}] * 2
+    start, total = 10_000, recipe.steps
+    assert total == 40_000
+    driver = O.mmcv_lr_driver(PolyLrUpdaterHook(power=0.9, min_lr=0.0, by_epoch=False), their_opt, total, 1)
+    schedule = O.fast_forward(schedule_from_config(recipe, our_opt, 1e-4, total, total), start)
+    theirs.train()
+    ours.train()
+    return SimpleNamespace(theirs=theirs, ours=ours, their_opt=their_opt, our_opt=our_opt, x=x, labels=labels,
+                           metas=metas, set_lr=lambda i: driver(start + i), schedule=schedule)
+
+
+def _losses(pair: SimpleNamespace, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """mmseg's ``decode.loss_seg`` and ours (the trainer's ``pixel_cross_entropy``), ``Dropout2d`` drawing the same
+    mask on both sides (the same seed before each forward)."""
+    from pvtv2.segmentation.task import pixel_cross_entropy
+
+    torch.manual_seed(step)
+    expected = pair.theirs.forward_train(pair.x, pair.metas, pair.labels)["decode.loss_seg"]
+    torch.manual_seed(step)
+    return expected, pixel_cross_entropy(pair.ours(pair.x), pair.labels[:, 0])
+
+
+def test_twenty_training_steps_follow_mmsegs(tmp_path: Any) -> None:
+    """Twenty AdamW steps of the released optimizer (``lr=1e-4, weight_decay=1e-4``), its learning rate set at every
+    step by mmcv's own ``PolyLrUpdaterHook`` of the released ``lr_config`` (iterations 10,000-10,019 of 40k; ours: the
+    ``ade20k_40k`` recipe's schedule; every lr equal), on mmseg's ``forward_train`` and on ours (the trainer's
+    :func:`~pvtv2.segmentation.task.pixel_cross_entropy`, mmseg 0.14's mean over all pixels), free-running from the
+    same weights on the same normalised photos and label maps (an ignored band included), the decode head's
+    ``Dropout2d`` drawing the same mask on each side. Measured (2026-12-04, with the poly lrs): the loss falls from
+    4.238 to 1.327 and the two curves stay within 2.3e-5 relative at every step; the weights are within 6.3e-6
+    relative (median tensor 1.8e-8) after 5 steps, and part further later (median tensor 2.1e-5, largest 8.0e-5
+    after 20; at a constant 1e-4: 3.7e-5, 9.0e-6, 1.1e-4, 3.2e-4: AdamW's normalised
+    steps move parameters whose gradients lie near zero by their sign, so rounding differences grow), as two runs of
+    one library on two CPUs would. Before ``pixel_cross_entropy`` our loss divided by the pixels not ignored: 14% apart
+    on this batch."""
+    pair = _training_pair(tmp_path)
+    theirs, ours, their_opt, our_opt = pair.theirs, pair.ours, pair.their_opt, pair.our_opt
     params = dict(ours.named_parameters())
 
     def weight_errors() -> list[float]:
@@ -168,27 +197,17 @@ def test_twenty_training_steps_follow_mmsegs(tmp_path: Any) -> None:
         assert len(errors) == len(params) > 100
         return sorted(errors)
 
-    # the released lr_config (poly, power 0.9, min_lr 0, by iteration over 40k) by mmcv's own hook on mmseg's side,
-    # our recipe's schedule on ours, from iteration 10,000 (lr 7.7e-5)
-    start, total = 10_000, recipe.steps
-    set_lr = O.mmcv_lr_driver(PolyLrUpdaterHook(power=0.9, min_lr=0.0, by_epoch=False), their_opt, total, 1)
-    schedule = O.fast_forward(schedule_from_config(recipe, our_opt, 1e-4, total, total), start)
-    theirs.train()
-    ours.train()
     history, lrs = [], []
     for step in range(20):
-        set_lr(start + step)
+        pair.set_lr(step)
         lrs.append(({g["lr"] for g in their_opt.param_groups}, {g["lr"] for g in our_opt.param_groups}))
-        torch.manual_seed(step)
-        expected = theirs.forward_train(x, metas, labels)["decode.loss_seg"]
-        torch.manual_seed(step)
-        got = pixel_cross_entropy(ours(x), labels[:, 0])
+        expected, got = _losses(pair, step)
         history.append((expected.item(), got.item()))
         for opt, loss in ((their_opt, expected), (our_opt, got)):
             opt.zero_grad()
             loss.backward()
             opt.step()
-        schedule.step()
+        pair.schedule.step()
         if step == 4:
             after_five = weight_errors()
     rel = [abs(o - t) / t for t, o in history]
@@ -198,8 +217,29 @@ def test_twenty_training_steps_follow_mmsegs(tmp_path: Any) -> None:
           f"after 20: largest {after_twenty[-1]:.1e}, median {after_twenty[len(after_twenty) // 2]:.1e}")
     for theirs_lr, our_lr in lrs:  # every group of each side at one lr, the same on both sides, falling
         assert len(theirs_lr) == len(our_lr) == 1 and min(our_lr) == pytest.approx(min(theirs_lr), rel=1e-12)
-    assert total == 40_000 and min(lrs[0][0]) > min(lrs[-1][0]) > 7e-5
+    assert min(lrs[0][0]) > min(lrs[-1][0]) > 7e-5
     assert history[-1][0] < 0.5 * history[0][0]  # it trained
     assert max(rel) <= 2e-4, rel
     assert after_five[-1] <= 1e-4 and after_five[len(after_five) // 2] <= 2e-5
     assert after_twenty[len(after_twenty) // 2] <= 2e-3
+
+
+def test_every_step_of_a_twenty_step_trajectory_equals_mmsegs(tmp_path: Any) -> None:
+    """The same twenty steps with ours put on mmseg's weights before every step (teacher forcing, as the detectors'
+    trajectory tests): every lr, the loss, every gradient tensor and the weights our AdamW makes from mmseg's
+    gradients equal mmseg's at every step, so the free-running curves above part only by accumulated rounding."""
+    pair = _training_pair(tmp_path)
+    run = O.teacher_forced_trajectory(pair.theirs, pair.ours, from_mmseg, pair.their_opt, pair.our_opt, range(20),
+                                      their_lr=pair.set_lr, our_schedule=pair.schedule,
+                                      losses_of=lambda theirs, ours, step: tuple(
+                                          {"loss": loss} for loss in _losses(pair, step)))
+    losses, lrs = run["losses"], run["lrs"]
+    print(f"losses {losses[0][0]:.4f} -> {losses[-1][0]:.4f}; largest relative difference: loss "
+          f"{run['worst_loss']:.1e}, gradient tensor {run['worst_grad'][0]:.1e} ({run['worst_grad'][1]}; median tensor "
+          f"at most {max(run['medians']):.1e}), weight tensor after a step {run['worst_weight']:.1e}")
+    for theirs_lr, our_lr in lrs:
+        assert len(theirs_lr) == len(our_lr) == 1 and min(our_lr) == pytest.approx(min(theirs_lr), rel=1e-12)
+    assert losses[-1][0] < 0.5 * losses[0][0]
+    assert run["worst_loss"] <= 1e-5
+    assert run["worst_grad"][0] <= 1e-3 and max(run["medians"]) <= 1e-5, (run["worst_grad"], max(run["medians"]))
+    assert run["worst_weight"] <= 1e-5
