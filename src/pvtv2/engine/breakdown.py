@@ -16,7 +16,7 @@ remove.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,9 +77,7 @@ def _attach(part: _Part) -> None:
             return
         part.forward += time.perf_counter() - part.started.pop()
         call = part.calls[-1]
-        outputs = [t for t in _tensors(out) if t.requires_grad]
-        call["n_outputs"] = len(outputs)
-        for i, t in enumerate(outputs):
+        for i, t in enumerate(t for t in _tensors(out) if t.requires_grad):
             t.register_hook(lambda g, i=i, grads=call["grads"]: grads.__setitem__(i, g.detach()))
 
     for m in part.modules:
@@ -132,7 +130,7 @@ def step_breakdown(task: Any, *, steps: int = 6, warmup: int = 2, device: str = 
     sampler = StepSampler(n=n, batch_size=cfg.batch_size, rank=0, world_size=1, seed=cfg.seed,
                           repeats=task.sampler_repeats())
     batches = iter(task.train_loader(sampler, env))
-    parts = {name: _Part(list(mods) if isinstance(mods, Iterable) else [mods]) for name, mods in task.parts(model).items()}
+    parts = {name: _Part(mods if isinstance(mods, list) else [mods]) for name, mods in task.parts(model).items()}
     for part in parts.values():
         _attach(part)
     totals: dict[str, float] = {}
