@@ -21,8 +21,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 # metric key -> label, per task (the keys metrics.jsonl holds)
 PANELS = {
-    "det": {"bbox_AP": "box AP", "bbox_AP50": "AP50", "bbox_APs": "AP_S", "bbox_APm": "AP_M", "bbox_APl": "AP_L",
-            "segm_AP": "mask AP"},
+    "det": {"bbox_AP": "box AP", "bbox_AP50": "AP50", "bbox_AP75": "AP75", "bbox_APs": "AP_S", "bbox_APm": "AP_M",
+            "bbox_APl": "AP_L", "segm_AP": "mask AP"},
     "seg": {"val_miou": "mIoU", "val_pixel_acc": "pixel acc", "val_macc": "mAcc"},
 }
 
