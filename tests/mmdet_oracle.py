@@ -591,8 +591,8 @@ def teacher_forced_trajectory(theirs: nn.Module, ours: nn.Module, convert: Any, 
                               our_opt: torch.optim.Optimizer, batches: Sequence[Any],
                               *, their_lr: Any = None, our_schedule: Any = None, losses_of: Any = None
                               ) -> dict[str, Any]:
-    """mmdet's detector trained by its optimizer over ``batches`` (``(photos, targets)`` each by default); before every step ours
-    is put on mmdet's current weights (``convert``: a ``from_mmdet``) and must give the same losses and gradients, and
+    """mmdet's detector trained by its optimizer over ``batches`` (``(photos, targets)`` each by default); before
+    every step ours is put on mmdet's current weights (``convert``: a ``from_mmdet``) and must give the same losses and gradients, and
     our optimizer, stepping on mmdet's gradients, the same new weights. ``their_lr(i)`` / ``our_schedule`` (stepped
     after each step) set each side's learning rates. Returns the per-step losses ``(theirs, ours)``, learning rates
     (the set of group lrs per side), the largest relative gradient-tensor difference (and its name), the median

@@ -223,7 +223,8 @@ def test_every_step_of_a_twenty_step_3x_mstrain_trajectory_equals_mmdets() -> No
     norms), and mmcv's ``StepLrUpdaterHook`` (linear warm-up over 500 iterations from 0.001, steps at epochs 27 and
     33) at iterations 490-509, across the end of the warm-up; ours: ``create_optimizer`` and ``schedule_from_config``
     of the ``3x_mstrain`` recipe. Ten multi-scale batches of two photos (three scales, every other batch flipped),
-    twice over, the same on both sides; at every step ours is put on mmdet's weights (teacher forcing, as the RetinaNet test):
+    twice over, the same on both sides; at every step ours is put on mmdet's weights (teacher forcing, as the
+    RetinaNet test):
     the lr of every group, the losses, the gradients and our AdamW's new weights must equal mmdet's.
     Not compared: fp16 (the release trains with mmcv's fp16 hook on GPUs; both sides run fp32 here) and the
     augmentation itself (tests/test_oracle_pipeline.py and tests/test_mstrain_recipe.py).
@@ -237,8 +238,9 @@ def test_every_step_of_a_twenty_step_3x_mstrain_trajectory_equals_mmdets() -> No
 
     mm, ours = pair("atss", "pvt_v2_b2_li", seed=2)
     cfg = get_recipe("3x_mstrain")
-    their_opt = build_optimizer(mm, {"type": "AdamW", "lr": 1e-4, "weight_decay": cfg.weight_decay, "paramwise_cfg": {
-        "custom_keys": {k: {"decay_mult": 0.0} for k in ("absolute_pos_embed", "relative_position_bias_table", "norm")}}})
+    no_decay = {k: {"decay_mult": 0.0} for k in ("absolute_pos_embed", "relative_position_bias_table", "norm")}
+    their_opt = build_optimizer(mm, {"type": "AdamW", "lr": 1e-4, "weight_decay": cfg.weight_decay,
+                                     "paramwise_cfg": {"custom_keys": no_decay}})
     our_opt = create_optimizer(ours, lr=1e-4, weight_decay=cfg.weight_decay, decay_norms=cfg.decay_norms,
                                no_decay_keys=cfg.no_decay_keys)
     steps_per_epoch, start = 7330, 490  # COCO train2017's 117,266 images in batches of 16

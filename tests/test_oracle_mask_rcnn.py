@@ -144,8 +144,8 @@ def released(tmp_path_factory: Any) -> tuple[Any, Any]:
                                    config=O.with_backbone(cfg, O.released_backbone(name)))
     ours, _ = load_mmdet_checkpoint(path, backbone_overrides=overrides)
     rpn, rcnn, heads = cfg["model"]["test_cfg"]["rpn"], cfg["model"]["test_cfg"]["rcnn"], ours.roi_heads
-    assert (rpn["nms_pre"], rpn["max_per_img"], rpn["nms"]["iou_threshold"]) == \
-        (ours.rpn.pre_nms_top_n["testing"], ours.rpn.post_nms_top_n["testing"], ours.rpn.nms_thresh) == (1000, 1000, 0.7)
+    ours_rpn = (ours.rpn.pre_nms_top_n["testing"], ours.rpn.post_nms_top_n["testing"], ours.rpn.nms_thresh)
+    assert (rpn["nms_pre"], rpn["max_per_img"], rpn["nms"]["iou_threshold"]) == ours_rpn == (1000, 1000, 0.7)
     assert (rcnn["score_thr"], rcnn["nms"]["iou_threshold"], rcnn["max_per_img"]) == \
         (heads.score_thresh, heads.nms_thresh, heads.detections_per_img) == (0.05, 0.5, 100)
     return theirs, ours

@@ -104,7 +104,8 @@ class DetectionTask(Task):
         return {k: v.float() for k, v in model(images, targets).items()}
 
     def parts(self, model: nn.Module) -> dict[str, nn.Module | list[nn.Module]]:
-        parts: dict[str, nn.Module | list[nn.Module]] = {"backbone": model.backbone.body, "neck (FPN)": model.backbone.fpn}
+        parts: dict[str, nn.Module | list[nn.Module]] = {"backbone": model.backbone.body,
+                                                         "neck (FPN)": model.backbone.fpn}
         if hasattr(model, "roi_heads"):  # two-stage: the RPN (or learned proposals), then the RoI heads
             parts["proposals (RPN: head, anchors, NMS, its losses)"] = model.rpn
             parts["RoI heads (sampling, pooling, box / mask heads, their losses)"] = model.roi_heads

@@ -189,5 +189,6 @@ def format_breakdown(title: str, result: dict[str, Any]) -> str:
                                  f"{100 * result['data_ms'] / step:.1f}% |"]
     for name, fwd, bwd in result["rows"]:
         lines.append(f"| {name} | {fwd:.0f} | {bwd:.0f} | {100 * (fwd + bwd) / step:.1f}% |")
-    lines.append(f"| optimizer step | - | - | {100 * result['optimizer_ms'] / step:.1f}% ({result['optimizer_ms']:.0f} ms) |")
+    optimizer = result["optimizer_ms"]
+    lines.append(f"| optimizer step | - | - | {100 * optimizer / step:.1f}% ({optimizer:.0f} ms) |")
     return "\n".join(lines)
