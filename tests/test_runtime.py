@@ -78,6 +78,9 @@ def test_onednn_training_path_gives_the_plain_gradients(name: str) -> None:
 
 @pytest.mark.parametrize("backbone", [False, True])
 def test_torch_backend(backbone: bool) -> None:
+    """The eager backend: on the CPU it runs our fused kernels or the plain path, whichever measured faster for the
+    shape on this machine (pvtv2.kernel_choice), so its outputs equal the plain path's within the fused kernels'
+    tolerance, not bit for bit (seen: 2.4e-6 on a loaded AMD EPYC guest, where the fused kernels won)."""
     model = create_model("pvt_v2_b0", num_classes=0 if backbone else 10, depths=(1, 1, 1, 1))
     run = prepare(model, "torch")
     x = torch.randn(2, 3, 64, 64)
@@ -85,11 +88,11 @@ def test_torch_backend(backbone: bool) -> None:
     if backbone:
         assert isinstance(out, list) and [o.shape[1] for o in out] == [32, 64, 160, 256]
         with torch.no_grad():
-            assert _diff(out, model.forward_features(x)) == 0.0
+            assert _diff(out, model.forward_features(x)) < 1e-4
     else:
         assert out.shape == (2, 10) and not out.requires_grad
         with torch.no_grad():
-            assert _diff(out, model(x)) == 0.0
+            assert _diff(out, model(x)) < 1e-4
     assert not model.training
 
 
