@@ -7,7 +7,6 @@ and mmseg 0.14, and the PVT v2 detection configs' ``optimizer``)."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -25,17 +24,11 @@ LR = 1e-4
 def _mmcv_lrs(hook: Any, epochs: int, steps_per_epoch: int) -> list[float]:
     """The lr of every step as mmcv's ``EpochBasedRunner`` / ``IterBasedRunner`` calls the hook."""
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=LR)
-    runner = SimpleNamespace(optimizer=opt, epoch=0, iter=0, max_epochs=epochs, max_iters=epochs * steps_per_epoch,
-                             data_loader=range(steps_per_epoch))
-    hook.before_run(runner)
+    set_lr = O.mmcv_lr_driver(hook, opt, steps_per_epoch, epochs)
     lrs = []
-    for epoch in range(epochs):
-        runner.epoch = epoch
-        hook.before_train_epoch(runner)
-        for i in range(steps_per_epoch):
-            runner.iter = epoch * steps_per_epoch + i
-            hook.before_train_iter(runner)
-            lrs.append(opt.param_groups[0]["lr"])
+    for i in range(epochs * steps_per_epoch):
+        set_lr(i)
+        lrs.append(opt.param_groups[0]["lr"])
     return lrs
 
 

@@ -25,8 +25,8 @@ from torch import nn
 
 from .amp import Precision
 from .distributed import DistEnv
-from .optim import create_optimizer
 from .sampling import StepSampler
+from .trainer import peak_lr, run_optimizer
 
 
 @dataclass
@@ -123,9 +123,7 @@ def step_breakdown(task: Any, *, steps: int = 6, warmup: int = 2, device: str = 
     task.progress = False
     n = task.setup(env)
     model = task.build_model(env).to(env.device).train()
-    lr = cfg.lr if cfg.lr is not None else (cfg.base_lr or task.default_base_lr()) * cfg.batch_size / cfg.base_batch
-    optimizer = task.build_optimizer(model, lr) or create_optimizer(
-        model, lr=lr, weight_decay=cfg.weight_decay, decay_norms=cfg.decay_norms, no_decay_keys=cfg.no_decay_keys)
+    optimizer = run_optimizer(task, model, peak_lr(task))
     precision = Precision.resolve(cfg.precision, env.device)
     sampler = StepSampler(n=n, batch_size=cfg.batch_size, rank=0, world_size=1, seed=cfg.seed,
                           repeats=task.sampler_repeats())

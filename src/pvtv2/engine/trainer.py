@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from .._io import OutOfSpace, atomic_copy
 from ..errors import CheckpointError, PVTError, TrainingError
@@ -124,6 +125,23 @@ def train(task: Task, *, out: str | os.PathLike[str] | None = None, resume: str 
         cleanup()
 
 
+def peak_lr(task: Task) -> float:
+    """The run's peak learning rate: the config's ``lr``, else the linear scaling rule from the recipe's (or the
+    task's) learning rate for ``base_batch`` images."""
+    cfg = task.cfg
+    if cfg.lr is not None:
+        return cfg.lr
+    base_lr = cfg.base_lr if cfg.base_lr is not None else task.default_base_lr()
+    return base_lr * cfg.batch_size / cfg.base_batch
+
+
+def run_optimizer(task: Task, model: nn.Module, lr: float) -> torch.optim.Optimizer:
+    """The task's own optimizer if it brings one, else AdamW as the released recipes use it."""
+    cfg = task.cfg
+    return task.build_optimizer(model, lr) or create_optimizer(
+        model, lr=lr, weight_decay=cfg.weight_decay, decay_norms=cfg.decay_norms, no_decay_keys=cfg.no_decay_keys)
+
+
 class _Run:
     """The state of one run (built once, then :meth:`run`)."""
 
@@ -144,15 +162,8 @@ class _Run:
         self.model = task.build_model(env).to(env.device)
         self.ddp = wrap_ddp(self.model, env)
         self.precision = Precision.resolve(cfg.precision, env.device)
-        if cfg.lr is not None:
-            self.lr = cfg.lr
-        else:  # the linear scaling rule from the recipe's (or the task's) learning rate for base_batch images
-            base_lr = cfg.base_lr if cfg.base_lr is not None else task.default_base_lr()
-            self.lr = base_lr * cfg.batch_size / cfg.base_batch
-        # the task's own optimizer if it brings one, else AdamW as the released recipes use it
-        self.optimizer = task.build_optimizer(self.model, self.lr) or create_optimizer(
-            self.model, lr=self.lr, weight_decay=cfg.weight_decay, decay_norms=cfg.decay_norms,
-            no_decay_keys=cfg.no_decay_keys)
+        self.lr = peak_lr(task)
+        self.optimizer = run_optimizer(task, self.model, self.lr)
         self.schedule = schedule_from_config(cfg, self.optimizer, self.lr, self.total, self.steps_per_epoch)
         self.warmup = self.schedule.warmup_steps
         self.ema = create_ema(self.model, cfg.ema_decay) if cfg.ema else None
