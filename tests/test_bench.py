@@ -65,8 +65,8 @@ def test_smoke_run_writes_table_and_json(tmp_path: Path) -> None:
 def test_bench_rejects_unknown_names(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", "--smoke", "--paths", "tensorrt", "--json", ""]) == 2
     assert "unknown bench path" in capsys.readouterr().err
-    with pytest.raises(PVTError, match=r"unknown bench precision\(s\) \['int8'\]"):
-        run_benchmark(smoke_config(precisions=("int8",)))
+    with pytest.raises(PVTError, match=r"unknown bench precision\(s\) \['fp8'\]"):
+        run_benchmark(smoke_config(precisions=("fp8",)))
     assert main(["bench", "--smoke", "--models", "pvt_v9", "--json", ""]) == 2
     assert "unknown model 'pvt_v9'" in capsys.readouterr().err
 

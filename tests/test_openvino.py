@@ -140,3 +140,63 @@ def test_token_layer_norms_share_the_parameters_and_the_numbers() -> None:
     x = torch.randn(2, 3, 64, 96)
     with torch.inference_mode():
         assert _diff(copy(x), model(x)) < 1e-5
+
+
+@pytest.fixture(scope="module")
+def nncf(ov: object) -> object:
+    return require("nncf")
+
+
+def test_openvino_int8_is_quantized_and_close_to_eager(nncf: object, record_property: pytest.RecordProperty) -> None:
+    from pvtv2.export.openvino import OpenVINORunner, with_token_layer_norms
+
+    torch.manual_seed(0)
+    model = create_model("pvt_v2_b0", num_classes=10).eval()
+    g = torch.Generator().manual_seed(1)
+    calibration = [torch.randn(4, 3, 64, 64, generator=g) for _ in range(4)]  # 16 images, not the scored ones
+    run = OpenVINORunner(with_token_layer_norms(model), "int8", example_input=torch.randn(2, 3, 64, 64),
+                         calibration=calibration)
+    ops = {op.get_type_name() for op in run.model.get_ops()}
+    assert "FakeQuantize" in ops  # NNCF's quantize-dequantize pairs, which OpenVINO runs as int8 kernels
+    x = torch.randn(8, 3, 64, 64, generator=g)
+    with torch.inference_mode():
+        ref = model(x)
+    out = run(x)
+    assert run.precision == "int8" and out.shape == ref.shape and out.dtype == torch.float32
+    diff = _diff(out, ref)
+    record_property("int8_max_logit_diff", diff)
+    assert 0 < diff < 0.1 * ref.abs().max().item()  # quantized (not bit-equal), within a tenth of the logits' range
+    assert torch.corrcoef(torch.stack([out.flatten(), ref.flatten()]))[0, 1] > 0.98
+    # the same through prepare, at another size (one calibration, any shape)
+    runner = prepare(model, "openvino", precision="int8", calibration=calibration,
+                     example_input=torch.randn(1, 3, 96, 64))
+    assert runner.precision == "int8"  # type: ignore[attr-defined]
+    y = torch.randn(3, 3, 96, 64, generator=g)
+    with torch.inference_mode():
+        assert runner(y).shape == model(y).shape
+
+
+def test_openvino_int8_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = create_model("pvt_v2_b0", num_classes=3, depths=(1, 1, 1, 1))
+    images = [torch.randn(2, 3, 64, 64)]
+    for backend in ("torch", "onnxruntime", "compile"):
+        with pytest.raises(PVTError, match="int8 runs in the openvino backend"):
+            prepare(model, backend, precision="int8", calibration=images)
+    with pytest.raises(PVTError, match="calibration images are for precision int8"):
+        prepare(model, "openvino", calibration=images)
+    from pvtv2.export.openvino import OpenVINORunner, quantize_int8
+
+    with pytest.raises(PVTError, match="int8 needs calibration images"):
+        OpenVINORunner(model, "int8")
+    with pytest.raises(PVTError, match="int8 needs calibration images"):
+        quantize_int8(object(), [])
+    with pytest.raises(PVTError, match=r"takes \(B, 3, H, W\) image batches"):
+        quantize_int8(object(), [torch.randn(3, 64, 64)])
+    monkeypatch.setitem(sys.modules, "nncf", None)  # `import nncf` now raises ImportError
+    with pytest.raises(PVTError, match=r"pip install 'pvtv2\[int8\]'") as e:
+        prepare(model, "openvino", precision="int8", calibration=images)
+    assert "\n" not in str(e.value)
+
+
+def test_bench_has_the_int8_path() -> None:
+    assert PRECISION_OF["pvtv2-openvino-int8"] == "int8" and "pvtv2-openvino-int8" not in DEFAULT_PATHS

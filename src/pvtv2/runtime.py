@@ -9,14 +9,15 @@ Every backend returns what eager PyTorch returns, within float rounding (1e-4 ma
 tests and ``pvtv2 bench``): logits for a classifier, the list of four NCHW stage maps for a headless backbone.
 In bf16/fp16 (:mod:`pvtv2.precision`) the outputs are still float32 tensors, within the reduced type's rounding.
 ``"openvino"`` (``pip install 'pvtv2[openvino]'``) runs fp32, or bf16 by OpenVINO's inference-precision hint where
-the CPU has native bf16.
+the CPU has native bf16, or int8 after NNCF's post-training quantization on calibration images (opt-in: it changes
+the numbers more than bf16, see docs/speed.md).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Union
 
 import torch
@@ -72,6 +73,7 @@ def prepare(
     example_input: torch.Tensor | None = None,
     device: str | torch.device | None = None,
     backbone: bool | None = None,
+    calibration: Iterable[torch.Tensor] | None = None,
 ) -> Callable[[torch.Tensor], Output]:
     """A callable mapping an NCHW float batch to the model's output with the chosen backend and precision.
 
@@ -83,8 +85,8 @@ def prepare(
             ``"onnxruntime"`` (exported to ONNX in memory; CUDA provider on CUDA) or ``"openvino"`` (CPU only;
             converted by OpenVINO's PyTorch front end with dynamic batch, height and width, compiled once per input
             shape: :class:`pvtv2.export.openvino.OpenVINORunner`).
-        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` for ``torch`` and ``compile``, ``"fp32"`` or ``"bf16"`` for
-            ``openvino`` (bf16: OpenVINO's ``INFERENCE_PRECISION_HINT``, the model's weights stay fp32); where the
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` for ``torch`` and ``compile``, ``"fp32"``, ``"bf16"`` or
+            ``"int8"`` (with ``calibration``) for ``openvino`` (bf16: OpenVINO's ``INFERENCE_PRECISION_HINT``, the model's weights stay fp32); where the
             device has no native support for it, fp32 with one logged line (:func:`pvtv2.precision.resolve`).
             CPU (torch, compile): a copy of the model converted once (:func:`pvtv2.precision.to_reduced`: the fused
             kernels in bf16 with pre-packed weights, LayerNorm statistics, softmax, pooled mean and head in fp32);
@@ -95,10 +97,18 @@ def prepare(
             compiles for its shape. Default: 2 random images of 224x224.
         device: ``"cpu"``, ``"cuda"``, ... (default: where the model's parameters are).
         backbone: return the four stage maps instead of the logits (default: True for a headless model).
+        calibration: ``precision="int8"`` (``openvino`` only): batches of images like the ones to come, never the
+            ones scored; NNCF's post-training quantization takes each quantized tensor's range from them
+            (:func:`pvtv2.export.openvino.quantize_int8`; ``pip install 'pvtv2[int8]'``).
     """
     if backend not in BACKENDS:
         raise PVTError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if check(precision) != "fp32" and backend == "onnxruntime":
+    if precision == "int8" and backend != "openvino":
+        raise PVTError(f"int8 runs in the openvino backend (NNCF post-training quantization), not {backend}; "
+                       "use backend openvino")
+    if calibration is not None and precision != "int8":
+        raise PVTError(f"calibration images are for precision int8, not {precision}")
+    if backend == "onnxruntime" and check(precision) != "fp32":
         raise PVTError(f"the onnxruntime backend runs fp32 models; for {precision} use backend torch or compile")
     if backend == "openvino" and precision == "fp16":
         raise PVTError("the openvino backend runs fp32 or bf16; for fp16 use backend torch or compile")
@@ -112,9 +122,9 @@ def prepare(
     model = model.to(dev).eval()
     backbone = is_backbone(model) if backbone is None else backbone
     module = export_spec(model, backbone=backbone).module.eval()  # the model, or a StageMaps wrapper
-    precision = resolve(precision, dev)
-    if backend == "openvino":  # fp32 weights; bf16 is OpenVINO's compile-time choice
-        return _openvino(module, dev, example_input, model, precision, backbone)
+    precision = precision if precision == "int8" else resolve(precision, dev)
+    if backend == "openvino":  # fp32 weights; bf16 is OpenVINO's compile-time choice, int8 NNCF's quantization
+        return _openvino(module, dev, example_input, model, precision, backbone, calibration)
     module = _in_precision(module, precision, dev)
     if backend == "torch":
         return _eager(module, dev, example_input, model, precision)
@@ -173,19 +183,20 @@ def _onnxruntime(model: nn.Module, dev: torch.device, example: torch.Tensor | No
 
 
 def _openvino(module: nn.Module, dev: torch.device, example: torch.Tensor | None, model: nn.Module, precision: str,
-              backbone: bool) -> Runner:
+              backbone: bool, calibration: Iterable[torch.Tensor] | None = None) -> Runner:
     from .export.openvino import OpenVINORunner, with_token_layer_norms
 
     # traced at batch 2 (a batch of 1 may be traced as a special case), at the example's height and width
     trace = torch.randn(2, 3, *example.shape[-2:]) if example is not None else None
     # LayerNorms on (B, N, C) tokens: OpenVINO keeps them as one MVN kernel each (see TokenLayerNorm)
-    ov_runner = OpenVINORunner(with_token_layer_norms(module), precision, example_input=trace)
+    ov_runner = OpenVINORunner(with_token_layer_norms(module), precision, example_input=trace, calibration=calibration)
 
     def run(x: torch.Tensor) -> Output:
         outs = ov_runner.outputs(x)
         return outs[0] if len(outs) == 1 and not backbone else outs
 
     runner = Runner("openvino", run, dev, model, precision)
+    runner.openvino = ov_runner  # type: ignore[attr-defined]  # its converted model and compile settings
     if example is not None:
         run(example)  # compile for the example's shape now, not on the first batch
         runner.precision = ov_runner.precision  # what the compiled model chose

@@ -58,6 +58,14 @@ def _ours(backend: str, precision: str = "fp32") -> Builder:
                                           example_input=x)
 
 
+def _int8(model: PyramidVisionTransformer, name: str, x: torch.Tensor) -> Fn:
+    """Ours in OpenVINO after NNCF's int8 quantization, calibrated on 32 seeded random images of the example's size
+    (enough to time it; for accuracy calibrate on real images, as docs/speed.md did)."""
+    g = torch.Generator().manual_seed(0)
+    calibration = [torch.randn(1, 3, *x.shape[-2:], generator=g) for _ in range(32)]
+    return prepare(model, "openvino", precision="int8", example_input=x, calibration=calibration)  # type: ignore[return-value]
+
+
 def _hf(model: PyramidVisionTransformer, name: str) -> torch.nn.Module | None:
     return hf_model(model)
 
@@ -80,9 +88,10 @@ PATHS: dict[str, Builder] = {
     "timm-bf16": _peer(timm_model, "autocast-bf16"),
     "hf-bf16": _peer(_hf, "autocast-bf16"),
     "openvino-bf16": _peer(timm_model, "openvino-bf16"),  # OpenVINO's bf16 inference-precision hint
+    "pvtv2-openvino-int8": _int8,  # NNCF post-training int8 (opt-in: --precision int8)
 }
 # the precision each path asks for (what it ran in is in each result row)
-PRECISION_OF = {name: "bf16" if name.endswith("-bf16") else "fp32" for name in PATHS}
+PRECISION_OF = {name: name.rsplit("-", 1)[-1] if name.endswith(("-bf16", "-int8")) else "fp32" for name in PATHS}
 DEFAULT_PATHS = ("pvtv2", "pvtv2-plain", "pvtv2-compile", "pvtv2-onnxruntime", "pvtv2-openvino", "timm",
                  "timm-onnxruntime", "hf", "openvino", "pvtv2-bf16", "pvtv2-openvino-bf16", "timm-bf16", "hf-bf16",
                  "openvino-bf16")

@@ -34,7 +34,8 @@ class BenchConfig:
         sizes: square input sides.
         batches: batch sizes of the inference runs.
         paths: inference paths (see :data:`pvtv2.bench.paths.PATHS`).
-        precisions: keep the paths of these precisions only (``"fp32"``, ``"bf16"``; see ``PRECISION_OF``).
+        precisions: keep the paths of these precisions only (``"fp32"``, ``"bf16"``, ``"int8"``; see
+            ``PRECISION_OF``).
         repeats: timed interleaved rounds (medians are reported).
         warmup: untimed rounds before them.
         threads: CPU threads for every path (default: PyTorch's default).
@@ -57,7 +58,7 @@ class BenchConfig:
     sizes: tuple[int, ...] = (224,)
     batches: tuple[int, ...] = (1, 16)
     paths: tuple[str, ...] = DEFAULT_PATHS
-    precisions: tuple[str, ...] = ("fp32", "bf16")
+    precisions: tuple[str, ...] = ("fp32", "bf16", "int8")
     repeats: int = 7
     warmup: int = 2
     threads: int | None = None
@@ -121,9 +122,9 @@ def run_benchmark(cfg: BenchConfig = BenchConfig(), progress: bool = True) -> Be
     strange = sorted(set(cfg.dense_train) - set(DENSE_TASKS))
     if strange:
         raise PVTError(f"unknown dense training task(s) {strange}; choose from {', '.join(DENSE_TASKS)}")
-    odd = sorted(set(cfg.precisions) - {"fp32", "bf16"})
+    odd = sorted(set(cfg.precisions) - {"fp32", "bf16", "int8"})
     if odd:
-        raise PVTError(f"unknown bench precision(s) {odd}; choose from fp32, bf16")
+        raise PVTError(f"unknown bench precision(s) {odd}; choose from fp32, bf16, int8")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = torch.device(cfg.device)
@@ -133,7 +134,9 @@ def run_benchmark(cfg: BenchConfig = BenchConfig(), progress: bool = True) -> Be
     if device.type == "cpu" and cfg.tune_malloc:
         result.machine["malloc_tuned"] = tune_cpu_allocator()
     say = log.info if progress else log.debug
-    gemm = {p: gemm_calls(cfg.gemm_n, device, DTYPES[p]) for p in dict.fromkeys(("fp32", *cfg.precisions))}
+    # int8 rows are read against the fp32 matmul (no int8 matmul is timed)
+    gemm = {p: gemm_calls(cfg.gemm_n, device, DTYPES[p]) for p in dict.fromkeys(("fp32", *cfg.precisions))
+            if p in DTYPES}
     memory: list[tuple[dict[str, Any], Any]] = []  # (result row, one call): measured after every timing
     result.machine["ort_spinning"] = False
     with ort_spinning(False):  # spinning onnxruntime threads would hold the cores while the next path is timed
@@ -186,7 +189,7 @@ def _inference(name: str, cfg: BenchConfig, device: torch.device, gemm: dict[str
             base = {p: timings[p].median for p in ("timm", "pvtv2") if p in timings}
             for path, t in timings.items():
                 ran = getattr(fns[path], "precision", PRECISION_OF[path])  # fp32 where bf16 is not native
-                same = {g: gflops[g] for g in gemm[ran]}
+                same = {g: gflops[g] for g in gemm.get(ran, gemm["fp32"])}
                 roof, mm = max(same.values()), next(iter(same.values()))  # torch.mm is listed first
                 peers = [timings[p].median for p in timings if PRECISION_OF[p] == PRECISION_OF[path]
                          and not p.startswith("pvtv2")]
