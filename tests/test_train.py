@@ -221,3 +221,29 @@ def test_predict_and_eval_with_the_openvino_backend(folder_run, imagenet_folder,
                             "--workers", "0", "--backend", "openvino", "--json", str(tmp_path / "e.json"))
     res = json.loads((tmp_path / "e.json").read_text())
     assert code == 0 and res["backend"] == "openvino" and res["precision"] == "fp32" and "backend openvino" in stdout
+
+
+def test_predict_and_eval_in_int8(folder_run, imagenet_folder, tmp_path, capsys):
+    """--precision int8 --backend openvino --calibration DIR: NNCF-quantized, calibrated on the train images."""
+    from conftest import require
+
+    require("nncf")
+    out, _ = folder_run
+    ckpt = str(out / "best.pth")
+    calib = str(imagenet_folder / "train")
+    image = str(imagenet_folder / "val/n02123045/chelsea_0.JPEG")
+    code, stdout, _ = _main(capsys, "predict", "--checkpoint", ckpt, image, "--backend", "openvino",
+                            "--precision", "int8", "--calibration", calib, "--calibration-images", "8")
+    assert code == 0 and "1." in stdout
+    code, stdout, _ = _main(capsys, "eval", "--checkpoint", ckpt, str(imagenet_folder / "val"), "--workers", "0",
+                            "--backend", "openvino", "--precision", "int8", "--calibration", calib,
+                            "--json", str(tmp_path / "e.json"))
+    res = json.loads((tmp_path / "e.json").read_text())
+    assert code == 0 and res["backend"] == "openvino" and res["precision"] == "int8" and "in int8" in stdout
+    for extra, message in ((("--backend", "openvino", "--precision", "int8"), "needs --calibration"),
+                           (("--precision", "int8", "--calibration", calib), "add --backend openvino"),
+                           (("--calibration", calib), "--calibration is for --precision int8"),
+                           (("--backend", "openvino", "--precision", "int8", "--calibration", str(tmp_path / "no")),
+                            "neither an image file nor a folder")):
+        code, _, err = _main(capsys, "predict", "--checkpoint", ckpt, image, *extra)
+        assert code != 0 and message in err and err.count("\n") <= 2, (extra, err)

@@ -19,13 +19,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data import load_image
+from ..data import BadImage, load_image
 from ..engine.model_file import read_model_file
 from ..engine.sampling import loader_workers
 from ..errors import CheckpointError, DataError
 from ..weights.release import IMAGENET_EVAL
 from .evaluate import evaluate
-from .folder import ImageFolder, collate_skip_bad
+from .folder import IMG_EXTENSIONS, ImageFolder, collate_skip_bad
 from .recipes import ClassificationConfig
 from .transforms import eval_transform
 
@@ -172,13 +172,47 @@ def load_classifier(
     return clf
 
 
+def calibration_batches(clf: Classifier, paths: Sequence[str | os.PathLike[str]], limit: int = 300,
+                        batch_size: int = 32) -> list[torch.Tensor]:
+    """Up to ``limit`` images for int8 calibration, preprocessed as ``clf`` evaluates: image files, or folders
+    searched recursively (sorted). Use training images, never the ones to be scored. Unreadable files are skipped
+    with a warning.
+
+    Raises:
+        DataError: a path that does not exist, or no readable image among ``paths``.
+    """
+    files: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            files += sorted(f for f in path.rglob("*") if f.suffix.lower() in IMG_EXTENSIONS and f.is_file())
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise DataError(f"calibration: {path} is neither an image file nor a folder")
+        if len(files) >= limit:
+            break
+    if not files:
+        raise DataError(f"calibration: no image files ({', '.join(IMG_EXTENSIONS)}) in {', '.join(map(str, paths))}")
+    tf = clf.transform()
+    images = []
+    for f in files[:limit]:
+        try:
+            images.append(tf(load_image(f)))  # (C, S, S)
+        except BadImage as e:
+            log.warning("calibration: skipped %s", e)
+    if not images:
+        raise DataError(f"calibration: none of the {min(len(files), limit)} image file(s) could be read")
+    return list(torch.stack(images).split(batch_size))  # (N, C, S, S) in batches
+
+
 def _runner(clf: Classifier, backend: str, example: torch.Tensor, device: torch.device,
-            precision: str = "fp32") -> Any:
+            precision: str = "fp32", calibration: Sequence[torch.Tensor] | None = None) -> Any:
     if backend == "torch" and precision == "fp32":
         return clf.model
     from ..runtime import prepare
 
-    return prepare(clf.model, backend, precision=precision, example_input=example, device=device)
+    return prepare(clf.model, backend, precision=precision, example_input=example, device=device,
+                   calibration=calibration)
 
 
 def predict(
@@ -189,12 +223,16 @@ def predict(
     backend: str = "torch",
     device: str | torch.device = "cpu",
     precision: str = "fp32",
+    calibration: Sequence[torch.Tensor] | None = None,
 ) -> list[list[tuple[str, float]]]:
-    """Top-``k`` ``(class name, probability)`` for each image file (unreadable files raise ``DataError``)."""
+    """Top-``k`` ``(class name, probability)`` for each image file (unreadable files raise ``DataError``).
+
+    ``precision="int8"`` (``backend="openvino"``) takes ``calibration`` batches (:func:`calibration_batches`).
+    """
     device = torch.device(device)
     tf = clf.transform()
     batch = torch.stack([tf(load_image(p)) for p in images])  # (N, C, S, S)
-    run = _runner(clf, backend, batch, device, precision)
+    run = _runner(clf, backend, batch, device, precision, calibration)
     with torch.inference_mode():
         probs = run(batch.to(device)).float().softmax(dim=-1).cpu()
     k = min(topk, probs.shape[1])
@@ -260,8 +298,12 @@ def evaluate_folder(
     on_bad: str = "skip",
     limit: int | None = None,
     precision: str = "fp32",
+    calibration: Sequence[torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """Top-1/top-5 on an ImageFolder (``root/<class>/<image>``) with the model's evaluation preprocessing.
+
+    ``precision="int8"`` (``backend="openvino"``) takes ``calibration`` batches (:func:`calibration_batches`) from
+    other images than ``root``'s.
 
     Folder names are matched to the model's class identifiers (ImageNet synsets for 1000-class weights, the run's
     class names for our checkpoints); without identifiers, sorted folder order must give the model's classes.
@@ -276,7 +318,7 @@ def evaluate_folder(
                                          collate_fn=collate_skip_bad)  # workers: default one per CPU, at most 4
     size = int(clf.preprocess.get("size", 224))
     example = torch.zeros(min(batch_size, len(base)), int(clf.preprocess.get("channels", 3)), size, size)
-    run = _runner(clf, backend, example, device, precision)
+    run = _runner(clf, backend, example, device, precision, calibration)
     res = evaluate(run, loader, device, num_classes=len(clf.class_names))
     if res["skipped"]:
         log.warning("%d unreadable image(s) skipped", res["skipped"])

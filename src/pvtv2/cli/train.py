@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 
 from .options import add_device_option, add_ema_option, add_train_arguments, device_of, resolve_config, run_training
 
@@ -54,9 +55,31 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     add_device_option(p)
     p.add_argument("--backend", default="torch", choices=["torch", "compile", "onnxruntime", "openvino"],
                    help="inference backend (pvtv2.runtime)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
-                   help="compute in bf16/fp16 where the device has it natively (else fp32, said in one line)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16", "int8"],
+                   help="compute in bf16/fp16 where the device has it natively (else fp32, said in one line); "
+                   "int8: --backend openvino with --calibration (NNCF, pip install 'pvtv2[int8]')")
+    p.add_argument("--calibration", nargs="+", metavar="IMAGES", help="int8: image files or folders to calibrate "
+                   "on (training images, not the ones scored; the first --calibration-images are used)")
+    p.add_argument("--calibration-images", type=int, default=300, metavar="N",
+                   help="int8: calibration images used at most (default: 300)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (downloading --weights official)")
+
+
+def _calibration(args: argparse.Namespace, clf: Any) -> list[Any] | None:
+    """int8's calibration batches from ``--calibration`` (one line when it is missing or given without int8)."""
+    from ..classification.inference import calibration_batches
+    from ..errors import PVTError
+
+    if args.precision != "int8":
+        if args.calibration:
+            raise PVTError("--calibration is for --precision int8")
+        return None
+    if args.backend != "openvino":
+        raise PVTError("--precision int8 runs in OpenVINO: add --backend openvino (and --calibration IMAGES)")
+    if not args.calibration:
+        raise PVTError("--precision int8 needs --calibration IMAGES|DIR: training images like the ones to come, "
+                       "not the ones scored")
+    return calibration_batches(clf, args.calibration, limit=args.calibration_images)
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -87,6 +110,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
     clf = _load(args)
     res = evaluate_folder(clf, args.data, batch_size=args.batch_size, workers=args.workers, backend=args.backend,
+                          calibration=_calibration(args, clf),
                           device=str(device_of(args)), on_bad=args.on_bad_data, limit=args.limit,
                           precision=args.precision)
     print(f"{res['model']} ({res['weights']}) on {res['data']}: top-1 {res['top1']:.2f}%  top-5 {res['top5']:.2f}%  "
@@ -117,7 +141,7 @@ def run_predict(args: argparse.Namespace) -> int:
     args.images = images
     clf = _load(args)
     preds = predict(clf, images, topk=args.topk, backend=args.backend, device=str(device_of(args)),
-                    precision=args.precision)
+                    precision=args.precision, calibration=_calibration(args, clf))
     for path, pred in zip(args.images, preds):
         print(path)
         for rank, (name, prob) in enumerate(pred, 1):
