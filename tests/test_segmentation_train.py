@@ -10,10 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from conftest import require
 from pvtv2.cli import main as cli_main
 from pvtv2.engine import read_train_checkpoint
 from pvtv2.engine import train as engine_train
@@ -72,6 +74,21 @@ def test_cli_train_eval_segment(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert Image.open(vis).format == "PNG" and Image.open(vis).width > 500  # image plus legend
     assert Image.open(mask).size == (500, 375)
     assert cli_main(["segment", image, "--checkpoint", str(tmp_path / "missing.pth")]) == 2
+    # the network in OpenVINO: the same evaluation and label map as PyTorch's (fp32; resizing stays in PyTorch)
+    require("openvino")
+    report_ov, mask_ov = tmp_path / "eval_ov.json", tmp_path / "mask_ov.png"
+    assert cli_main(["seg", "eval", LABELME, "--checkpoint", str(run / "last.pth"), "--test-scale", "256", "64",
+                     "--workers", "0", "--json", str(report_ov), "--backend", "openvino"]) == 0
+    torch_res, ov_res = json.loads(report.read_text()), json.loads(report_ov.read_text())
+    assert ov_res["images"] == 3 and abs(ov_res["miou"] - torch_res["miou"]) < 1e-3, (ov_res, torch_res)
+    assert cli_main(["segment", image, "--checkpoint", str(run / "last.pth"), "--test-scale", "256", "64",
+                     "--save-mask", str(mask_ov), "--backend", "openvino"]) == 0
+    same = (np.asarray(Image.open(mask_ov)) == np.asarray(Image.open(mask))).mean()
+    assert same > 0.999, same  # argmax ties aside
+    capsys.readouterr()
+    assert cli_main(["segment", image, "--checkpoint", str(run / "last.pth"), "--backend", "openvino",
+                     "--precision", "fp16"]) == 2
+    assert "runs fp32 or bf16" in capsys.readouterr().err
 
 
 def test_torchrun_two_processes_shard_the_evaluation(tmp_path: Path) -> None:

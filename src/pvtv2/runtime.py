@@ -58,6 +58,30 @@ class Runner:
                 f"module={type(self.module).__name__})")
 
 
+class RunnerModule(nn.Module):
+    """A :class:`Runner` that still reads as its model: ``forward`` runs the backend, every other attribute
+    (``num_classes``, ``parameters()`` and so the device, ...) is the model's. For task code written against the
+    PyTorch module (Semantic FPN's whole-image and sliding-window inference, ...).
+
+    >>> seg = RunnerModule(prepare(segmentor, "openvino"))   # images -> logits in OpenVINO
+    """
+
+    def __init__(self, runner: Runner) -> None:
+        super().__init__()
+        self.model = runner.module
+        self.runner = runner
+        self.precision = runner.precision
+
+    def forward(self, x: torch.Tensor) -> Output:
+        return self.runner(x)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._modules["model"], name)
+
+
 def _device_of(model: nn.Module, device: str | torch.device | None) -> torch.device:
     if device is not None:
         return torch.device(device)

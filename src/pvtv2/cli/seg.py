@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
 from .options import (add_device_option, add_ema_option, add_profile_arguments, add_scenes_option, add_train_arguments,
                       device_of, run_profile, run_training)
@@ -30,6 +31,20 @@ def _add_test_args(p: argparse.ArgumentParser) -> None:
     add_ema_option(p)
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
                    help="compute in bf16/fp16 where the device has it natively (else fp32, said in one line)")
+    p.add_argument("--backend", default="torch", choices=["torch", "openvino"],
+                   help="run the network in PyTorch (autocast for bf16/fp16) or in OpenVINO (CPU; fp32 or bf16; "
+                   "compiled once per input size)")
+
+
+def _inference_model(model: Any, args: argparse.Namespace) -> Any:
+    """The segmentor as ``--backend`` / ``--precision`` run it (resizing, windows and flips stay in PyTorch)."""
+    if args.backend == "openvino":
+        from ..runtime import RunnerModule, prepare
+
+        return RunnerModule(prepare(model.eval(), "openvino", precision=args.precision, device=device_of(args)))
+    from ..precision import autocast_module
+
+    return autocast_module(model.eval(), args.precision, device_of(args))
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -83,12 +98,11 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from ..precision import autocast_module
     from ..segmentation import build_dataset, evaluate, format_results, load_segmentor
     from .._io import atomic_write_text
 
     model, meta = load_segmentor(args.checkpoint, map_location=device_of(args), use_ema=args.ema)
-    model = autocast_module(model, args.precision, device_of(args))
+    model = _inference_model(model, args)
     from ..data.scenes import canvas_side, resolve
     from ..segmentation.layouts import evaluation_split
 
@@ -118,13 +132,12 @@ def run_eval(args: argparse.Namespace) -> int:
 def run_segment(args: argparse.Namespace) -> int:
     import torch
 
-    from ..precision import autocast_module
     from .._io import atomic_write
     from ..segmentation import load_segmentor, predict, save_visualization
     from ..data.images import read_image
 
     model, meta = load_segmentor(args.checkpoint, map_location=device_of(args), use_ema=args.ema)
-    model = autocast_module(model.eval(), args.precision, device_of(args))
+    model = _inference_model(model, args)
     image = read_image(args.image)
     labels = predict(model, image, scale=args.test_scale or (2048, 512), mode=args.mode, crop=args.crop,
                      stride=args.stride)
