@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from conftest import require
 from test_detection_data import write_coco
 
 from pvtv2.cli import main as cli
@@ -77,6 +78,25 @@ def test_cli_train_eval_detect(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert isinstance(found, list) and all({"name", "score", "box"} <= set(d) for d in found)
     with Image.open(png) as im:
         assert im.size == (128, 96)
+    # the backbone and FPN in OpenVINO: the same AP and the same detections as PyTorch (fp32)
+    require("openvino")
+    assert cli(["det", "eval", "--checkpoint", str(run / "last.pth"), "--data", str(data), "--backend", "openvino",
+                "--out", str(tmp_path / "ev_ov"), "--device", "cpu"]) == 0
+    assert cli(["detect", str(image), "--checkpoint", str(run / "last.pth"), "--backend", "openvino"]) == 0
+    capsys.readouterr()
+    assert json.loads((tmp_path / "ev_ov" / "metrics.json").read_text())["bbox"] == pytest.approx(metrics["bbox"],
+                                                                                              abs=1e-3)
+    from pvtv2.data.images import read_image
+    from pvtv2.detection.inference import detect, load_detector, run_backbone_with
+
+    found = {}
+    for backend in ("torch", "openvino"):  # every box the head scores (a 2-step model: none pass 0.05)
+        model, meta = load_detector(run / "last.pth", score_thresh=0.0)
+        found[backend] = detect(run_backbone_with(model, backend), read_image(image),
+                                class_names=meta["class_names"], score_thresh=0.0)[:20]
+    assert len(found["torch"]) == 20 and [d["name"] for d in found["openvino"]] == [d["name"] for d in found["torch"]]
+    for a, b in zip(found["openvino"], found["torch"]):
+        assert abs(a["score"] - b["score"]) < 1e-4 and max(abs(x - y) for x, y in zip(a["box"], b["box"])) < 1e-2
 
 
 def test_cli_bad_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

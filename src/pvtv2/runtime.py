@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Any, Union
 
@@ -60,26 +61,66 @@ class Runner:
 
 class RunnerModule(nn.Module):
     """A :class:`Runner` that still reads as its model: ``forward`` runs the backend, every other attribute
-    (``num_classes``, ``parameters()`` and so the device, ...) is the model's. For task code written against the
-    PyTorch module (Semantic FPN's whole-image and sliding-window inference, ...).
+    (``num_classes``, ``out_channels``, ``parameters()`` and so the device, ...) is the model's. For task code
+    written against the PyTorch module (Semantic FPN's sliding windows, a detector's backbone and FPN); made by
+    :func:`as_module`.
 
-    >>> seg = RunnerModule(prepare(segmentor, "openvino"))   # images -> logits in OpenVINO
+    Args:
+        runner: the prepared model.
+        model: the PyTorch module it stands for.
+        keys: the model returns a dict of tensors: the runner's outputs are its values in this order.
     """
 
-    def __init__(self, runner: Runner) -> None:
+    def __init__(self, runner: Runner, model: nn.Module, keys: list[str] | None = None) -> None:
         super().__init__()
-        self.model = runner.module
+        self.model = model
         self.runner = runner
+        self.keys = keys
         self.precision = runner.precision
 
-    def forward(self, x: torch.Tensor) -> Output:
-        return self.runner(x)
+    def forward(self, x: torch.Tensor) -> Any:
+        out = self.runner(x)
+        if self.keys is None:
+            return out
+        return OrderedDict(zip(self.keys, [out] if isinstance(out, torch.Tensor) else out, strict=True))
 
     def __getattr__(self, name: str) -> Any:
         try:
             return super().__getattr__(name)
         except AttributeError:
             return getattr(self._modules["model"], name)
+
+
+class _DictValues(nn.Module):
+    """A dict-returning module as one returning the tuple of its values (what the backends trace)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(self.module(x).values())
+
+
+def as_module(model: nn.Module, backend: str, *, precision: str = "fp32", example_input: torch.Tensor | None = None,
+              device: str | torch.device | None = None) -> RunnerModule:
+    """``model`` run by ``backend`` (:func:`prepare`) behind the model's own interface (:class:`RunnerModule`).
+
+    ``model`` maps an image batch to a tensor, a tuple of tensors or a dict of tensors (a detector's backbone and
+    FPN: traced as the tuple of its values, given back as the same dict).
+
+    >>> seg = as_module(segmentor, "openvino")                              # images -> logits
+    >>> detector.backbone = as_module(detector.backbone, "openvino")        # images -> {"0": P2, ..., "pool": P6}
+    """
+    model = model.eval()
+    probe = example_input if example_input is not None else torch.zeros(1, 3, 64, 64)
+    with torch.no_grad():
+        out = model(probe.to(_device_of(model, device)))
+    keys = list(out) if isinstance(out, dict) else None
+    target = _DictValues(model) if keys is not None else model
+    runner = prepare(target, backend, precision=precision, example_input=example_input, device=device,
+                     backbone=False)
+    return RunnerModule(runner, model, keys)  # type: ignore[arg-type]
 
 
 def _device_of(model: nn.Module, device: str | torch.device | None) -> torch.device:

@@ -60,6 +60,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--max-size", type=int, default=None)
     add_device_option(e)
     add_ema_option(e)
+    _add_backend_args(e)
     e.add_argument("--workers", type=int, default=0)
     e.add_argument("--on-bad-data", choices=("skip", "error"), default="skip",
                    help="bad annotations: skip and count them, or stop at the first")
@@ -76,10 +77,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--max-size", type=int, default=None)
     add_device_option(d)
     add_ema_option(d)
-    d.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
-                   help="backbone and neck in bf16/fp16 where the device has it natively (box arithmetic in fp32)")
+    _add_backend_args(d)
     d.add_argument("--json", action="store_true", help="print the detections as JSON")
     d.set_defaults(func=run_detect)
+
+
+def _add_backend_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="backbone and neck in bf16/fp16 where the device has it natively (box arithmetic in fp32)")
+    p.add_argument("--backend", default="torch", choices=["torch", "openvino"],
+                   help="run the backbone and neck in PyTorch or in OpenVINO (CPU; fp32 or bf16; compiled once per "
+                   "padded input size); heads, NMS and RoI heads stay in PyTorch")
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -123,7 +131,8 @@ def run_eval(args: argparse.Namespace) -> int:
     metrics = evaluate_checkpoint(
         args.checkpoint, data, split=split, images=args.images, out=args.out, batch_size=args.batch_size,
         device=str(device_of(args)), strict=args.on_bad_data == "error", workers=args.workers,
-        min_size=args.test_size, max_size=args.max_size, use_ema=args.ema,
+        min_size=args.test_size, max_size=args.max_size, use_ema=args.ema, backend=args.backend,
+        precision=args.precision,
     )
     for kind, vals in metrics.items():
         print(f"{kind:<5} " + "  ".join(f"{k} {v:.3f}" for k, v in vals.items()))
@@ -134,13 +143,12 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def run_detect(args: argparse.Namespace) -> int:
     from ..data.images import read_image
-    from ..detection.inference import detect, load_detector
-    from ..precision import autocast_module
+    from ..detection.inference import detect, load_detector, run_backbone_with
 
     device = str(device_of(args))
     model, meta = load_detector(args.checkpoint, device=device, min_size=args.test_size, max_size=args.max_size,
                                 use_ema=args.ema)
-    model.backbone = autocast_module(model.backbone, args.precision, device)  # boxes, NMS stay fp32
+    run_backbone_with(model, args.backend, args.precision)  # boxes, NMS stay fp32
     found = detect(model, read_image(args.image), class_names=meta["class_names"], score_thresh=args.score_thresh,
                    save_vis=args.save_vis)
     if args.json:

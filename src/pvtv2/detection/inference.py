@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..engine.model_file import read_model_file, save_model_file
-from ..errors import DataError
+from ..errors import DataError, PVTError
 from ..weights import read_checkpoint
 from .registry import build_detector
 
@@ -128,6 +128,27 @@ def detect(
     return sorted(found, key=lambda d: -d["score"])
 
 
+def run_backbone_with(detector: nn.Module, backend: str = "torch", precision: str = "fp32") -> nn.Module:
+    """Run ``detector``'s backbone and FPN (its dense features) with ``backend`` in ``precision``, in place.
+
+    ``"torch"``: under autocast where the device has ``precision`` natively (:func:`pvtv2.precision.autocast_module`);
+    ``"openvino"``: converted and compiled by OpenVINO (CPU; fp32 or bf16; once per padded input size). Heads, box
+    decoding, NMS and RoI heads stay in PyTorch in fp32.
+    """
+    device = next(detector.parameters()).device
+    if backend == "openvino":
+        from ..runtime import as_module
+
+        detector.backbone = as_module(detector.backbone, "openvino", precision=precision, device=device)
+    elif backend == "torch":
+        from ..precision import autocast_module
+
+        detector.backbone = autocast_module(detector.backbone, precision, device)
+    else:
+        raise PVTError(f"a detector's backbone runs with backend torch or openvino, not {backend!r}")
+    return detector
+
+
 def evaluate_checkpoint(
     checkpoint: str | os.PathLike[str],
     data: str | os.PathLike[str],
@@ -139,6 +160,8 @@ def evaluate_checkpoint(
     device: str | torch.device = "cpu",
     strict: bool = False,
     workers: int = 0,
+    backend: str = "torch",
+    precision: str = "fp32",
     **kwargs: Any,
 ) -> dict[str, dict[str, float]]:
     """COCO AP of a detection checkpoint on a dataset; writes ``results.json`` and ``metrics.json`` into ``out``.
@@ -153,6 +176,7 @@ def evaluate_checkpoint(
         device: where to run.
         strict: raise on the first bad annotation instead of skipping and counting.
         workers: DataLoader processes.
+        backend, precision: how the backbone and FPN run (:func:`run_backbone_with`).
         **kwargs: detector options (``min_size``, ``max_size``, ``score_thresh``...).
     """
     import json
@@ -164,6 +188,7 @@ def evaluate_checkpoint(
     from .recipes import eval_transforms
 
     model, meta = load_detector(checkpoint, device=device, **kwargs)
+    run_backbone_with(model, backend, precision)
     dataset = open_dataset(data, split=split, images=images, strict=strict)
     if dataset.class_names != meta["class_names"]:
         raise DataError(f"{data} has classes {dataset.class_names[1:6]}..., the checkpoint was trained on "
