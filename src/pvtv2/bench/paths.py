@@ -63,7 +63,8 @@ def _int8(model: PyramidVisionTransformer, name: str, x: torch.Tensor) -> Fn:
     (enough to time it; for accuracy calibrate on real images, as docs/speed.md did)."""
     g = torch.Generator().manual_seed(0)
     calibration = [torch.randn(1, 3, *x.shape[-2:], generator=g) for _ in range(32)]
-    return prepare(model, "openvino", precision="int8", example_input=x, calibration=calibration)  # type: ignore[return-value]
+    run = prepare(model, "openvino", precision="int8", example_input=x, calibration=calibration)
+    return run  # type: ignore[return-value]
 
 
 def _hf(model: PyramidVisionTransformer, name: str) -> torch.nn.Module | None:

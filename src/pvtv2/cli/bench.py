@@ -13,8 +13,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batches", nargs="+", default=None, help="batch sizes (default: 1 16)")
     p.add_argument("--paths", nargs="+", default=None, help="inference paths: pvtv2 pvtv2-plain pvtv2-compile "
                    "pvtv2-onnxruntime pvtv2-openvino timm timm-compile timm-onnxruntime hf openvino, and in bf16 "
-                   "pvtv2-bf16 pvtv2-compile-bf16 pvtv2-openvino-bf16 timm-bf16 hf-bf16 openvino-bf16, in int8 pvtv2-openvino-int8 (default: "
-                   "all but the compiled timm and bf16 ones)")
+                   "pvtv2-bf16 pvtv2-compile-bf16 pvtv2-openvino-bf16 timm-bf16 hf-bf16 openvino-bf16, in int8 "
+                   "pvtv2-openvino-int8 (default: all but timm-compile, pvtv2-compile-bf16 and pvtv2-openvino-int8)")
     p.add_argument("--precision", nargs="+", default=None, choices=["fp32", "bf16", "int8"],
                    help="run the paths of these precisions (default: all); ours run bf16 only where the CPU "
                    "has it natively (else fp32, said in the 'ran' column; PVTV2_FORCE_REDUCED=1 forces it); int8: "
