@@ -26,7 +26,7 @@ from torch import nn
 
 from .errors import PVTError
 from .export.spec import export_spec, is_backbone
-from .precision import DTYPES, Autocast, Converted, check, native, resolve, to_reduced
+from .precision import DTYPES, Autocast, Converted, autocast_module, check, native, resolve, to_reduced
 
 Output = Union[torch.Tensor, list[torch.Tensor]]
 BACKENDS = ("torch", "compile", "onnxruntime", "openvino")
@@ -103,16 +103,20 @@ class _DictValues(nn.Module):
 
 
 def as_module(model: nn.Module, backend: str, *, precision: str = "fp32", example_input: torch.Tensor | None = None,
-              device: str | torch.device | None = None) -> RunnerModule:
-    """``model`` run by ``backend`` (:func:`prepare`) behind the model's own interface (:class:`RunnerModule`).
+              device: str | torch.device | None = None) -> nn.Module:
+    """``model`` run by ``backend`` behind the model's own interface, for task code written against the module.
 
-    ``model`` maps an image batch to a tensor, a tuple of tensors or a dict of tensors (a detector's backbone and
-    FPN: traced as the tuple of its values, given back as the same dict).
+    ``"torch"``: eager, under autocast in ``precision`` where the device has it natively
+    (:func:`pvtv2.precision.autocast_module`; the model itself for fp32). Any other backend: :func:`prepare` in a
+    :class:`RunnerModule`; ``model`` maps an image batch to a tensor, a tuple of tensors or a dict of tensors (a
+    detector's backbone and FPN: traced as the tuple of its values, given back as the same dict).
 
     >>> seg = as_module(segmentor, "openvino")                              # images -> logits
     >>> detector.backbone = as_module(detector.backbone, "openvino")        # images -> {"0": P2, ..., "pool": P6}
     """
     model = model.eval()
+    if backend == "torch":
+        return autocast_module(model, precision, _device_of(model, device))
     probe = example_input if example_input is not None else torch.zeros(1, 3, 64, 64)
     with torch.no_grad():
         out = model(probe.to(_device_of(model, device)))

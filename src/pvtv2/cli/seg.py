@@ -38,13 +38,9 @@ def _add_test_args(p: argparse.ArgumentParser) -> None:
 
 def _inference_model(model: Any, args: argparse.Namespace) -> Any:
     """The segmentor as ``--backend`` / ``--precision`` run it (resizing, windows and flips stay in PyTorch)."""
-    if args.backend == "openvino":
-        from ..runtime import as_module
+    from ..runtime import as_module
 
-        return as_module(model, "openvino", precision=args.precision, device=device_of(args))
-    from ..precision import autocast_module
-
-    return autocast_module(model.eval(), args.precision, device_of(args))
+    return as_module(model, args.backend, precision=args.precision, device=device_of(args))
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -16,6 +16,7 @@ from torch import nn
 
 from ..engine.model_file import read_model_file, save_model_file
 from ..errors import DataError, PVTError
+from ..runtime import as_module
 from ..weights import read_checkpoint
 from .registry import build_detector
 
@@ -131,21 +132,14 @@ def detect(
 def run_backbone_with(detector: nn.Module, backend: str = "torch", precision: str = "fp32") -> nn.Module:
     """Run ``detector``'s backbone and FPN (its dense features) with ``backend`` in ``precision``, in place.
 
-    ``"torch"``: under autocast where the device has ``precision`` natively (:func:`pvtv2.precision.autocast_module`);
-    ``"openvino"``: converted and compiled by OpenVINO (CPU; fp32 or bf16; once per padded input size). Heads, box
+    ``"torch"``: under autocast where the device has ``precision`` natively; ``"openvino"``: converted and compiled
+    by OpenVINO (CPU; fp32 or bf16; once per padded input size) (:func:`pvtv2.runtime.as_module`). Heads, box
     decoding, NMS and RoI heads stay in PyTorch in fp32.
     """
-    device = next(detector.parameters()).device
-    if backend == "openvino":
-        from ..runtime import as_module
-
-        detector.backbone = as_module(detector.backbone, "openvino", precision=precision, device=device)
-    elif backend == "torch":
-        from ..precision import autocast_module
-
-        detector.backbone = autocast_module(detector.backbone, precision, device)
-    else:
+    if backend not in ("torch", "openvino"):
         raise PVTError(f"a detector's backbone runs with backend torch or openvino, not {backend!r}")
+    device = next(detector.parameters()).device
+    detector.backbone = as_module(detector.backbone, backend, precision=precision, device=device)
     return detector
 
 
