@@ -191,3 +191,6 @@ def test_confusion_matrix_metrics() -> None:
     assert r["per_class"][0]["iou"] == pytest.approx(1 / 3) and r["per_class"][1]["iou"] == pytest.approx(2 / 3)
     assert r["per_class"][2]["iou"] == 0.0 and r["pixel_acc"] == pytest.approx(3 / 5)
     assert r["miou"] == pytest.approx((1 / 3 + 2 / 3 + 0) / 3) and r["classes_present"] == 3
+    # what it mixes up: 1 of a's 2 pixels as b, c's 1 pixel as a (the ignored pixel nowhere)
+    assert r["confusions"] == [{"truth": "a", "predicted": "b", "pixels": 1, "share": 0.5},
+                               {"truth": "c", "predicted": "a", "pixels": 1, "share": 1.0}]

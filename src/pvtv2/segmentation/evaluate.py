@@ -45,7 +45,8 @@ def evaluate(
         progress: show a tqdm bar (rank 0).
 
     Returns:
-        ``miou``, ``miou_gt``, ``macc``, ``pixel_acc``, ``per_class``, ``images``, ``skipped``, ``seconds``.
+        ``miou``, ``miou_gt``, ``macc``, ``pixel_acc``, ``per_class``, ``confusions``, ``images``, ``skipped``,
+        ``seconds``.
     """
     meta = dataset.meta
     raw = SegmentationDataset(dataset.pairs, meta, transforms=None, on_error=dataset.on_error, name=dataset.name)
@@ -86,6 +87,10 @@ def format_results(result: dict[str, Any], *, top: int | None = None) -> str:
         iou = f"{100 * r['iou']:.2f}" if r["iou"] == r["iou"] else "-"
         acc = f"{100 * r['acc']:.2f}" if r["acc"] == r["acc"] else "-"
         lines.append(f"{r['class'][:24]:<24} {iou:>7} {acc:>7} {r['pixels']:>10}")
+    mixed = sorted(result.get("confusions", []), key=lambda c: -c["share"])[:5]
+    if mixed:
+        lines.append("most mixed up (share of the true class's pixels): " + ", ".join(
+            f"{c['truth']} as {c['predicted']} {100 * c['share']:.1f}%" for c in mixed))
     lines.append(
         f"mIoU {100 * result['miou']:.2f}  (over classes in the ground truth: {100 * result['miou_gt']:.2f})  "
         f"mAcc {100 * result['macc']:.2f}  pixel acc {100 * result['pixel_acc']:.2f}  "

@@ -37,8 +37,9 @@ class ConfusionMatrix:
         self.matrix = reduce_sum(self.matrix)
 
     def compute(self, class_names: Sequence[str] | None = None) -> dict[str, Any]:
-        """``miou``, ``macc``, ``pixel_acc``, ``miou_gt`` (over classes present in the ground truth) and
-        ``per_class`` rows ``{"class", "iou", "acc", "pixels"}`` (NaN where a class never occurs)."""
+        """``miou``, ``macc``, ``pixel_acc``, ``miou_gt`` (over classes present in the ground truth), ``per_class``
+        rows ``{"class", "iou", "acc", "pixels"}`` (NaN where a class never occurs) and ``confusions``: the largest
+        off-diagonal entries, ``{"truth", "predicted", "pixels", "share"}`` (share of the true class's pixels)."""
         m = self.matrix.double()
         tp = m.diag()
         gt = m.sum(1)  # pixels of each class in the ground truth
@@ -59,7 +60,21 @@ class ConfusionMatrix:
                 {"class": names[i], "iou": iou[i].item(), "acc": acc[i].item(), "pixels": int(gt[i].item())}
                 for i in range(self.num_classes)
             ],
+            "confusions": self.confusions(names),
         }
+
+    def confusions(self, names: Sequence[str], top: int = 20) -> list[dict[str, Any]]:
+        """The ``top`` largest off-diagonal cells (pixels of class ``truth`` predicted as ``predicted``), largest
+        first, with their share of ``truth``'s pixels: what a model mixes up."""
+        off = self.matrix.clone()
+        off.fill_diagonal_(0)
+        gt = self.matrix.sum(1)
+        values, flat = off.flatten().sort(descending=True, stable=True)  # ties in row-major order
+        values, flat = values[:top], flat[:top]
+        k = self.num_classes
+        return [{"truth": names[int(i) // k], "predicted": names[int(i) % k], "pixels": int(v),
+                 "share": int(v) / int(gt[int(i) // k])}
+                for v, i in zip(values.tolist(), flat.tolist()) if v > 0]
 
 
 def _nanmean(x: torch.Tensor) -> float:
