@@ -130,7 +130,7 @@ def test_precision_choice_in_prepare_and_fastest(monkeypatch: pytest.MonkeyPatch
     with pytest.raises(PVTError, match="onnxruntime backend runs fp32"):
         prepare(model, "onnxruntime", precision="bf16")
     with pytest.raises(PVTError, match="unknown precision"):
-        prepare(model, "torch", precision="int8")
+        prepare(model, "torch", precision="fp8")
     monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset())
     assert prepare(model, "torch", precision="bf16").precision == "fp32"  # type: ignore[attr-defined]
     monkeypatch.setattr(runtime, "_available", lambda backend, dev: backend == "torch")
