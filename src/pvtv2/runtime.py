@@ -155,8 +155,9 @@ def prepare(
             converted by OpenVINO's PyTorch front end with dynamic batch, height and width, compiled once per input
             shape: :class:`pvtv2.export.openvino.OpenVINORunner`).
         precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` for ``torch`` and ``compile``, ``"fp32"``, ``"bf16"`` or
-            ``"int8"`` (with ``calibration``) for ``openvino`` (bf16: OpenVINO's ``INFERENCE_PRECISION_HINT``, the model's weights stay fp32); where the
-            device has no native support for it, fp32 with one logged line (:func:`pvtv2.precision.resolve`).
+            ``"int8"`` (with ``calibration``) for ``openvino`` (bf16: OpenVINO's ``INFERENCE_PRECISION_HINT``, the
+            model's weights stay fp32); where the device has no native support for bf16/fp16, fp32 with one logged
+            line (:func:`pvtv2.precision.resolve`).
             CPU (torch, compile): a copy of the model converted once (:func:`pvtv2.precision.to_reduced`: the fused
             kernels in bf16 with pre-packed weights, LayerNorm statistics, softmax, pooled mean and head in fp32);
             CUDA: ``torch.autocast``.
@@ -180,7 +181,8 @@ def prepare(
     if backend == "onnxruntime" and check(precision) != "fp32":
         raise PVTError(f"the onnxruntime backend runs fp32 models; for {precision} use backend torch or compile")
     if backend == "openvino" and precision == "fp16":
-        raise PVTError("the openvino backend runs fp32 or bf16; for fp16 use backend torch or compile")
+        raise PVTError("the openvino backend runs fp32 or bf16 (or int8 with calibration images); for fp16 use "
+                       "backend torch or compile")
     dev = _device_of(model, device)
     if backend == "openvino":
         if dev.type != "cpu":
