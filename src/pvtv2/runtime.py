@@ -150,8 +150,8 @@ def prepare(
         model: a PVT classifier or backbone (any module with an ``export_spec`` hook for ``onnxruntime``).
             Put in eval mode and moved to ``device``.
         backend: ``"torch"`` (eager; on CPU the fused or plain kernels, whichever :mod:`pvtv2.kernel_choice`
-            measured faster on this machine for the input's shape), ``"compile"`` (``torch.compile``; inductor with weight freezing on CPU) or
-            ``"onnxruntime"`` (exported to ONNX in memory; CUDA provider on CUDA) or ``"openvino"`` (CPU only;
+            measured faster on this machine for the input's shape), ``"compile"`` (``torch.compile``; inductor
+            with weight freezing on CPU) or ``"onnxruntime"`` (exported to ONNX in memory; CUDA provider on CUDA) or ``"openvino"`` (CPU only;
             converted by OpenVINO's PyTorch front end with dynamic batch, height and width, compiled once per input
             shape: :class:`pvtv2.export.openvino.OpenVINORunner`).
         precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` for ``torch`` and ``compile``, ``"fp32"``, ``"bf16"`` or
@@ -163,8 +163,9 @@ def prepare(
             CUDA: ``torch.autocast``.
             Outputs are float32 either way.
         example_input: a batch like the ones to come; ``compile`` is warmed up on it (so the first real call is
-            not the slow one), ``torch`` on CPU chooses its kernels for its shape, ``onnxruntime`` traces at its size, ``openvino`` traces at its height and width and
-            compiles for its shape. Default: 2 random images of 224x224.
+            not the slow one), ``torch`` on CPU chooses its kernels for its shape, ``onnxruntime`` traces at its
+            size, ``openvino`` traces at its height and width and compiles for its shape. Default: 2 random images
+            of 224x224.
         device: ``"cpu"``, ``"cuda"``, ... (default: where the model's parameters are).
         backbone: return the four stage maps instead of the logits (default: True for a headless model).
         calibration: ``precision="int8"`` (``openvino`` only): batches of images like the ones to come, never the
