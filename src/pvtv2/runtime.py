@@ -151,9 +151,9 @@ def prepare(
             Put in eval mode and moved to ``device``.
         backend: ``"torch"`` (eager; on CPU the fused or plain kernels, whichever :mod:`pvtv2.kernel_choice`
             measured faster on this machine for the input's shape), ``"compile"`` (``torch.compile``; inductor
-            with weight freezing on CPU) or ``"onnxruntime"`` (exported to ONNX in memory; CUDA provider on CUDA) or ``"openvino"`` (CPU only;
-            converted by OpenVINO's PyTorch front end with dynamic batch, height and width, compiled once per input
-            shape: :class:`pvtv2.export.openvino.OpenVINORunner`).
+            with weight freezing on CPU) or ``"onnxruntime"`` (exported to ONNX in memory; CUDA provider on CUDA)
+            or ``"openvino"`` (CPU only; converted by OpenVINO's PyTorch front end with dynamic batch, height and
+            width, compiled once per input shape: :class:`pvtv2.export.openvino.OpenVINORunner`).
         precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` for ``torch`` and ``compile``, ``"fp32"``, ``"bf16"`` or
             ``"int8"`` (with ``calibration``) for ``openvino`` (bf16: OpenVINO's ``INFERENCE_PRECISION_HINT``, the
             model's weights stay fp32); where the device has no native support for bf16/fp16, fp32 with one logged
