@@ -183,8 +183,12 @@ def calibration_batches(clf: Classifier, paths: Sequence[str | os.PathLike[str]]
     """
     files: list[Path] = []
     for path in map(Path, paths):
-        if path.is_dir():
-            files += sorted(f for f in path.rglob("*") if f.suffix.lower() in IMG_EXTENSIONS and f.is_file())
+        if path.is_dir():  # walked in sorted order and left as soon as enough are found (an ImageNet train folder)
+            for root, dirs, names in os.walk(path):
+                dirs.sort()
+                files += [Path(root, n) for n in sorted(names) if Path(n).suffix.lower() in IMG_EXTENSIONS]
+                if len(files) >= limit:
+                    break
         elif path.is_file():
             files.append(path)
         else:
