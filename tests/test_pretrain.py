@@ -1,6 +1,5 @@
-"""``--backbone-weights fashion-mnist`` / ``scene-items``: a classification recipe as the dense tasks' pretraining,
-trained on first use into the cache, reused afterwards, continued when interrupted (tiny recipe here; users get the
-full recipe)."""
+"""``--backbone-weights fashion-mnist``: the classification main job as the dense tasks' pretraining, trained on
+first use into the cache, reused afterwards, continued when interrupted (tiny recipe here; users get the main job)."""
 
 from __future__ import annotations
 
@@ -55,17 +54,13 @@ def test_an_interrupted_pretraining_continues(tiny: Path, monkeypatch: pytest.Mo
     assert steps == records[-1]["step"] > 2  # continued from step 2 to the end in the same folder
 
 
-@pytest.mark.parametrize("name", ["fashion-mnist", "scene-items"])
-def test_det_train_with_a_pretrained_backbone(name: str, tiny: Path, tmp_path: Path) -> None:
+def test_det_train_with_fashion_mnist_backbone(tiny: Path, tmp_path: Path) -> None:
     out = tmp_path / "det"
     argv = ["det", "train", "--out", str(out), "--no-progress", "--scenes", "8", "4", "64", "--steps", "2",
             "--batch-size", "2", "--workers", "0", "--threads", "1", "--backbone-overrides", "depths=1,1,1,1",
             "--train-sizes", "64", "--max-size", "64", "--test-size", "64", "--warmup-steps", "0",
-            "--backbone-weights", name]
+            "--backbone-weights", "fashion-mnist"]
     assert main(argv) == 0
     used = json.loads((out / "config.json").read_text())["backbone_weights"]
     assert used.endswith("best.pth") and Path(used).parent.parent == tiny / "pretrained"
-    assert Path(used).parent.name.startswith(f"pvt_v2_b0-{name}-")
-    pretraining = read_train_checkpoint(used)["config"]
-    assert pretraining["backbone_overrides"] == {"depths": [1, 1, 1, 1]}  # same backbone
-    assert pretraining["dataset"] == pretrain.pretraining_config("pvt_v2_b0", {}, name).dataset
+    assert read_train_checkpoint(used)["config"]["backbone_overrides"] == {"depths": [1, 1, 1, 1]}  # same backbone

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from pvtv2.cli import main
@@ -265,23 +264,3 @@ def test_default_dense_runs_train_on_scenes_and_score_held_out(tmp_path, monkeyp
                 str(tmp_path / "seg" / "last.pth")]) == 0
     assert "mIoU" in capsys.readouterr().out
     assert len(list((tmp_path / "cache" / "scenes").glob("64px-*"))) == 1  # both tasks read the same generated set
-
-
-def test_scene_items_use_training_sources_only_and_hold_some_out():
-    from pvtv2.data.scenes.items import HELD_OUT, SceneItems
-
-    train = SceneItems("train", 48)
-    val = SceneItems("val", 48, sources=train.src)
-    assert train.src.split == "train" and train.src.photo_names == PHOTOS["train"]
-    assert len(train) + len(val) == len(train.src.items) and len(val) == HELD_OUT
-    assert set(train.indices).isdisjoint(val.indices)  # the checkpoint is chosen on items never trained on
-    x, label = val[7]
-    assert x.shape == (3, 48, 48) and label == int(train.src.labels[val.indices[7]])
-    assert x.dtype == torch.float32 and x.min() < -1 and x.max() > 0  # ImageNet-normalised, not [0, 1]
-    assert torch.equal(val[7][0], x)  # evaluation samples are fixed
-    torch.manual_seed(0)
-    a = train[7][0]
-    torch.manual_seed(1)
-    assert not torch.equal(train[7][0], a)  # training samples are drawn anew
-    torch.manual_seed(0)
-    assert torch.equal(train[7][0], a)  # from torch's generator (the DataLoader seeds it per worker)

@@ -132,8 +132,8 @@ class BackboneConfig(TrainConfig):
     their builders take (``retinanet(backbone=..., backbone_weights=...)``, ``semantic_fpn(...)``)."""
 
     backbone: str = option("pvt_v2_b0", "registered backbone name (pvtv2 models)")
-    backbone_weights: str | None = option(None, "'official', 'fashion-mnist' or 'scene-items' (pretrained here "
-                                                 "on first use) or a checkpoint in any format; none: random init")
+    backbone_weights: str | None = option(None, "'official', 'fashion-mnist' (pretrained here on first use) or a "
+                                                 "checkpoint in any format; none: random init")
     backbone_overrides: dict[str, Any] = option({}, "a PVTConfig field, e.g. depths=1,1,1,1")
     trainable_stages: int | None = option(None, "train only the last N backbone stages (none: all 4)")
     norm_eval: bool = option(False, "freeze the backbone's LayerNorms")
