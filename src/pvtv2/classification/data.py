@@ -51,15 +51,12 @@ class ClassificationData:
 
 
 def build_data(cfg: ClassificationConfig, env: DistEnv) -> ClassificationData:
-    """The data of ``cfg.dataset`` (``fashion_mnist``, ``scene_items`` or ``folder``), the evaluation part sharded
-    over ``env``."""
+    """The data of ``cfg.dataset`` (``fashion_mnist`` or ``folder``), the evaluation part sharded over ``env``."""
     if cfg.dataset == "fashion_mnist":
         return _fashion_mnist(cfg, env)
-    if cfg.dataset == "scene_items":
-        return _scene_items(cfg, env)
     if cfg.dataset == "folder":
         return _folder(cfg, env)
-    raise DataError(f"unknown dataset {cfg.dataset!r}; use fashion_mnist, scene_items or folder")
+    raise DataError(f"unknown dataset {cfg.dataset!r}; use fashion_mnist or folder")
 
 
 def train_loader(cfg: ClassificationConfig, data: ClassificationData, sampler: StepSampler,
@@ -101,20 +98,6 @@ def _fashion_mnist(cfg: ClassificationConfig, env: DistEnv) -> ClassificationDat
                   "channels": int(cfg.backbone_overrides.get("in_chans", 3)), "mean": [fm.MEAN], "std": [fm.STD]}
     return ClassificationData(f"Fashion-MNIST ({train.source})", train, val, list(train.classes), len(test),
                               _criterion(cfg, None), None, preprocess)
-
-
-def _scene_items(cfg: ClassificationConfig, env: DistEnv) -> ClassificationData:
-    from ..data.scenes.items import IMAGENET_MEAN, IMAGENET_STD, SceneItems
-
-    train_ds = SceneItems("train", cfg.input_size, cfg.data_dir)
-    val_ds = SceneItems("val", cfg.input_size, sources=train_ds.src, seed=cfg.seed)
-    train_set, val_set = _first(train_ds, cfg.train_subset), _first(val_ds, cfg.val_subset)
-    val = torch.utils.data.DataLoader(val_set, batch_size=max(cfg.batch_size // env.world_size, 1),
-                                      sampler=shard(len(val_set), env.rank, env.world_size), **_loader_args(cfg, env))
-    preprocess = {"kind": "imagenet", "size": cfg.input_size, "crop_pct": 1.0, "interpolation": "bilinear",
-                  "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
-    return ClassificationData(f"scene items ({train_ds.src.split} split, {cfg.input_size} px)", train_set, val,
-                              train_ds.classes, len(val_set), _criterion(cfg, None), None, preprocess)
 
 
 def _folder(cfg: ClassificationConfig, env: DistEnv) -> ClassificationData:

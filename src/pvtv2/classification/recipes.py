@@ -2,8 +2,6 @@
 
 - ``fashion_mnist`` (what ``pvtv2 train`` runs with no arguments): PVT v2-B0 from scratch on Fashion-MNIST at
   32 px, sized to reach >= 90% test top-1 in about ten minutes on a 2-core CPU.
-- ``scene_items``: the dense tasks' pretraining closest to the scenes: the Fashion-MNIST training items drawn on the
-  train photographs as the scenes draw them, 12-64 px on a 64 px canvas (``--backbone-weights scene-items``).
 - ``imagenet``: the released ImageNet-1K recipe (the authors' ``classification/main.py`` defaults, which are
   DeiT's) for ImageFolder data (``DIR/train``, ``DIR/val``).
 """
@@ -29,9 +27,8 @@ class ClassificationConfig(TrainConfig):
     """Every knob of a classification run (resolved values are written to the run's ``config.json``)."""
 
     # --- data ---
-    dataset: str = option("fashion_mnist", "fashion_mnist (in memory), scene_items (Fashion-MNIST items drawn on "
-                          "photographs as the scenes draw them) or folder (DIR/train, DIR/val ImageFolders)",
-                          choices=("fashion_mnist", "scene_items", "folder"))
+    dataset: str = option("fashion_mnist", "fashion_mnist (in memory) or folder (DIR/train, DIR/val ImageFolders)",
+                          choices=("fashion_mnist", "folder"))
     data_dir: str | None = option(None, "folder: root with train/ and val/; fashion_mnist: torchvision layout "
                                         "(none: the Debian package)")
     train_subset: int | None = option(None, "train on the first N images only")
@@ -86,17 +83,6 @@ FASHION_MNIST = ClassificationConfig(
     ckpt_every=0,
 )
 
-# The dense tasks' second pretraining: the items as the scenes show them (64 px canvas, items 12-64 px on crops of the
-# train photographs, ImageNet normalisation as the detectors and Semantic FPN use), held-out training items to choose
-# the checkpoint. Four epochs: about the CPU time of the Fashion-MNIST job.
-SCENE_ITEMS = FASHION_MNIST.replace(
-    recipe="scene_items",
-    dataset="scene_items",
-    input_size=64,
-    epochs=4,
-    workers=1,
-)
-
 IMAGENET = ClassificationConfig(
     recipe="imagenet",
     dataset="folder",
@@ -118,10 +104,9 @@ IMAGENET = ClassificationConfig(
     workers=8,
 )
 
-RECIPES: dict[str, ClassificationConfig] = {"fashion_mnist": FASHION_MNIST, "scene_items": SCENE_ITEMS,
-                                            "imagenet": IMAGENET}
+RECIPES: dict[str, ClassificationConfig] = {"fashion_mnist": FASHION_MNIST, "imagenet": IMAGENET}
 
 
 def get_recipe(name: str) -> ClassificationConfig:
-    """A named recipe (``fashion_mnist``, ``scene_items`` or ``imagenet``)."""
+    """A named recipe (``fashion_mnist`` or ``imagenet``)."""
     return _get(RECIPES, name)

@@ -176,10 +176,10 @@ def run_profile(args: argparse.Namespace, recipes: Mapping[str, Any], make_tasks
 
     from ..engine.breakdown import format_breakdown, step_breakdown
     from ..engine.distributed import resolve_device
-    from .pretrain import PRETRAININGS
+    from .pretrain import PRETRAINED
 
     cfg = recipes[args.recipe].replace(**given_options(args, recipes[args.recipe]))
-    if getattr(cfg, "backbone_weights", None) in PRETRAININGS:  # the weights do not change the time: don't make them
+    if getattr(cfg, "backbone_weights", None) == PRETRAINED:  # the weights do not change the time: don't make them
         cfg = cfg.replace(backbone_weights=None)
     torch.set_num_threads(cfg.threads or torch.get_num_threads())
     tables = []
