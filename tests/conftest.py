@@ -27,6 +27,18 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
+# The scenes recipes start from the Fashion-MNIST-pretrained backbone, made on first use: in tests, from a tiny
+# pretraining (64 training images, one epoch) so that a default run stays seconds long.
+TINY_PRETRAINING = {"train_subset": 64, "val_subset": 32, "batch_size": 8, "epochs": 1, "threads": 1}
+
+
+@pytest.fixture(autouse=True)
+def _tiny_pretraining(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pvtv2.cli import pretrain
+
+    monkeypatch.setattr(pretrain, "RECIPE_CHANGES", TINY_PRETRAINING)
+
+
 @pytest.fixture
 def one_thread():
     """One torch thread for the test (``pytestmark = pytest.mark.usefixtures("one_thread")``): much faster than two

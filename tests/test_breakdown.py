@@ -52,8 +52,8 @@ def test_seg_profile_and_the_profiled_step_is_the_trainers(tmp_path, monkeypatch
 
     from pvtv2.segmentation import SegmentationTask, get_recipe
 
-    cfg = get_recipe("scenes").replace(scenes=(8, 4, 64), batch_size=2, workers=0, crop_size=64, scale=(64, 64),
-                                       backbone_overrides={"depths": [1, 1, 1, 1]})
+    cfg = get_recipe("scenes").replace(scenes=(8, 4, 64), backbone_weights=None, batch_size=2, workers=0,
+                                       crop_size=64, scale=(64, 64), backbone_overrides={"depths": [1, 1, 1, 1]})
     weights = []
     for parts in (True, False):
         task = SegmentationTask(cfg)

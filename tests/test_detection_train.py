@@ -187,3 +187,26 @@ def test_compare_trains_every_detector_the_same_way_and_tabulates(tmp_path: Path
     assert (tmp_path / "cmp" / "fcos" / "last.pth").stat().st_mtime_ns == stamp
     again = json.loads((tmp_path / "cmp" / "table.json").read_text())
     assert [r["bbox_AP"] for r in again] == [r["bbox_AP"] for r in rows]
+
+
+def test_recipe_options_per_detector_reach_that_detector_only() -> None:
+    """Every recipe's ``arch_options`` name registered detectors whose builders take them; other detectors and
+    ``--detector-options`` are unaffected / win."""
+    from pvtv2.detection import DETECTORS, RECIPES, build_detector
+
+    assert get_recipe("scenes").arch_options["retinanet"]["anchor_scale"] == 2  # scenes: 12-192 px objects
+    for name, recipe in RECIPES.items():
+        for arch, options in recipe.arch_options.items():
+            assert arch in DETECTORS, (name, arch)
+            cfg = recipe.replace(arch=arch)
+            model = build_detector(arch, num_classes=3, backbone_overrides={"depths": (1, 1, 1, 1)},
+                                   **cfg.builder_options())
+            assert model is not None and options.items() <= cfg.builder_options().items()
+    scenes = get_recipe("scenes")
+    assert "anchor_scale" not in scenes.replace(arch="mask_rcnn").builder_options()
+    assert scenes.replace(detector_options={"anchor_scale": 3}).builder_options()["anchor_scale"] == 3
+    small = build_detector("retinanet", num_classes=3, backbone_overrides={"depths": (1, 1, 1, 1)},
+                           **scenes.builder_options())
+    released = build_detector("retinanet", num_classes=3, backbone_overrides={"depths": (1, 1, 1, 1)})
+    # the smallest anchor on P3 (stride 8): 2 strides instead of the released 4
+    assert small.anchor_generator.sizes[0][0] == 16.0 and released.anchor_generator.sizes[0][0] == 32.0

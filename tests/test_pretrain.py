@@ -7,15 +7,15 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import TINY_PRETRAINING as TINY
 
 import pvtv2.engine
 from pvtv2.cli import main
 from pvtv2.cli import pretrain
 from pvtv2.engine import read_train_checkpoint
+from pvtv2.weights.io import PRETRAININGS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-TINY = {"train_subset": 64, "val_subset": 32, "batch_size": 8, "epochs": 1, "threads": 1}
 DEPTHS = {"depths": (1, 1, 1, 1)}
 
 
@@ -64,3 +64,25 @@ def test_det_train_with_fashion_mnist_backbone(tiny: Path, tmp_path: Path) -> No
     used = json.loads((out / "config.json").read_text())["backbone_weights"]
     assert used.endswith("best.pth") and Path(used).parent.parent == tiny / "pretrained"
     assert read_train_checkpoint(used)["config"]["backbone_overrides"] == {"depths": [1, 1, 1, 1]}  # same backbone
+
+
+def test_the_scenes_recipes_start_from_the_pretraining_and_none_means_random(tiny: Path, tmp_path: Path) -> None:
+    from pvtv2.detection import get_recipe as det_recipe
+    from pvtv2.segmentation import get_recipe as seg_recipe
+
+    assert det_recipe("scenes").backbone_weights == seg_recipe("scenes").backbone_weights == pretrain.PRETRAINED
+    assert pretrain.PRETRAINED in PRETRAININGS  # the checkpoint reader's hint knows the name
+    out = tmp_path / "seg"
+    argv = ["seg", "train", "--out", str(out), "--no-progress", "--scenes", "8", "4", "64", "--steps", "1",
+            "--batch-size", "2", "--workers", "0", "--threads", "1", "--backbone-overrides", "depths=1,1,1,1",
+            "--crop-size", "64", "--scale", "64", "64", "--test-scale", "64", "64", "--warmup-steps", "0",
+            "--backbone-weights", "none"]
+    assert main(argv) == 0
+    assert json.loads((out / "config.json").read_text())["backbone_weights"] is None
+    assert not (tiny / "pretrained").exists()  # nothing pretrained for a random start
+    # from Python, an unresolved name fails in one line that says how to make it
+    from pvtv2.errors import CheckpointError
+    from pvtv2.weights import read_checkpoint
+
+    with pytest.raises(CheckpointError, match="resolve_backbone_weights"):
+        read_checkpoint(pretrain.PRETRAINED)

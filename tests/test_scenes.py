@@ -249,6 +249,8 @@ def test_default_dense_runs_train_on_scenes_and_score_held_out(tmp_path, monkeyp
     config = json.loads((tmp_path / "det" / "config.json").read_text())
     assert (config["recipe"], config["arch"], config["backbone"], config["data"]) == ("scenes", "retinanet",
                                                                                      "pvt_v2_b0", "scenes")
+    pretrained = Path(config["backbone_weights"])  # the default starts from the (here tiny) pretraining
+    assert pretrained.name == "best.pth" and pretrained.parent.parent == tmp_path / "cache" / "pretrained"
     summary = json.loads((tmp_path / "det" / "summary.json").read_text())
     assert "bbox_AP" in summary["metrics"] and (tmp_path / "det" / "predictions.png").is_file()
     capsys.readouterr()

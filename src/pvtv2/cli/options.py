@@ -48,6 +48,8 @@ def add_config_options(parser: argparse.ArgumentParser, defaults: Any, *, title:
             kw["action"] = argparse.BooleanOptionalAction
         elif typing.get_origin(t) is tuple:
             kw.update(nargs="+", type=typing.get_args(t)[0], metavar="N")
+        elif t is str and t is not hints[f.name]:  # str | None: the word "none" is None (e.g. --backbone-weights none)
+            kw["type"] = _str_or_none
         elif t in (int, float, str):
             kw["type"] = t
         elif typing.get_origin(t) is dict:
@@ -60,6 +62,10 @@ def add_config_options(parser: argparse.ArgumentParser, defaults: Any, *, title:
         group.add_argument(_flag(f), *f.metadata.get("aliases", ()), **kw)
     group.add_argument("--set", action="append", default=[], metavar="FIELD=JSON", dest="set_fields",
                        help="any field, e.g. --set backbone_overrides='{\"depths\": [1, 1, 1, 1]}'")
+
+
+def _str_or_none(text: str) -> str | None:
+    return None if text.lower() == "none" else text
 
 
 def key_value(text: str) -> tuple[str, Any]:

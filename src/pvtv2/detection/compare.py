@@ -85,7 +85,7 @@ def compare(cfg: DetectionConfig, out: str | Path, *, archs: list[str] | None = 
         model, _ = load_detector(result.checkpoint)
         cost = detector_complexity(name, cfg.backbone, (cfg.test_size, cfg.test_size),
                                    num_classes=task.data.num_classes, backbone_overrides=cfg.backbone_overrides,
-                                   **cfg.detector_options)
+                                   **run_cfg.builder_options())
         row = {"arch": name, **result.metrics, "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
                "gflops": cost.gflops, "train_img_s": statistics.median(speeds) if speeds else float("nan"),
                "infer_ms": inference_ms(model, DetectionDataset(task.val_set.data, eval_transforms()))

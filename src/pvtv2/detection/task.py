@@ -83,12 +83,12 @@ class DetectionTask(Task):
             self.val_set = DetectionDataset(val, eval_transforms())
         self.meta = detector_meta(cfg.arch, backbone=cfg.backbone, class_names=self.data.class_names,
                                   min_size=cfg.test_size, max_size=cfg.max_size,
-                                  backbone_overrides=cfg.backbone_overrides, options=cfg.detector_options)
+                                  backbone_overrides=cfg.backbone_overrides, options=cfg.builder_options())
         return len(self.train_set)
 
     def build_model(self, env: DistEnv) -> nn.Module:
         cfg = self.cfg
-        options = {"min_size": cfg.test_size, "max_size": cfg.max_size, **cfg.detector_options}
+        options = {"min_size": cfg.test_size, "max_size": cfg.max_size, **cfg.builder_options()}
         if cfg.score_thresh is not None:
             options["score_thresh"] = cfg.score_thresh
         model = self.spec.build(num_classes=self.data.num_classes, **cfg.backbone_args(), **options)

@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 _WRAPPERS = ("model", "state_dict", "model_state", "module")  # where trainers nest the weights
 _PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel, torch.compile
+PRETRAININGS = ("fashion-mnist",)  # names of pvtv2.cli.pretrain's pretrainings, for the hint when one reaches here
 
 
 def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -37,6 +38,9 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         hint = ""
         if re.fullmatch(r"[\w.-]+/[\w.-]+", str(path)) and not path.suffix.startswith((".pt", ".bin", ".safe")):
             hint = f" (a Hugging Face Hub repository? write hf-hub:{path})"
+        elif str(path) in PRETRAININGS:
+            hint = (f" ('{path}' is a backbone the command line pretrains on first use; from Python, "
+                    "pvtv2.cli.pretrain.resolve_backbone_weights(cfg) makes it and puts its path in the config)")
         raise CheckpointError(f"checkpoint {path} does not exist{hint}")
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
