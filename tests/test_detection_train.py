@@ -189,6 +189,33 @@ def test_compare_trains_every_detector_the_same_way_and_tabulates(tmp_path: Path
     assert [r["bbox_AP"] for r in again] == [r["bbox_AP"] for r in rows]
 
 
+def test_compare_with_two_seeds_continues_an_unfinished_run_and_says_what_it_cannot_rank(tmp_path: Path) -> None:
+    from pvtv2.detection.compare import compare, ranking_disagreements
+
+    data = write_coco(tmp_path / "data", n=2)
+    cfg = _cfg(data, val_data=str(data), steps=4, eval_every=4, ckpt_every=1)
+    out = tmp_path / "cmp"
+    # a run of the comparison stopped half way (a killed job leaves the same: last.pth, no summary)
+    engine_train(DetectionTask(cfg.replace(arch="fcos", seed=1, stop_after=2)), out=out / "fcos-seed1", progress=False)
+    first = (out / "fcos-seed1" / "metrics.jsonl").read_text()
+    rows = compare(cfg, out, archs=["retinanet", "fcos"], seeds=[0, 1], progress=False)
+    records = (out / "fcos-seed1" / "metrics.jsonl").read_text()
+    assert records.startswith(first)  # continued from step 2 (its records kept as they were), not started again
+    assert [json.loads(line)["step"] for line in records.splitlines()] == [1, 2, 3, 4]
+    for row in rows:
+        assert [r["seed"] for r in row["seeds"]] == [0, 1]
+        ap = [r["bbox_AP"] for r in row["seeds"]]
+        assert row["bbox_AP"] == pytest.approx(sum(ap) / 2) and row["bbox_AP_spread"] == pytest.approx(max(ap) - min(ap))
+    table = (out / "table.md").read_text()
+    assert "mean ± half the spread over seeds [0, 1]" in table and " ± " in table.split("| retinanet |")[1]
+    assert "every seed gives the same order" in table or "the seeds disagree on: retinanet / fcos" in table
+    # the pairs the seeds order differently, on made-up rows
+    a = {"arch": "a", "seeds": [{"bbox_AP": 0.3}, {"bbox_AP": 0.2}]}
+    b = {"arch": "b", "seeds": [{"bbox_AP": 0.25}, {"bbox_AP": 0.25}]}
+    c = {"arch": "c", "seeds": [{"bbox_AP": 0.1}, {"bbox_AP": 0.1}]}
+    assert ranking_disagreements([a, b, c]) == [("a", "b")]
+
+
 def test_recipe_options_per_detector_reach_that_detector_only() -> None:
     """Every recipe's ``arch_options`` name registered detectors whose builders take them; other detectors and
     ``--detector-options`` are unaffected / win."""

@@ -34,6 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="named configuration to start from (default: scenes)")
     add_config_options(c, RECIPES["scenes"])
     c.add_argument("--archs", nargs="+", metavar="ARCH", help="detectors to compare (default: all registered)")
+    c.add_argument("--seeds", nargs="+", type=int, metavar="S",
+                   help="train each detector once per seed; the table gives means and spreads and names the pairs "
+                        "the seeds rank differently (default: --seed alone)")
     c.add_argument("--out", required=True, help="folder for the table and the runs")
     c.add_argument("--no-progress", action="store_true", help="no progress bars")
     c.set_defaults(func=run_compare)
@@ -117,7 +120,7 @@ def run_compare(args: argparse.Namespace) -> int:
     cfg = RECIPES[args.recipe].replace(**given_options(args, RECIPES[args.recipe]))
     cfg.check()
     cfg = resolve_backbone_weights(cfg, progress=not args.no_progress)  # --backbone-weights fashion-mnist
-    rows = compare(cfg, args.out, archs=args.archs, progress=not args.no_progress)
+    rows = compare(cfg, args.out, archs=args.archs, seeds=args.seeds, progress=not args.no_progress)
     print((Path(args.out) / "table.md").read_text())
     return 0 if rows else 1
 
