@@ -275,8 +275,9 @@ def _dense_step(task: str, cfg: BenchConfig, device: torch.device) -> tuple[torc
     from ..detection import build_detector
     from ..detection import get_recipe as det_recipe
 
+    options = det_recipe("scenes").replace(arch=task).builder_options()  # the recipe's, for this detector
     model = build_detector(task, backbone="pvt_v2_b0", num_classes=10, backbone_overrides=overrides,
-                           min_size=side, max_size=side, **det_recipe("scenes").replace(arch=task).builder_options()).to(device)
+                           min_size=side, max_size=side, **options).to(device)
     xy = torch.rand(n, 4, 2, generator=g) * side * 0.6  # 4 objects per scene, 10-40% of the side
     wh = (0.1 + 0.3 * torch.rand(n, 4, 2, generator=g)) * side
     targets = [{"boxes": torch.cat([xy[i], xy[i] + wh[i]], 1).to(device),
