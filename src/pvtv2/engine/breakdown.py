@@ -1,6 +1,7 @@
 """Where a training step's time goes: loading the batch, each part's forward and backward, the rest, the optimizer.
 
-    >>> rows = step_breakdown(DetectionTask(get_recipe("scenes").replace(arch="mask_rcnn")), steps=6)
+    >>> cfg = get_recipe("scenes").replace(arch="mask_rcnn", backbone_weights=None)  # the weights do not change the time
+    >>> rows = step_breakdown(DetectionTask(cfg), steps=6)
 
 The steps are the trainer's (the task's data loader, its losses under the run's autocast, backward, AdamW as the
 trainer builds it); only the timing is added. A task names its parts with ``Task.parts(model)`` (the backbone, the
