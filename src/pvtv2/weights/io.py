@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 _WRAPPERS = ("model", "state_dict", "model_state", "module")  # where trainers nest the weights
 _PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel, torch.compile
-PRETRAININGS = ("fashion-mnist",)  # names of pvtv2.cli.pretrain's pretrainings, for the hint when one reaches here
+PRETRAININGS = ("fashion-mnist",)  # backbones pvtv2.cli.pretrain makes on first use (named here for the hint)
 
 
 def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
