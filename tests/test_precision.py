@@ -165,3 +165,39 @@ def test_autocast_module_wraps_a_part_and_returns_fp32(monkeypatch: pytest.Monke
         assert isinstance(wrapped, precision.Autocast)
         assert 0 < (out["p2"] - ref["p2"]).abs().max().item() < 0.05
     assert out["p2"].dtype == out["p3"].dtype == torch.float32 and out["ids"].dtype == torch.int64
+
+
+def test_padding_only_taps_counts_the_taps_that_never_see_the_image() -> None:
+    from pvtv2.layers.conv import padding_only_taps
+
+    assert padding_only_taps(1, 3, 2, 1) and padding_only_taps(3, 7, 4, 3)  # P7 of a small image; stage 1 on 3 px
+    assert padding_only_taps(2, 3, 2, 1) and not padding_only_taps(3, 3, 2, 1) and not padding_only_taps(8, 7, 4, 3)
+    assert padding_only_taps(1, 3, 1, 1) and not padding_only_taps(3, 3, 1, 1)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (3, 1), (2, 3)])
+def test_bf16_training_on_maps_under_the_kernels_reach_gets_zero_not_garbage(size: tuple[int, int]) -> None:
+    """oneDNN's CPU bf16 weight gradient leaves padding-only taps unwritten (NaN where the memory held NaN): the patch
+    embeddings and the detectors' P6/P7 convs run those calls in fp32 (pvtv2.layers.conv)."""
+    from pvtv2.layers import OverlapPatchEmbed
+    from pvtv2.layers.conv import padding_safe_conv
+
+    torch.manual_seed(0)
+    for conv, stride in ((nn.Conv2d(16, 16, 3, 2, 1), 2), (OverlapPatchEmbed(16, 16, 4).proj, 4)):
+        ref = None
+        for _ in range(4):  # freed memory full of NaN before each backward: unwritten gradients would show it
+            junk = torch.full((1 << 16,), float("nan"))
+            del junk
+            conv.zero_grad(set_to_none=True)
+            x = torch.randn(2, 16, *size, generator=torch.Generator().manual_seed(1), requires_grad=True)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                y = padding_safe_conv(conv, x)
+            assert y.dtype == torch.bfloat16
+            y.float().square().sum().backward()
+            grad = conv.weight.grad
+            assert torch.isfinite(grad).all(), f"stride {stride}, map {size}"
+            ref = grad.clone() if ref is None else ref
+            torch.testing.assert_close(grad, ref, rtol=0, atol=0)  # the same every time: nothing read from garbage
+        k, p = conv.kernel_size[0], conv.padding[0]
+        dead = [t for t in range(k) if all(not 0 <= o * stride - p + t < size[0] for o in range(y.shape[-2]))]
+        assert all((grad[:, :, t] == 0).all() for t in dead)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .conv import padding_safe_conv
+
 
 class OverlapPatchEmbed(nn.Module):
     """Strided convolution + LayerNorm that turns an image or feature map into tokens.
@@ -30,5 +32,5 @@ class OverlapPatchEmbed(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # channels_last in, channels_last out: the permute below is then free (no-op for stages 2-4, whose input
         # already is a channels_last view; for the image it is a cheap 3-channel copy that saves a C-channel one)
-        x = self.proj(x.contiguous(memory_format=torch.channels_last))  # (B, Cin, H, W) -> (B, C, h, w)
+        x = padding_safe_conv(self.proj, x.contiguous(memory_format=torch.channels_last))  # (B,Cin,H,W) -> (B,C,h,w)
         return self.norm(x.permute(0, 2, 3, 1))  # -> (B, h, w, C); free when x is channels_last

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..layers.conv import padding_safe_conv
 from .pvt import PyramidVisionTransformer
 
 NUM_STAGES = 4
@@ -163,6 +164,8 @@ def build_backbone(
 
 
 pvt_backbone = build_backbone  # the name the rest of the package has used
+# a neck's strided convs on maps of a few pixels (P6/P7 of small images) train in bf16 through this, as the stages do
+neck_conv = padding_safe_conv
 
 
 def trainable_stages_or(trainable_stages: int | None, default: int) -> int:

@@ -19,7 +19,7 @@ from torch import nn
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, LastLevelMaxPool, LastLevelP6P7
 
-from ....models.backbone import StageBackbone, WeightsSource, pvt_backbone
+from ....models.backbone import StageBackbone, WeightsSource, neck_conv, pvt_backbone
 
 
 class ExtraConvs(LastLevelP6P7):
@@ -35,8 +35,9 @@ class ExtraConvs(LastLevelP6P7):
 
     def forward(self, p: list[torch.Tensor], c: list[torch.Tensor], names: list[str]
                 ) -> tuple[list[torch.Tensor], list[str]]:
-        p6 = self.p6(p[-1] if self.use_P5 else c[-1])
-        p7 = self.p7(F.relu(p6) if self.relu else p6)
+        # 3x3/2 convs of maps that are 1x1 for images under 64 / 128 px: neck_conv keeps bf16 training finite
+        p6 = neck_conv(self.p6, p[-1] if self.use_P5 else c[-1])
+        p7 = neck_conv(self.p7, F.relu(p6) if self.relu else p6)
         return [*p, p6, p7], [*names, "p6", "p7"]
 
 
