@@ -110,3 +110,10 @@ def test_every_candidate_computes_the_plain_result(cache):
     run = runtime.prepare(model, "torch", example_input=x)  # measures on the example now
     assert max_abs(run(x), plain) < 1e-4
     assert isinstance(run._fn, kernel_choice.MeasuredKernels) and len(run._fn.choices) == 1
+
+
+def test_plain_unless_a_fused_candidate_is_clearly_faster():
+    near = {"fused": 97.0, "fused-whole-batch": 98.0, "plain": 100.0}  # within three rounds' noise: the plain path
+    assert kernel_choice.pick(near) == "plain"
+    assert kernel_choice.pick({**near, "fused-whole-batch": 90.0}) == "fused-whole-batch"
+    assert kernel_choice.pick({**near, "plain": 80.0}) == "plain"
