@@ -50,8 +50,7 @@ CANDIDATES: dict[str, KernelSetting] = {
 }
 ROUNDS = 3  # timed runs of each candidate (after one warm-up each)
 # a fused candidate must beat plain by this much to be chosen: three first-use rounds of candidates within a few
-# percent of each other pick at random, and the plain path is the reference one (an idle bench on 2026-12-04 had the
-# fused path 0.97x plain for B2 batch 1 after such a pick)
+# percent of each other pick at random, and the plain path is the reference one
 MARGIN = 0.05
 MAX_SHAPES = 8  # shapes measured per runner; later new shapes run the default "fused" unmeasured
 
