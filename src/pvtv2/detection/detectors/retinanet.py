@@ -7,13 +7,15 @@ their best class score, score > 0.05, class-wise NMS at IoU 0.5, 100 detections 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection import RetinaNet
-from torchvision.ops import sigmoid_focal_loss
+from torchvision.models.detection.retinanet import RetinaNetHead
+from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
 from ...engine.distributed import reduce_mean
 from ...models.backbone import WeightsSource
@@ -40,11 +42,21 @@ class MMDetRetinaNet(RetinaNet):
       divided by the number of positive anchors in the batch, each image counting at least one (mmdet
       ``AnchorHead.loss``); torchvision divides per image, then averages the images. Under DDP the count is averaged
       over the processes (as mmdet's later heads do with ``reduce_mean``), so that N processes of B images train as
-      one process of N x B; mmdet 2.13's RetinaNet divided by each GPU's own count.
+      one process of N x B; mmdet 2.13's RetinaNet divided by each GPU's own count. ``box_loss="giou"`` decodes
+      the deltas and takes the GIoU loss of the boxes instead (torchvision's ``retinanet_resnet50_fpn_v2``).
     - Test: per level the ``topk_candidates`` anchors with the highest best-class score, then every (anchor, class)
       with a score above ``score_thresh`` (mmdet ``AnchorHead._get_bboxes`` + ``multiclass_nms``); torchvision keeps
       the top (anchor, class) pairs instead.
     """
+
+    box_loss = "l1"  # or "giou"
+
+    def box_loss_sum(self, deltas: Tensor, boxes: Tensor, anchors: Tensor) -> Tensor:
+        """The summed box loss of P positive anchors: ``deltas`` ``(P, 4)`` predicted, ``boxes`` ``(P, 4)`` their
+        objects' boxes, ``anchors`` ``(P, 4)``."""
+        if self.box_loss == "giou":
+            return generalized_box_iou_loss(self.box_coder.decode_single(deltas, anchors), boxes, reduction="sum")
+        return F.l1_loss(deltas, self.box_coder.encode_single(boxes, anchors), reduction="sum")
 
     @fp32_loss
     def compute_loss(self, targets: list[dict[str, Tensor]], head_outputs: dict[str, Tensor],
@@ -63,8 +75,7 @@ class MMDetRetinaNet(RetinaNet):
             onehot[fg, target["labels"][matched[fg]]] = 1.0
             valid = assigned >= 0
             cls_loss = cls_loss + sigmoid_focal_loss(logits[valid], onehot[valid], reduction="sum")
-            wanted = self.box_coder.encode_single(target["boxes"][matched[fg]], anchor[fg])  # (P, 4)
-            reg_loss = reg_loss + F.l1_loss(deltas[fg], wanted, reduction="sum")
+            reg_loss = reg_loss + self.box_loss_sum(deltas[fg], target["boxes"][matched[fg]], anchor[fg])
         count = reduce_mean(cls_loss.new_tensor(float(num_pos)))  # as mmdet's later heads
         return {"loss_cls": cls_loss / count, "loss_bbox": reg_loss / count}
 
@@ -100,6 +111,8 @@ def retinanet(
     fpn_channels: int = 256,
     anchor_scale: float = 4.0,
     stages: Sequence[int] = (1, 2, 3),
+    head_norm: str | None = None,
+    box_loss: str = "l1",
     **kwargs: Any,
 ) -> RetinaNet:
     """RetinaNet on a PVT: FPN P3-P5 from stages 2-4, P6/P7 from the stage-4 output; the released test settings.
@@ -113,6 +126,9 @@ def retinanet(
         anchor_scale: the smallest anchor's side in strides (mmdet's ``octave_base_scale``; 4 as released, i.e.
             32 px on P3); 2 suits small objects on small images (16 px on P3).
         stages: stages feeding the FPN (the released config: 1, 2, 3).
+        head_norm: ``"gn"``: GroupNorm (32 groups) after each of the head's tower convolutions, as torchvision's
+            ``retinanet_resnet50_fpn_v2`` and mmdet's ``RetinaHead(norm_cfg=GN)``; ``None`` as released.
+        box_loss: ``"l1"`` on the deltas as released, or ``"giou"`` on the decoded boxes (torchvision's v2).
         **kwargs: passed to :class:`torchvision.models.detection.RetinaNet` (``min_size`` 800, ``max_size`` 1333,
             ``score_thresh`` 0.05, ``nms_thresh`` 0.5, ``detections_per_img`` 100, ``topk_candidates`` 1000: the
             released ``test_cfg``).
@@ -122,8 +138,17 @@ def retinanet(
                   out_channels=fpn_channels)
     kwargs.setdefault("anchor_generator", octave_anchors(fpn.strides, anchor_scale, 3))  # 32..512 on P3-P7 as released
     kwargs.setdefault("detections_per_img", 100)
+    if head_norm not in (None, "gn"):
+        raise ValueError(f"head_norm={head_norm!r}: None (as released) or 'gn' (GroupNorm, 32 groups)")
+    if box_loss not in ("l1", "giou"):
+        raise ValueError(f"box_loss={box_loss!r}: 'l1' (as released) or 'giou'")
+    if head_norm == "gn":
+        anchors_per_location = kwargs["anchor_generator"].num_anchors_per_location()[0]
+        kwargs.setdefault("head", RetinaNetHead(fpn.out_channels, anchors_per_location, num_classes,
+                                                norm_layer=partial(nn.GroupNorm, 32)))
     model = PVTRetinaNet(fpn, num_classes, **kwargs)
     model.box_coder = delta_coder()
+    model.box_loss = box_loss
     return use_detection_transform(model)
 
 
@@ -142,8 +167,9 @@ def from_mmdet(sd: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
     so the head's weights are copied as they are."""
     pairs = fpn_to_ours(len(model.backbone.body.stages))
     for i in range(len(model.head.classification_head.conv)):
-        pairs += [(f"bbox_head.cls_convs.{i}.conv.", f"head.classification_head.conv.{i}.0."),
-                  (f"bbox_head.reg_convs.{i}.conv.", f"head.regression_head.conv.{i}.0.")]
+        for theirs, ours in (("cls_convs", "classification_head"), ("reg_convs", "regression_head")):
+            pairs += [(f"bbox_head.{theirs}.{i}.conv.", f"head.{ours}.conv.{i}.0."),
+                      (f"bbox_head.{theirs}.{i}.gn.", f"head.{ours}.conv.{i}.1.")]  # head_norm="gn"
     pairs += [("bbox_head.retina_cls.", "head.classification_head.cls_logits."),
               ("bbox_head.retina_reg.", "head.regression_head.bbox_reg.")]
     return convert_detector(sd, pairs, what="RetinaNet")
