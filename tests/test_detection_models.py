@@ -84,6 +84,31 @@ def test_fpn_wiring_as_released() -> None:
     assert tv_fcos.backbone.fpn.extra_blocks.use_P5 and tv_fcos.anchor_generator.sizes[-1] == (128,)
 
 
+def test_retinanet_v2_head_and_giou_loss_are_torchvisions() -> None:
+    """``head_norm="gn"`` / ``box_loss="giou"``: torchvision's ``retinanet_resnet50_fpn_v2`` head (GroupNorm in the
+    towers, no bias before it) and its box losses (mmdet's own equality: tests/test_oracle_retinanet.py)."""
+    from torchvision.models.detection._utils import _box_loss
+
+    model = retinanet(backbone="pvt_v2_b0", num_classes=3, backbone_overrides=TINY, fpn_channels=64,
+                      head_norm="gn", box_loss="giou")
+    tower = model.head.regression_head.conv
+    assert len(tower) == 4 and all(isinstance(t[1], torch.nn.GroupNorm) and t[1].num_groups == 32 for t in tower)
+    assert tower[0][0].bias is None
+    g = torch.Generator().manual_seed(0)
+    anchors = torch.rand(6, 2, generator=g).mul(100).repeat(1, 2) + torch.tensor([0.0, 0.0, 20.0, 30.0])
+    boxes = anchors + torch.randn(6, 4, generator=g) * 5
+    deltas = torch.randn(6, 4, generator=g) * 0.3
+    expected = _box_loss("giou", model.box_coder, anchors, boxes, deltas)
+    assert model.box_loss_sum(deltas, boxes, anchors).item() == pytest.approx(expected.item(), rel=1e-6)
+    released = retinanet(backbone="pvt_v2_b0", num_classes=3, backbone_overrides=TINY, fpn_channels=64)
+    assert released.box_loss_sum(deltas, boxes, anchors).item() == pytest.approx(
+        _box_loss("l1", released.box_coder, anchors, boxes, deltas).item(), rel=1e-6)
+    with pytest.raises(ValueError, match="head_norm"):
+        retinanet(backbone="pvt_v2_b0", num_classes=3, backbone_overrides=TINY, head_norm="bn")
+    with pytest.raises(ValueError, match="box_loss"):
+        retinanet(backbone="pvt_v2_b0", num_classes=3, backbone_overrides=TINY, box_loss="smooth_l1")
+
+
 def test_adapter_uses_feature_info_and_forward_features() -> None:
     model = pvtv2.create_model("pvt_v2_b0", num_classes=0, **TINY).eval()
     body = PVTBackbone(model, (0, 2)).eval()

@@ -216,3 +216,35 @@ def test_every_step_of_a_twenty_step_trajectory_equals_mmdets(pair: Any) -> None
     # 2.4e-7 and the gradients by 4.1e-5 median, 1.2e-2 worst: the L1 box loss amplifies input rounding.)
     assert worst_grad[0] <= 1e-4 and max(medians) <= 1e-5, (worst_grad, max(medians))
     assert worst_weight <= 1e-6
+
+
+def test_gn_head_and_giou_loss_equal_mmdets_retinahead_with_them() -> None:
+    """``head_norm="gn", box_loss="giou"`` against mmdet's ``RetinaHead`` built with ``norm_cfg=GN(32)`` and
+    ``GIoULoss`` on decoded boxes (``reg_decoded_bbox=True``): the same weights through ``from_mmdet`` give the same
+    head outputs and training losses (B0 with one block per stage, FPN 64 wide)."""
+    from pvtv2.detection import retinanet
+
+    overrides = {"depths": [1, 1, 1, 1], "drop_path_rate": 0.0}
+    cfg = O.retinanet_config(O.oracle_backbone("pvt_v2_b0", overrides), O.stage_channels("pvt_v2_b0"))
+    cfg["model"]["neck"]["out_channels"] = 64
+    head = cfg["model"]["bbox_head"]
+    head.update(in_channels=64, feat_channels=64, norm_cfg={"type": "GN", "num_groups": 32, "requires_grad": True},
+                reg_decoded_bbox=True, loss_bbox={"type": "GIoULoss", "loss_weight": 1.0})
+    theirs = O.build_mmdet(cfg, noise=0.02)
+    ours = retinanet(backbone="pvt_v2_b0", num_classes=80, backbone_overrides=overrides, fpn_channels=64,
+                     head_norm="gn", box_loss="giou").eval()
+    ours.load_state_dict(get_detector("retinanet").from_mmdet(O.mmdet_state_dict(theirs), ours))
+    x, _ = O.preprocess(O.photo("astronaut", (320, 480)))
+    with torch.no_grad():
+        cls, reg = theirs.forward_dummy(x)
+        dense = get_detector("retinanet").dense(ours, x)
+    assert (O.level_outputs(cls, 80) - dense["cls_logits"]).abs().max() <= 1e-4
+    assert (O.level_outputs(reg, 4) - dense["bbox_regression"]).abs().max() <= 1e-4
+    images = [O.photo("astronaut", (320, 480)), O.photo("chelsea", (300, 451))]
+    targets = [{"boxes": torch.tensor([[100.0, 50.0, 300.0, 300.0], [20.0, 30.0, 80.0, 120.0]]),
+                "labels": torch.tensor([1, 17])},
+               {"boxes": torch.tensor([[50.0, 40.0, 400.0, 290.0]]), "labels": torch.tensor([16])}]
+    expected, got = O.train_losses(theirs, ours, images, targets)
+    assert got["loss_bbox"].item() > 0
+    assert got["loss_cls"].item() == pytest.approx(expected["loss_cls"].item(), rel=1e-5)
+    assert got["loss_bbox"].item() == pytest.approx(expected["loss_bbox"].item(), rel=1e-5)
