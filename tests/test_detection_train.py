@@ -237,3 +237,11 @@ def test_recipe_options_per_detector_reach_that_detector_only() -> None:
     released = build_detector("retinanet", num_classes=3, backbone_overrides={"depths": (1, 1, 1, 1)})
     # the smallest anchor on P3 (stride 8): 2 strides instead of the released 4
     assert small.anchor_generator.sizes[0][0] == 16.0 and released.anchor_generator.sizes[0][0] == 32.0
+
+
+def test_key_value_options_take_several_per_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    """``--detector-options a=1 b=2`` sets both (argparse's ``extend``), and the flag can be repeated."""
+    assert cli(["det", "train", "--detector-options", "head_norm=gn", "box_loss=giou", "--detector-options",
+                "anchor_scale=3", "--print-config"]) == 0
+    options = json.loads(capsys.readouterr().out)["detector_options"]
+    assert options == {"fpn_channels": 64, "head_norm": "gn", "box_loss": "giou", "anchor_scale": 3}

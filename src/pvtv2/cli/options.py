@@ -53,8 +53,8 @@ def add_config_options(parser: argparse.ArgumentParser, defaults: Any, *, title:
         elif t in (int, float, str):
             kw["type"] = t
         elif typing.get_origin(t) is dict:
-            kw.update(action="append", type=key_value, metavar="KEY=VALUE")
-            kw["help"] = f"{f.metadata.get('help', '')} (repeatable; default: {value or 'none'})"
+            kw.update(action="extend", nargs="+", type=key_value, metavar="KEY=VALUE")
+            kw["help"] = f"{f.metadata.get('help', '')} (one or more, repeatable; default: {value or 'none'})"
         else:
             continue  # nested dataclasses: --set FIELD=JSON
         if f.metadata.get("choices"):
