@@ -221,7 +221,8 @@ def test_recipe_options_per_detector_reach_that_detector_only() -> None:
     ``--detector-options`` are unaffected / win."""
     from pvtv2.detection import DETECTORS, RECIPES, build_detector
 
-    assert get_recipe("scenes").arch_options["retinanet"]["anchor_scale"] == 2  # scenes: 12-192 px objects
+    assert get_recipe("scenes").arch_options["retinanet"] == {  # scenes: 12-192 px objects; torchvision's v2 head
+        "anchor_scale": 2, "head_norm": "gn", "box_loss": "giou"}
     for name, recipe in RECIPES.items():
         for arch, options in recipe.arch_options.items():
             assert arch in DETECTORS, (name, arch)
