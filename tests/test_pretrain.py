@@ -4,6 +4,8 @@ first use into the cache, reused afterwards, continued when interrupted (tiny re
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -52,6 +54,35 @@ def test_an_interrupted_pretraining_continues(tiny: Path, monkeypatch: pytest.Mo
     steps = read_train_checkpoint(best.parent / "last.pth")["step"]
     records = [json.loads(line) for line in (best.parent / "metrics.jsonl").read_text().splitlines()]
     assert steps == records[-1]["step"] > 2  # continued from step 2 to the end in the same folder
+
+
+def test_two_jobs_started_together_pretrain_once(tiny: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two trainings started side by side on a new machine: one pretrains, the other waits for it and reuses it
+    (without the lock both would train into the same folder)."""
+    trained: list[Path] = []
+    both_started = threading.Barrier(2)
+
+    def slow_training(task, out, **kw):  # writes what a finished pretraining leaves, slowly enough to overlap
+        trained.append(Path(out))
+        time.sleep(0.5)
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / "best.pth").write_bytes(b"weights")
+        (Path(out) / "summary.json").write_text("{}")
+
+    monkeypatch.setattr(pvtv2.engine, "train", slow_training)
+    results: list[Path] = []
+
+    def job() -> None:
+        both_started.wait()
+        results.append(pretrain.fashion_mnist_backbone("pvt_v2_b0", DEPTHS, progress=False))
+
+    threads = [threading.Thread(target=job) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert len(results) == 2 and results[0] == results[1]
+    assert len(trained) == 1, trained
 
 
 def test_det_train_with_fashion_mnist_backbone(tiny: Path, tmp_path: Path) -> None:

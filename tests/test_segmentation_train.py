@@ -97,7 +97,8 @@ def test_torchrun_two_processes_shard_the_evaluation(tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "pvtv2", "seg", "train", "--data", LABELME, "--steps", "2", "--batch-size", "2", "--crop-size", "64",
            "--scale", "256", "64", "--workers", "0", "--device", "cpu", "--no-progress",
-           "--val-data", LABELME, "--test-scale", "256", "64", "--out", str(tmp_path / "ddp")]
+           "--val-data", LABELME, "--test-scale", "256", "64", "--out", str(tmp_path / "ddp"),
+           "--backbone-weights", "none"]  # a subprocess: the tests' tiny pretraining does not reach it
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -7,11 +7,12 @@ new file gets (``0666`` minus the umask), not ``mkstemp``'s private ``0600``, so
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,24 @@ def cache_root() -> Path:
     if os.environ.get("PVTV2_CACHE"):
         return Path(os.environ["PVTV2_CACHE"])
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pvtv2"
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path) -> Iterator[None]:
+    """An exclusive lock on ``folder`` across processes, waiting for its holder (POSIX ``flock`` on a sibling
+    ``.<name>.lock``; the kernel drops it when the holder dies; elsewhere no lock)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield
+        return
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / f".{folder.name}.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _mb(n: int | None) -> str:

@@ -10,12 +10,15 @@ Only the Fashion-MNIST *training* images are used: nothing of the scenes' test s
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
+from .._io import folder_lock
 from ..weights.io import PRETRAININGS
 
 log = logging.getLogger(__name__)
@@ -47,13 +50,17 @@ def fashion_mnist_backbone(backbone: str, overrides: dict[str, Any] | None = Non
     key = hashlib.sha256(json.dumps(decisive, sort_keys=True, default=str).encode()).hexdigest()[:10]
     folder = cache_dir() / "pretrained" / f"{backbone}-{PRETRAINED}-{key}"
     best = folder / "best.pth"
-    if (folder / "summary.json").is_file() and best.is_file():
-        log.info("backbone weights: the %s classifier pretrained on Fashion-MNIST in %s", backbone, folder)
-        return best
-    resume = folder / "last.pth" if (folder / "last.pth").is_file() else None
-    log.info("backbone weights: pretraining %s on Fashion-MNIST first (the classification main job, once; "
-             "kept in %s)%s", backbone, folder, " - continuing an interrupted try" if resume else "")
-    train(ClassificationTask(cfg), out=folder, resume=resume, progress=progress)
+    # two trainings started together on a new machine: one pretrains, the other waits for it; the processes of one
+    # torchrun job take no lock (they pretrain together, as one distributed run)
+    one_job = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    with contextlib.nullcontext() if one_job else folder_lock(folder):
+        if (folder / "summary.json").is_file() and best.is_file():
+            log.info("backbone weights: the %s classifier pretrained on Fashion-MNIST in %s", backbone, folder)
+            return best
+        resume = folder / "last.pth" if (folder / "last.pth").is_file() else None
+        log.info("backbone weights: pretraining %s on Fashion-MNIST first (the classification main job, once; "
+                 "kept in %s)%s", backbone, folder, " - continuing an interrupted try" if resume else "")
+        train(ClassificationTask(cfg), out=folder, resume=resume, progress=progress)
     return best
 
 

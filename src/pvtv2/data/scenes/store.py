@@ -10,7 +10,6 @@ processes (e.g. the ranks of a torchrun job) from generating the same root at on
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import hashlib
 import json
@@ -19,14 +18,13 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
-from ..._io import cache_root
+from ..._io import cache_root, folder_lock
 from ...errors import DataError
 from ..fashion_mnist import CLASSES
 from .generate import ScenesSpec, write_split
@@ -135,22 +133,6 @@ def _remove_leftovers(root: Path) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
-@contextlib.contextmanager
-def _lock(root: Path) -> Iterator[None]:
-    """An exclusive lock on ``root`` across processes (POSIX ``flock``; elsewhere no lock)."""
-    try:
-        import fcntl
-    except ImportError:  # Windows
-        yield
-        return
-    with open(root.parent / f".{root.name}.lock", "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def _swap_in(tmp: Path, root: Path) -> None:
     """Rename ``tmp`` to ``root``; an existing ``root`` is moved aside first and deleted after."""
     old = None
@@ -217,7 +199,7 @@ def ensure(root: Path | None, spec: ScenesSpec, *, workers: int = 2, data_dir: s
     if root.is_dir() and not _is_ours(root):
         raise DataError(f"{root} holds other files and no scenes manifest; pass an empty or new directory")
     root.parent.mkdir(parents=True, exist_ok=True)
-    with _lock(root):
+    with folder_lock(root):
         if root.is_dir():
             reason = check(root, spec)
             if reason is None:
