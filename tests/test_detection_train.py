@@ -223,6 +223,7 @@ def test_recipe_options_per_detector_reach_that_detector_only() -> None:
 
     assert get_recipe("scenes").arch_options["retinanet"] == {  # scenes: 12-192 px objects; torchvision's v2 head
         "anchor_scale": 2, "head_norm": "gn", "box_loss": "giou"}
+    assert get_recipe("scenes").precision == "native" and get_recipe("1x").precision == "auto"  # bf16 where native
     for name, recipe in RECIPES.items():
         for arch, options in recipe.arch_options.items():
             assert arch in DETECTORS, (name, arch)

@@ -199,6 +199,17 @@ def test_precision_rules():
         assert (torch.randn(2, 2) @ torch.randn(2, 2)).dtype == torch.bfloat16
 
 
+def test_native_precision_is_bf16_only_on_cpus_that_have_it(monkeypatch):
+    """``native``: bf16 autocast where the CPU computes bf16 natively, fp32 where it would be emulated."""
+    import pvtv2.engine.amp as amp
+
+    for has_bf16, expected in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(amp, "native", lambda precision, device, has=has_bf16: has)
+        assert Precision.resolve("native", "cpu").name == expected
+    with pytest.raises(TrainingError, match="native"):
+        Precision.resolve("fastest", "cpu")
+
+
 def test_files_follow_the_umask_not_mkstemps_0600(tmp_path):
     from pvtv2._io import atomic_write_text
 

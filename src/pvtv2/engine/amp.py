@@ -35,18 +35,21 @@ class Precision:
     @classmethod
     def resolve(cls, name: str, device: torch.device | str) -> Precision:
         """``"auto"``: bf16 on CUDA GPUs that support it, else fp16 on CUDA; fp32 on CPU (bf16 only when asked).
+        ``"native"``: as ``"auto"`` on CUDA; on a CPU bf16 where it has native bf16 (avx512_bf16 / amx_bf16), else fp32.
 
         Raises:
             TrainingError: fp16 asked for on CPU (no fp16 autocast training there), or an unknown name.
         """
         device = torch.device(device)
-        if name == "auto":
+        if name == "native" and device.type == "cpu":
+            name = "bf16" if native("bf16", device) else "fp32"
+        if name in ("auto", "native"):
             if device.type == "cuda":
                 name = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
             else:
                 name = "fp32"
         if name not in _DTYPES:
-            raise TrainingError(f"unknown precision {name!r}; use auto, fp32, bf16 or fp16")
+            raise TrainingError(f"unknown precision {name!r}; use auto, native, fp32, bf16 or fp16")
         if name == "fp16" and device.type != "cuda":
             raise TrainingError("fp16 mixed precision needs a CUDA device; on CPU use --precision bf16 or fp32")
         if name == "bf16" and device.type == "cpu" and not native("bf16", device):

@@ -75,8 +75,9 @@ class TrainConfig:
     clip_grad: float | None = option(None, "max global gradient norm (none or 0: no clipping)")
     ema: bool = option(False, "keep (and evaluate) an exponential moving average of the weights")
     ema_decay: float = option(0.9998, "EMA decay per step")
-    precision: str = option("auto", "auto: bf16/fp16 autocast on CUDA, fp32 on CPU",
-                            choices=("auto", "fp32", "bf16", "fp16"))
+    precision: str = option("auto", "auto: bf16/fp16 autocast on CUDA, fp32 on CPU; native: as auto, and bf16 on "
+                                    "CPUs with native bf16 (avx512_bf16, amx_bf16)",
+                            choices=("auto", "native", "fp32", "bf16", "fp16"))
     # --- periods ---
     eval_every: int = option(0, "steps between evaluations (0: at each epoch end); always after the last step")
     ckpt_every: int = option(0, "also write last.pth every N steps (it is written at each evaluation/epoch end)")
