@@ -52,8 +52,8 @@ def fashion_mnist_backbone(backbone: str, overrides: dict[str, Any] | None = Non
     best = folder / "best.pth"
     # two trainings started together on a new machine: one pretrains, the other waits for it; the processes of one
     # torchrun job take no lock (they pretrain together, as one distributed run)
-    one_job = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    with contextlib.nullcontext() if one_job else folder_lock(folder):
+    torchrun_ranks = int(os.environ.get("WORLD_SIZE", "1")) > 1  # read before the process group exists
+    with contextlib.nullcontext() if torchrun_ranks else folder_lock(folder):
         if (folder / "summary.json").is_file() and best.is_file():
             log.info("backbone weights: the %s classifier pretrained on Fashion-MNIST in %s", backbone, folder)
             return best

@@ -41,13 +41,11 @@ class Precision:
             TrainingError: fp16 asked for on CPU (no fp16 autocast training there), or an unknown name.
         """
         device = torch.device(device)
-        if name == "native" and device.type == "cpu":
-            name = "bf16" if native("bf16", device) else "fp32"
         if name in ("auto", "native"):
             if device.type == "cuda":
                 name = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
             else:
-                name = "fp32"
+                name = "bf16" if name == "native" and native("bf16", device) else "fp32"
         if name not in _DTYPES:
             raise TrainingError(f"unknown precision {name!r}; use auto, native, fp32, bf16 or fp16")
         if name == "fp16" and device.type != "cuda":

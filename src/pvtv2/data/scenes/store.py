@@ -198,8 +198,7 @@ def ensure(root: Path | None, spec: ScenesSpec, *, workers: int = 2, data_dir: s
         raise DataError(f"{root} is a file; pass a directory for the scenes")
     if root.is_dir() and not _is_ours(root):
         raise DataError(f"{root} holds other files and no scenes manifest; pass an empty or new directory")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    with folder_lock(root):
+    with folder_lock(root):  # creates root's parent
         if root.is_dir():
             reason = check(root, spec)
             if reason is None:
